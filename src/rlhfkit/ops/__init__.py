@@ -1,0 +1,46 @@
+"""Pure tensor math for RLHF: log-probs, KL, GAE and losses. Imports torch only.
+
+Every function states its formula and shapes in its docstring and has a naive `*_reference`
+implementation beside it in its module, which the tests compare against. Masks are 0/1
+tensors shaped like the values they mask; see `rlhfkit.ops.logprobs` for the shared rules.
+"""
+
+from .gae import gae
+from .kl import KL_ESTIMATORS, kl_estimate, kl_exact, kl_k1, kl_k2, kl_k3, sequence_kl
+from .logprobs import (
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from .losses import (
+    bradley_terry_loss,
+    explained_variance,
+    masked_nll,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "bradley_terry_loss",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "kl_estimate",
+    "kl_exact",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_nll",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "sequence_kl",
+]

@@ -1,0 +1,3 @@
+from rlhfkit.rollout.sampling import Completions, generate
+
+__all__ = ["Completions", "generate"]

@@ -1,0 +1,101 @@
+"""Command line: parsing and dispatch only. Every stage is a library function the CLI calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlhfkit.errors import RlhfkitError
+
+NOT_BUILT = {
+    "rm": "the reward model stage is not built yet (issue #5)",
+    "ppo": "the PPO stage is not built yet (issue #6)",
+    "pipeline": "the end-to-end pipeline is not built yet (issue #7); run `rlhfkit sft` for now",
+    "bench": "the benchmarks are not built yet (issue #8)",
+}
+
+
+def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--config", help="YAML recipe, e.g. configs/tiny/sft.yaml (defaults when omitted)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue the run folder from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start over")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhfkit", description="SFT -> reward model -> PPO for causal LMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
+    _stage_parser(sub, "rm", f"reward model on preference pairs [{NOT_BUILT['rm']}]")
+    _stage_parser(sub, "ppo", f"PPO against a reward model [{NOT_BUILT['ppo']}]")
+    _stage_parser(sub, "pipeline", f"sft -> rm -> ppo -> eval -> report [{NOT_BUILT['pipeline']}]")
+
+    g = sub.add_parser("generate", help="complete prompts with any model or run folder")
+    g.add_argument("--model", required=True, help="run stage folder, HF folder, .gguf, hub id, tiny or smollm2")
+    g.add_argument("--prompt", action="append", required=True, help="instruction (wrapped as Human/Assistant); repeatable")
+    g.add_argument("--raw", action="store_true", help="use --prompt text as is, without the Human/Assistant template")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", help="held-out metrics (eval loss, BLEU, gold score) of models, side by side")
+    e.add_argument("--model", action="append", required=True, help="model or run folder; repeat to compare")
+    e.add_argument("--data", default="builtin:default:test", help="held-out source (default builtin:default:test)")
+    e.add_argument("--n", type=int, default=64, help="held-out rows")
+    e.add_argument("--max-new-tokens", type=int, default=48)
+    e.add_argument("--show", type=int, default=5, help="side-by-side completions to print")
+    e.add_argument("--out", help="also write the table and completions to this markdown file")
+
+    t = sub.add_parser("tiny-model", help="build the tiny GPT-2 + BPE tokenizer used by tests and tiny configs")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help=f"speed and memory against TRL [{NOT_BUILT['bench']}]")
+    b.add_argument("rest", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except RlhfkitError as e:
+        print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command in NOT_BUILT:
+        print(f"rlhfkit {args.command}: {NOT_BUILT[args.command]}", file=sys.stderr)
+        return 2
+    if args.command == "sft":
+        from rlhfkit.config import SFTConfig, load_config
+        from rlhfkit.trainers.sft import train_sft
+
+        cfg = load_config(SFTConfig, args.config, args.overrides)
+        result = train_sft(cfg, resume=args.resume, overwrite=args.overwrite)
+        print(f"rlhfkit sft: done; model in {result.final}")
+        return 0
+    if args.command == "generate":
+        from rlhfkit.commands import generate_command
+
+        return generate_command(args)
+    if args.command == "eval":
+        from rlhfkit.commands import eval_command
+
+        return eval_command(args)
+    if args.command == "tiny-model":
+        from rlhfkit.models.tiny import build_tiny_model
+
+        print(f"rlhfkit tiny-model: wrote {build_tiny_model(args.out, seed=args.seed)}")
+        return 0
+    raise AssertionError(args.command)  # argparse only lets known commands through
+
+
+if __name__ == "__main__":
+    sys.exit(main())

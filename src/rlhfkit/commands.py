@@ -1,0 +1,82 @@
+"""`rlhfkit generate` and `rlhfkit eval`: load models by any name and compare them on held-out prompts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhfkit.config import ModelConfig
+from rlhfkit.data import collate_sft, load_rows, prompt_and_completion, render_prompt, tokenize_sft
+from rlhfkit.evaluate.completions import completion_metrics
+from rlhfkit.models import load_causal_lm
+from rlhfkit.ops import masked_nll
+from rlhfkit.rollout import generate
+from rlhfkit.run import metrics as M
+
+
+def _load(name: str):
+    return load_causal_lm(ModelConfig(name=name, lora=False), trainable=False)
+
+
+def generate_command(args) -> int:
+    torch.manual_seed(args.seed)
+    model, tokenizer = _load(args.model)
+    prompts = args.prompt if args.raw else [render_prompt(p) for p in args.prompt]
+    greedy = args.temperature <= 0
+    out = generate(model, tokenizer, prompts, args.max_new_tokens, greedy=greedy, temperature=args.temperature or 1.0)
+    for prompt, text, finished in zip(prompts, out.texts, out.finished):
+        print(f"{prompt} {text}" + ("" if finished else "  [no EOS within --max-new-tokens]"))
+        print("-" * 40)
+    return 0
+
+
+@torch.no_grad()
+def held_out_loss(model, tokenizer, rows: list[dict], source: str, batch_size: int = 16) -> float:
+    data = tokenize_sft(rows, tokenizer, source, "human_assistant", 512, "drop")
+    total, tokens = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        batch = collate_sft(data.input_ids[start : start + batch_size], data.labels[start : start + batch_size],
+                            tokenizer.pad_token_id)
+        loss, stats = masked_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                 batch["labels"])
+        total += loss.item() * stats["tokens"].item()
+        tokens += int(stats["tokens"].item())
+    return total / tokens
+
+
+def eval_command(args) -> int:
+    rows = load_rows(args.data, "test")[: args.n]
+    prompts, references = [], []
+    for i, row in enumerate(rows):
+        prompt, completion = prompt_and_completion(row, f"{args.data}: row {i}", "human_assistant", None)
+        prompts.append(prompt)
+        references.append(row.get("references") or [completion.strip()])
+    gold = args.data.startswith("builtin:")
+    table, completions = [], {}
+    for name in args.model:
+        model, tokenizer = _load(name)
+        metrics, samples = completion_metrics(model, tokenizer, prompts, references, args.max_new_tokens, gold=gold)
+        metrics[M.EVAL_LOSS] = held_out_loss(model, tokenizer, rows, args.data)
+        metrics[M.EVAL_PERPLEXITY] = math.exp(min(metrics[M.EVAL_LOSS], 50.0))
+        table.append((name, metrics))
+        completions[name] = [s["response"] for s in samples]
+    keys = [M.EVAL_LOSS, M.EVAL_PERPLEXITY, M.EVAL_BLEU] + ([M.GOLD_SCORE] if gold else []) + [M.EVAL_EOS_RATE, M.EVAL_RESPONSE_LEN]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += ["| " + name + " | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |" for name, m in table]
+    lines += ["", f"Side by side ({args.data}, greedy, first {min(args.show, len(prompts))} prompts):", ""]
+    lines += ["| prompt | " + " | ".join(args.model) + " |", "|---" * (len(args.model) + 1) + "|"]
+    for i in range(min(args.show, len(prompts))):
+        cells = [_cell(prompts[i])] + [_cell(completions[name][i]) for name in args.model]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        from rlhfkit.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    return 0
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:120]

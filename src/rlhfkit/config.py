@@ -1,0 +1,294 @@
+"""Dataclass configs per stage, loaded from YAML plus dotted `key=value` overrides.
+
+Every field is documented once, here. Loading checks types (including `Literal` choices) and
+names the closest valid key for a typo, so a bad config fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlhfkit.errors import ConfigError
+
+# ----------------------------------------------------------------------------- shared sections
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    """Hub id (`gpt2`), local HF folder, a `.gguf` file, a run folder's stage (`runs/x/sft`),
+    or a built-in asset: `tiny` (GPT-2 built locally) or `smollm2` (SmolLM2-135M-Instruct)."""
+    gguf_file: str | None = None
+    """GGUF file name inside `name` when `name` is a folder holding one."""
+    tokenizer: str | None = None
+    """Tokenizer location when it differs from `name`."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: bool = True
+    """Train a LoRA adapter (base frozen) instead of all weights."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    """None picks per-architecture defaults (models/lora.py)."""
+    disable_dropout: bool = True
+    """Dropout off everywhere: PPO's ratio-is-1 invariant needs deterministic forwards."""
+    trust_remote_code: bool = False
+    tiny_seed: int = 0
+    """Seed of the locally built tiny model when `name` is `tiny`."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin:default"
+    """`builtin:<task>`, `hf:<name>[:split]`, or a local .json/.jsonl/.parquet file."""
+    eval_source: str | None = None
+    """Held-out data; None uses the source's test split (builtin) or `eval_fraction` of it."""
+    eval_fraction: float = 0.05
+    eval_size: int = 64
+    """Held-out rows used for eval loss and generation metrics."""
+    max_train_rows: int | None = None
+    builtin_size: int = 2000
+    """Rows drawn from a `builtin:` task's train split."""
+    builtin_noise: float = 0.0
+    """Fraction of deliberately imperfect demonstrations in `builtin:` data."""
+    template: Literal["human_assistant", "chat"] = "human_assistant"
+    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template."""
+    max_length: int = 256
+    """Tokens per example, prompt plus completion."""
+    truncation: Literal["drop", "error", "truncate_prompt"] = "drop"
+    """Rows longer than max_length: drop them (counted and reported), stop with an error, or cut
+    the prompt from the left. A completion is never silently cut to nothing."""
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_steps: int = 200
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Per-process micro-batch."""
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    eval_every: int = 50
+    save_every: int = 100
+    keep_last: int = 2
+    """Checkpoints kept in checkpoints/ (oldest deleted first)."""
+    threads: int | None = None
+    """torch intra-op threads; None leaves torch's default."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    dir: str = "runs"
+    """Runs go to `<dir>/<name>/<stage>/`."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Any of `tensorboard`, `wandb`; empty for metrics.jsonl only."""
+    push_to_hub: str | None = None
+    """`<user>/<name>`: upload final/ when the stage ends (needs network)."""
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+@dataclass
+class SFTSection:
+    packing: bool = False
+    """Concatenate examples into full-length rows (no padding waste)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    save_merged: bool = False
+    """Also write final/merged/: the LoRA adapter folded into the base weights."""
+    eval_generate: int = 32
+    """Held-out prompts to complete greedily at each eval (gold score / BLEU); 0 turns it off."""
+    max_new_tokens: int = 48
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    sft: SFTSection = field(default_factory=SFTSection)
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig}
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Any:
+    """Defaults <- YAML file <- `key=value` overrides, type-checked into an instance of `cls`."""
+    raw: dict = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+        _set_dotted(raw, key.strip(), _parse_scalar(value))
+    return _build(cls, raw, prefix="", where=where, root=cls)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{at}: YAML does not parse: {problem}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train: ...), got {type(data).__name__}")
+    return data
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML rules give `1e-4` -> str in YAML 1.1, so numbers are tried explicitly first.
+    text = text.strip()
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+        node = child
+    node[last] = value
+
+
+def _build(cls: type, raw: dict, prefix: str, where: str, root: type) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{_suggest(prefix, key, cls, root)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, raw[f.name] or {}, f"{prefix}{f.name}.", where, root)
+        else:
+            kwargs[f.name] = _check(raw[f.name], hint, f"{prefix}{f.name}", where)
+    return cls(**kwargs)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _suggest(prefix: str, key: str, cls: type, root: type) -> str:
+    local = [f.name for f in dataclasses.fields(cls)]
+    match = difflib.get_close_matches(key, local, n=1, cutoff=0.5)
+    if match:
+        return f"; did you mean '{prefix}{match[0]}'?"
+    # The key may belong to another section (`lr` under model:).
+    for full in _all_keys(root):
+        if full.rsplit(".", 1)[-1] == key:
+            return f"; did you mean '{full}'?"
+    return f"; valid keys here: {', '.join(local)}"
+
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _check(value: Any, hint: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key, where)
+            except ConfigError as e:
+                errors.append(e)
+        allowed = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{where}: {key} must be {allowed}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key} must be {_type_name(hint)}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):  # `key=a,b` on the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        return [_check(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: {key}: unsupported config type {hint}")  # pragma: no cover
+

@@ -1,0 +1,94 @@
+"""SFT examples: prompt + completion token ids, with labels on completion tokens only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhfkit.data.templates import completion_text, render_chat_prompt, render_prompt
+from rlhfkit.errors import DataError
+
+IGNORE = -100
+SCHEMAS = "instruction, output[, input] (Alpaca) or prompt, completion"
+
+
+def prompt_and_completion(row: dict, where: str, template: str, tokenizer) -> tuple[str, str]:
+    """(prompt text, completion text) of one row in either schema; a missing column is an error."""
+    if "instruction" in row or "output" in row:
+        for key in ("instruction", "output"):
+            if not isinstance(row.get(key), str):
+                raise DataError(f"{where}: missing or non-string column '{key}' (expected {SCHEMAS})")
+        input_ = row.get("input") or ""
+        if not isinstance(input_, str):
+            raise DataError(f"{where}: column 'input' must be a string, got {type(input_).__name__}")
+        instruction, output = row["instruction"], row["output"]
+    elif "prompt" in row:
+        if not isinstance(row["prompt"], str) or not isinstance(row.get("completion"), str):
+            raise DataError(f"{where}: missing or non-string column 'completion' (expected {SCHEMAS})")
+        return row["prompt"], row["completion"]
+    else:
+        raise DataError(f"{where}: missing columns; expected {SCHEMAS}, found {', '.join(sorted(row)) or 'none'}")
+    if not output.strip():
+        raise DataError(f"{where}: empty 'output' (nothing to learn from)")
+    if template == "chat":
+        return render_chat_prompt(tokenizer, instruction, input_), completion_text(output, "chat")
+    return render_prompt(instruction, input_), completion_text(output, "human_assistant")
+
+
+@dataclass
+class TokenizedSFT:
+    input_ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    """Index of each example's source row."""
+    dropped_too_long: int = 0
+    truncated_prompts: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_length: int, truncation: str) -> TokenizedSFT:
+    """Tokenize prompt and completion separately (so the boundary is exact) and append EOS."""
+    out = TokenizedSFT()
+    for i, row in enumerate(rows):
+        where = f"{source}: row {i}"
+        prompt, completion = prompt_and_completion(row, where, template, tokenizer)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        overflow = len(prompt_ids) + len(completion_ids) - max_length
+        if overflow > 0:
+            if truncation == "error":
+                raise DataError(
+                    f"{where}: {len(prompt_ids) + len(completion_ids)} tokens > data.max_length={max_length} "
+                    "(raise it, or set data.truncation=drop or truncate_prompt)"
+                )
+            if truncation == "truncate_prompt" and overflow < len(prompt_ids):
+                prompt_ids = prompt_ids[overflow:]
+                out.truncated_prompts += 1
+            else:
+                out.dropped_too_long += 1
+                continue
+        out.input_ids.append(prompt_ids + completion_ids)
+        out.labels.append([IGNORE] * len(prompt_ids) + completion_ids)
+        out.rows.append(i)
+    if not out.input_ids:
+        raise DataError(
+            f"{source}: dataset is empty after filtering ({out.dropped_too_long} rows longer than "
+            f"data.max_length={max_length})"
+        )
+    return out
+
+
+def collate_sft(input_ids: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: padding gets attention 0 and label IGNORE, so its id never matters."""
+    width = max(len(ids) for ids in input_ids)
+    batch_ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
+    batch_labels = torch.full((len(input_ids), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for b, (ids, labs) in enumerate(zip(input_ids, labels)):
+        batch_ids[b, : len(ids)] = torch.tensor(ids)
+        batch_labels[b, : len(labs)] = torch.tensor(labs)
+        attention_mask[b, : len(ids)] = 1
+    return {"input_ids": batch_ids, "attention_mask": attention_mask, "labels": batch_labels}

@@ -1,0 +1,140 @@
+"""Load a causal LM and its tokenizer from any place a config can name.
+
+`model.name` may be a built-in asset (`tiny`, `smollm2`), a local HF folder, a stage folder of
+a run (its `final/` is used), a LoRA adapter folder (merged into its base, so that "the
+reference" of a later stage is this model and not silently the base), a `.gguf` file, or a hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import ModelConfig
+from rlhfkit.errors import ModelError
+from rlhfkit.models import assets
+from rlhfkit.models.lora import add_lora
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(name: str, tiny_seed: int = 0) -> str:
+    """A local folder holding config.json (or adapter_config.json), or a hub id to try as is."""
+    if name == "tiny":
+        return str(assets.tiny_model_dir(tiny_seed))
+    if name == "smollm2":
+        return str(assets.smollm2_dir())
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        return str(_exported_gguf(path))
+    if path.is_dir():
+        for candidate in (path, path / "final"):
+            if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
+                return str(candidate)
+        raise ModelError(f"{path}: folder has no config.json, adapter_config.json or final/ to load a model from")
+    if path.exists():
+        raise ModelError(f"{path}: expected a model folder or a .gguf file, found a file")
+    if name.startswith((".", "/", "~")) or not HUB_ID.match(name):
+        raise ModelError(f"{name}: model path does not exist")
+    return name  # a hub id: from_pretrained will try the hub (or its local cache)
+
+
+def _exported_gguf(path: Path) -> Path:
+    if not path.is_file():
+        raise ModelError(f"{path}: GGUF file does not exist")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    out = assets.cache_dir() / f"gguf-{path.stem}-{key}"
+    if not (out / "config.json").is_file():
+        from rlhfkit.models.gguf import export_gguf
+
+        print(f"rlhfkit: exporting {path.name} to {out} (once) ...", flush=True)
+        export_gguf(path, out)
+    return out
+
+
+def load_tokenizer(location: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{location}: cannot load tokenizer ({str(e).splitlines()[0][:200]})") from None
+    if tokenizer.pad_token is None:
+        # GPT-2 style tokenizers have no pad token. Padding is masked by attention_mask, never by
+        # token id, so reusing EOS is safe (and the model's real EOS is still learned).
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """p=0 in every Dropout module and every *dropout/*pdrop config field (PPO needs exact reruns)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key, value in list(vars(config).items()):
+            if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+                setattr(config, key, 0.0)
+
+
+def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
+    """(model, tokenizer) ready for training: dropout off if asked, LoRA added if cfg.lora."""
+    from transformers import AutoModelForCausalLM
+
+    location = resolve_model_path(cfg.name, cfg.tiny_seed)
+    dtype = DTYPES[cfg.dtype]
+    adapter = Path(location) / "adapter_config.json"
+    try:
+        if adapter.is_file():
+            model = _load_merged_adapter(Path(location), dtype, cfg.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"{cfg.name}: cannot load model ({str(e).splitlines()[0][:200]})") from None
+    tokenizer = load_tokenizer(cfg.tokenizer or _tokenizer_location(location), cfg.trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if trainable and cfg.lora:
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "CAUSAL_LM")
+    elif not trainable:
+        model.requires_grad_(False)
+    return model, tokenizer
+
+
+def _tokenizer_location(location: str) -> str:
+    path = Path(location)
+    if (path / "adapter_config.json").is_file() and not _has_tokenizer(path):
+        return _adapter_base(path)
+    return location
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
+def _adapter_base(path: Path) -> str:
+    config = json.loads((path / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{path}/adapter_config.json: no base_model_name_or_path to load the adapter onto")
+    return resolve_model_path(base)
+
+
+def _load_merged_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(_adapter_base(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(base, path).merge_and_unload()

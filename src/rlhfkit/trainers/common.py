@@ -1,0 +1,200 @@
+"""Pieces every training loop shares: setup, optimizer and schedule, checkpoints, final save."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.atomic import atomic_dir
+from rlhfkit.config import config_to_dict
+from rlhfkit.run import MetricsLogger, prepare_stage_dir
+from rlhfkit.run.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.run.logger import read_metrics
+
+
+@dataclass
+class RunResult:
+    dir: Path
+    final: Path
+    metrics: list[dict] = field(default_factory=list)
+
+    def last(self, key: str):
+        """The most recent logged value of `key` (None if never logged)."""
+        for record in reversed(self.metrics):
+            if key in record:
+                return record[key]
+        return None
+
+    def first(self, key: str):
+        for record in self.metrics:
+            if key in record:
+                return record[key]
+        return None
+
+
+@dataclass
+class StageContext:
+    cfg: object
+    out: Path
+    accelerator: object
+    logger: MetricsLogger
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
+    """Seed, threads, accelerator, run folder (config.yaml first) and metrics logger."""
+    from accelerate import Accelerator
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out = Path(cfg.run.dir) / cfg.run.name / stage
+    if accelerator.is_main_process:
+        out = prepare_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    logger = MetricsLogger(out, cfg.run.report_to, config_to_dict(cfg), enabled=accelerator.is_main_process)
+    return StageContext(cfg, out, accelerator, logger)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # No weight decay on biases and norms (1-D tensors), as in GPT-2 / nanoGPT.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
+    """lr multiplier: linear warm-up, then cosine decay to `min_ratio` at `total_steps`."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name in state if name not in params]
+    if missing:
+        raise ValueError(f"checkpoint has parameters this model lacks, e.g. {missing[0]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def save_training_state(ctx: StageContext, step: int, model, optimizer, scheduler, extra: dict | None = None) -> None:
+    if ctx.is_main:
+        save_checkpoint(
+            ctx.out / "checkpoints",
+            step,
+            {
+                "model": trainable_state(ctx.accelerator.unwrap_model(model)),
+                "optimizer": optimizer.state_dict(),
+                "trainer": {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), **(extra or {})},
+            },
+            keep_last=ctx.cfg.train.keep_last,
+        )
+    ctx.accelerator.wait_for_everyone()
+
+
+def restore_training_state(ctx: StageContext, model, optimizer, scheduler) -> tuple[int, dict]:
+    """(step to continue from, trainer extras); (0, {}) when there is no checkpoint yet."""
+    found = load_latest_checkpoint(ctx.out / "checkpoints")
+    if found is None:
+        if ctx.is_main:
+            print(f"rlhfkit: no checkpoint in {ctx.out}/checkpoints; starting from step 0", flush=True)
+        return 0, {}
+    step, parts = found
+    load_trainable_state(ctx.accelerator.unwrap_model(model), parts["model"])
+    optimizer.load_state_dict(parts["optimizer"])
+    trainer = parts["trainer"]
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(trainer["rng"])
+    if ctx.is_main:
+        _truncate_metrics(ctx.out / "metrics.jsonl", step)
+        print(f"rlhfkit: resumed {ctx.out} from step {step}", flush=True)
+    return step, trainer
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    # Steps after the checkpoint will be logged again; drop their first, interrupted records.
+    if path.is_file():
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        import json
+
+        from rlhfkit.atomic import atomic_write_text
+
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False) -> Path:
+    """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked)."""
+    final = ctx.out / "final"
+    if ctx.is_main:
+        unwrapped = ctx.accelerator.unwrap_model(model)
+        with atomic_dir(final) as tmp:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if save_merged and hasattr(unwrapped, "merge_and_unload"):
+                import copy
+
+                merged = copy.deepcopy(unwrapped).merge_and_unload()
+                merged.save_pretrained(tmp / "merged", safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "merged")
+        if ctx.cfg.run.push_to_hub:
+            push_to_hub(final, ctx.cfg.run.push_to_hub)
+    ctx.accelerator.wait_for_everyone()
+    return final
+
+
+def push_to_hub(folder: Path, repo_id: str) -> None:
+    """Upload after everything is saved locally; offline this is one line, not a crash."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+        print(f"rlhfkit: pushed {folder} to the hub as {repo_id}", flush=True)
+    except Exception as e:  # noqa: BLE001 - any failure here must not lose the local result
+        print(f"rlhfkit: push_to_hub {repo_id} failed ({type(e).__name__}); {folder} is saved locally", flush=True)
+
+
+def finish(ctx: StageContext, final: Path) -> RunResult:
+    ctx.logger.close()
+    metrics = read_metrics(ctx.out / "metrics.jsonl") if (ctx.out / "metrics.jsonl").is_file() else []
+    return RunResult(ctx.out, final, metrics)
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    """tqdm with loss and throughput in its postfix; redrawn rarely when output is a log file."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                mininterval=0.2 if interactive else 10.0)

@@ -1,0 +1,156 @@
+"""Supervised fine-tuning: next-token loss on completion tokens only (prompt and padding ignored)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+
+import torch
+
+from rlhfkit.config import SFTConfig
+from rlhfkit.data import collate_sft, load_rows, prompt_and_completion, split_off_eval, tokenize_sft
+from rlhfkit.data.batching import global_batch_at, micro_batch
+from rlhfkit.data.sft import IGNORE, TokenizedSFT
+from rlhfkit.evaluate.completions import completion_metrics
+from rlhfkit.evaluate.text import is_builtin
+from rlhfkit.models import load_causal_lm
+from rlhfkit.ops import masked_nll
+from rlhfkit.run import metrics as M
+from rlhfkit.trainers.common import (
+    RunResult,
+    build_optimizer,
+    finish,
+    progress_bar,
+    restore_training_state,
+    save_final,
+    save_training_state,
+    start_stage,
+    warmup_cosine,
+)
+
+
+def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT, list[dict]]:
+    """(train examples, held-out examples, held-out rows) with a report of what was dropped."""
+    d = cfg.data
+    rows = load_rows(d.source, "train", d.builtin_size, d.builtin_noise)
+    if d.eval_source:
+        eval_rows = load_rows(d.eval_source, "test")
+    elif is_builtin(d.source):
+        eval_rows = load_rows(d.source, "test")
+    else:
+        rows, eval_rows = split_off_eval(rows, d.eval_fraction, cfg.train.seed, d.eval_size)
+    if d.max_train_rows:
+        rows = rows[: d.max_train_rows]
+    eval_rows = eval_rows[: d.eval_size]
+    train = tokenize_sft(rows, tokenizer, d.source, d.template, d.max_length, d.truncation)
+    held_out = tokenize_sft(eval_rows, tokenizer, d.eval_source or d.source, d.template, d.max_length, d.truncation)
+    for name, part, total in (("train", train, len(rows)), ("eval", held_out, len(eval_rows))):
+        note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
+        note += f", {part.truncated_prompts} prompts cut from the left" if part.truncated_prompts else ""
+        print(f"rlhfkit: sft {name} data: {len(part)} of {total} rows kept{note}", flush=True)
+    return train, held_out, [eval_rows[i] for i in held_out.rows]
+
+
+def completion_tokens(labels: list[int]) -> int:
+    # Labels are shifted inside the loss: the first position never has a target.
+    return sum(1 for x in labels[1:] if x != IGNORE)
+
+
+@torch.no_grad()
+def evaluate_sft(model, tokenizer, cfg: SFTConfig, held_out: TokenizedSFT, eval_rows: list[dict]) -> tuple[dict, list]:
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(held_out), cfg.train.batch_size):
+        ids = held_out.input_ids[start : start + cfg.train.batch_size]
+        labels = held_out.labels[start : start + cfg.train.batch_size]
+        batch = collate_sft(ids, labels, tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, stats = masked_nll(logits, batch["labels"])
+        total_loss += loss.item() * stats["tokens"].item()
+        total_tokens += int(stats["tokens"].item())
+    eval_loss = total_loss / total_tokens
+    metrics = {M.EVAL_LOSS: eval_loss, M.EVAL_PERPLEXITY: math.exp(min(eval_loss, 50.0))}
+    samples: list[dict] = []
+    n = min(cfg.sft.eval_generate, len(eval_rows))
+    if n > 0:
+        rows = eval_rows[:n]
+        pairs = [prompt_and_completion(r, "eval", cfg.data.template, tokenizer) for r in rows]
+        references = [r.get("references") or [completion.strip()] for r, (_, completion) in zip(rows, pairs)]
+        generated, samples = completion_metrics(
+            model, tokenizer, [p for p, _ in pairs], references, cfg.sft.max_new_tokens,
+            gold=is_builtin(cfg.data.eval_source or cfg.data.source), batch_size=cfg.train.batch_size,
+        )
+        metrics.update(generated)
+    model.train()
+    return metrics, samples
+
+
+def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
+    ctx = start_stage(cfg, "sft", resume, overwrite)
+    acc, t = ctx.accelerator, cfg.train
+    model, tokenizer = load_causal_lm(cfg.model)
+    train, held_out, eval_rows = load_sft_data(cfg, tokenizer)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
+    model, optimizer = acc.prepare(model, optimizer)
+    model.train()
+    start_step = restore_training_state(ctx, model, optimizer, scheduler)[0] if resume else 0
+
+    rank, world = acc.process_index, acc.num_processes
+    global_batch = t.batch_size * t.grad_accum * world
+    lengths = tuple(len(ids) for ids in train.input_ids)
+    if len(lengths) < global_batch:
+        raise ValueError(f"{len(lengths)} training examples cannot fill one global batch of {global_batch} "
+                         "(train.batch_size x train.grad_accum x processes)")
+
+    def log_eval(step: int) -> None:
+        metrics, samples = evaluate_sft(acc.unwrap_model(model), tokenizer, cfg, held_out, eval_rows)
+        ctx.logger.log(step, metrics)
+        if ctx.is_main and samples:
+            with open(ctx.out / "samples.jsonl", "a", encoding="utf-8") as f:
+                for sample in samples:
+                    f.write(json.dumps({"step": step, **sample}) + "\n")
+
+    if start_step == 0 and ctx.is_main:
+        log_eval(0)
+    bar = progress_bar(t.max_steps, start_step, "sft", ctx.is_main and cfg.run.progress)
+    for step in range(start_step, t.max_steps):
+        started = time.perf_counter()
+        indices = global_batch_at(step, lengths, global_batch, t.seed, cfg.sft.group_by_length)
+        # Normalise by the global batch's completion tokens, so N processes x b sum to exactly
+        # the gradient of 1 process x N*b (DDP averages gradients, hence the x world).
+        global_tokens = sum(completion_tokens(train.labels[i]) for i in indices)
+        step_loss = torch.zeros(())
+        for micro_step in range(t.grad_accum):
+            ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
+            batch = collate_sft([train.input_ids[i] for i in ids], [train.labels[i] for i in ids], tokenizer.pad_token_id)
+            sync = contextlib.nullcontext() if micro_step == t.grad_accum - 1 else acc.no_sync(model)
+            with sync:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss, stats = masked_nll(logits, batch["labels"])
+                share = stats["tokens"] / global_tokens
+                acc.backward(loss * share * world)
+            step_loss += loss.detach() * share
+        grad_norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_loss = acc.reduce(step_loss, "sum") if world > 1 else step_loss
+        elapsed = time.perf_counter() - started
+        tokens_per_s = sum(lengths[i] for i in indices) / elapsed
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss.item():.3f}", tok_s=f"{tokens_per_s:.0f}")
+        done = step + 1
+        if done % t.log_every == 0 or done == t.max_steps:
+            ctx.logger.log(done, {M.LOSS: step_loss.item(), M.LR: scheduler.get_last_lr()[0],
+                                  M.GRAD_NORM: float(grad_norm), M.TOKENS_PER_S: tokens_per_s})
+        if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
+            log_eval(done)
+        if done % t.save_every == 0 and done < t.max_steps:
+            save_training_state(ctx, done, model, optimizer, scheduler)
+    bar.close()
+    final = save_final(ctx, model, tokenizer, save_merged=cfg.sft.save_merged)
+    return finish(ctx, final)
