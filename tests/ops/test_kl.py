@@ -29,7 +29,9 @@ def _dtype_id(p):
 @pytest.mark.parametrize("shape", [(1, 1), (2, 5), (4, 9)])
 @pytest.mark.parametrize("dt", DTYPES_BF16, ids=_dtype_id)
 @pytest.mark.parametrize(
-    "fn, ref", [(kl_k1, kl_k1_reference), (kl_k2, kl_k2_reference), (kl_k3, kl_k3_reference)], ids=["k1", "k2", "k3"]
+    "fn, ref",
+    [(kl_k1, kl_k1_reference), (kl_k2, kl_k2_reference), (kl_k3, kl_k3_reference)],
+    ids=["k1", "k2", "k3"],
 )
 def test_estimators_match_reference(shape, dt, fn, ref):
     dtype, atol, rtol = dt
@@ -135,7 +137,9 @@ def _sample_logprobs(logits, ref_logits, n, temperature, g, sample_from="policy"
     return lp, ref_lp
 
 
-@pytest.mark.parametrize("vocab, scale, temperature, seed", [(5, 1.0, 1.0, 0), (12, 1.5, 1.0, 1), (20, 1.0, 0.7, 2)])
+@pytest.mark.parametrize(
+    "vocab, scale, temperature, seed", [(5, 1.0, 1.0, 0), (12, 1.5, 1.0, 1), (20, 1.0, 0.7, 2)]
+)
 def test_k1_and_k3_sample_means_match_exact_kl(vocab, scale, temperature, seed):
     g = torch.Generator().manual_seed(seed)
     logits = scale * torch.randn(1, vocab, generator=g, dtype=torch.float64)

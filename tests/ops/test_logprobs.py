@@ -20,7 +20,7 @@ from rlhfkit.ops.logprobs import (
     masked_whiten_reference,
 )
 
-from .helpers import DTYPE_IDS, DTYPES, DTYPES_BF16, SHAPES_2D, close, random_mask, right_padded_mask
+from .helpers import DTYPE_IDS, DTYPES_BF16, SHAPES_2D, close, random_mask, right_padded_mask
 
 LOGIT_SHAPES = [(1, 1, 2), (2, 3, 5), (3, 4, 17), (1, 9, 11)]
 
@@ -48,9 +48,7 @@ def test_logprobs_from_logits_matches_reference(shape, dt, temperature):
 def test_logprobs_from_logits_sum_to_one_and_gradient():
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
-    all_lp = torch.stack(
-        [logprobs_from_logits(logits, torch.full((2, 3), v)) for v in range(6)], dim=-1
-    )
+    all_lp = torch.stack([logprobs_from_logits(logits, torch.full((2, 3), v)) for v in range(6)], dim=-1)
     close(all_lp.exp().sum(-1), torch.ones(2, 3), 1e-12, 1e-12)
     tokens = torch.randint(0, 6, (2, 3))
     logprobs_from_logits(logits, tokens).sum().backward()
@@ -80,7 +78,9 @@ def test_entropy_known_values_and_banned_tokens():
     uniform = torch.zeros(1, 1, 8, dtype=torch.float64)
     close(entropy_from_logits(uniform), [[math.log(8)]], 1e-12, 0)
     # -inf logits (banned tokens) contribute 0, with finite gradients everywhere.
-    logits = torch.tensor([[[0.0, 0.0, float("-inf"), float("-inf")]]], dtype=torch.float64, requires_grad=True)
+    logits = torch.tensor(
+        [[[0.0, 0.0, float("-inf"), float("-inf")]]], dtype=torch.float64, requires_grad=True
+    )
     h = entropy_from_logits(logits)
     close(h, [[math.log(2)]], 1e-12, 0)
     h.sum().backward()
@@ -131,7 +131,8 @@ def test_masked_ops_ignore_garbage_under_mask():
     mask[0] = True  # at least one full row
     mask[1, 0] = True  # and no empty row in row 1
     garbage = x.clone()
-    garbage[~mask] = torch.tensor([float("nan"), float("inf"), -1e30], dtype=torch.float64).repeat(20)[: int((~mask).sum())]
+    junk = torch.tensor([float("nan"), float("inf"), -1e30], dtype=torch.float64).repeat(20)
+    garbage[~mask] = junk[: int((~mask).sum())]
     garbage.requires_grad_(True)
     for fn in (masked_sum, masked_mean, masked_var):
         for dim in (None, -1):
@@ -185,6 +186,3 @@ def test_bf16_masked_mean_accumulates_in_float32():
     assert mean.dtype == torch.bfloat16
     assert mean.float().item() == pytest.approx(3002 / 3001, abs=8e-3)
     assert masked_sum(x, torch.ones_like(x, dtype=torch.bool)).float().item() == pytest.approx(3002, rel=4e-3)
-
-
-_ = DTYPES  # re-exported for symmetry with other test modules

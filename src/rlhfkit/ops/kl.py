@@ -85,7 +85,9 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     try:
         fn = KL_ESTIMATORS[estimator]
     except KeyError:
-        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {sorted(KL_ESTIMATORS)}") from None
+        raise ValueError(
+            f"unknown KL estimator {estimator!r}; expected one of {sorted(KL_ESTIMATORS)}"
+        ) from None
     return fn(logprobs, ref_logprobs)
 
 
@@ -149,7 +151,9 @@ def kl_k3_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch
     return torch.tensor(out, dtype=torch.float64).reshape(logprobs.shape)
 
 
-def kl_exact_reference(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kl_exact_reference(
+    logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Naive reference: softmax both, then sum p * log(p / q) over the vocab in a Python loop."""
     p_all = torch.softmax(logits.double() / temperature, dim=-1)
     q_all = torch.softmax(ref_logits.double() / temperature, dim=-1)

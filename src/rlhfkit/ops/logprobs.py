@@ -48,9 +48,10 @@ def logprobs_from_logits(
     calling if the logits come straight from a causal LM). Pass the sampling temperature so the
     log-probs are those of the distribution actually sampled from (design §6.1).
 
-    Gather minus logsumexp never keeps a (B, T, V) log-softmax tensor alive: autograd saves only
-    the logits, and the gradient is formed at backward time. bf16 logits give bf16 log-probs
-    (about 3 significant digits); call with `logits.float()` when that is not enough.
+    Gather minus logsumexp never builds a (B, T, V) log-softmax output: autograd keeps only the
+    (scaled) logits and forms the gradient at backward time; temperature != 1 costs one (B, T, V)
+    copy for `logits / temperature`. bf16 logits give bf16 log-probs (about 3 significant
+    digits); call with `logits.float()` when that is not enough.
     """
     if tokens.shape != logits.shape[:-1]:
         raise ValueError(

@@ -66,7 +66,9 @@ def masked_nll(
     return loss, stats
 
 
-def masked_nll_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def masked_nll_reference(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
     """Naive reference: loop over (b, t), -log softmax(logits[b, t])[labels[b, t+1]], float64."""
     total, n = 0.0, 0
     B, T = labels.shape
