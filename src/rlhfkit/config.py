@@ -94,7 +94,7 @@ class RunConfig:
     name: str = "default"
     dir: str = "runs"
     """Runs go to `<dir>/<name>/<stage>/`."""
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     """Any of `tensorboard`, `wandb`; empty for metrics.jsonl only."""
     push_to_hub: str | None = None
     """`<user>/<name>`: upload final/ when the stage ends (needs network)."""

@@ -66,3 +66,13 @@ def test_collate_pads_right_with_masked_labels(tokenizer):
     assert batch["input_ids"].shape == (2, 3)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+
+
+def test_chat_template_is_used_when_asked(tokenizer):
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    tokenizer.pad_token = tokenizer.eos_token
+    data = tokenize_sft([{"instruction": "Name 2 colors.", "output": "red, blue"}], tokenizer, "f", "chat", 64, "drop")
+    prompt_len = sum(1 for x in data.labels[0] if x == IGNORE)
+    assert tokenizer.decode(data.input_ids[0][:prompt_len]) == "<user>Name 2 colors.\n<assistant>"
+    assert tokenizer.decode(data.labels[0][prompt_len:-1]) == "red, blue"

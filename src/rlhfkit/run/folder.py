@@ -16,11 +16,8 @@ def stage_dir(cfg, stage: str) -> Path:
     return Path(cfg.run.dir) / cfg.run.name / stage
 
 
-def prepare_stage_dir(cfg, stage: str, resume: bool = False, overwrite: bool = False) -> Path:
-    """Create (or reopen with --resume) the stage folder and write the resolved config into it.
-
-    An existing folder is never touched unless the user said which of the two they want.
-    """
+def check_stage_dir(cfg, stage: str, resume: bool = False, overwrite: bool = False) -> Path:
+    """Refuse, before any work, to touch an existing folder unless the user said how."""
     out = stage_dir(cfg, stage)
     if resume and overwrite:
         raise RlhfkitError("--resume and --overwrite contradict each other; pass one")
@@ -29,6 +26,13 @@ def prepare_stage_dir(cfg, stage: str, resume: bool = False, overwrite: bool = F
         raise RlhfkitError(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
     if resume and not existing:
         raise RlhfkitError(f"{out}: nothing to resume (no such run folder)")
+    return out
+
+
+def prepare_stage_dir(cfg, stage: str, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create (or reopen with --resume) the stage folder and write the resolved config into it."""
+    out = check_stage_dir(cfg, stage, resume, overwrite)
+    existing = out.is_dir() and any(out.iterdir())
     if existing and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import torch
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.config import config_to_dict
 from rlhfkit.run import MetricsLogger, prepare_stage_dir
+from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlhfkit.run.logger import read_metrics
 
@@ -39,29 +40,36 @@ class RunResult:
 @dataclass
 class StageContext:
     cfg: object
+    stage: str
     out: Path
     accelerator: object
-    logger: MetricsLogger
+    resume: bool
+    overwrite: bool
+    logger: MetricsLogger | None = None
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def open_run(self) -> None:
+        """Create the run folder (config.yaml first) and the logger; call once inputs have loaded."""
+        if self.is_main:
+            prepare_stage_dir(self.cfg, self.stage, resume=self.resume, overwrite=self.overwrite)
+        self.accelerator.wait_for_everyone()
+        self.logger = MetricsLogger(self.out, self.cfg.run.report_to, config_to_dict(self.cfg), enabled=self.is_main)
+
 
 def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
-    """Seed, threads, accelerator, run folder (config.yaml first) and metrics logger."""
+    """Seed, threads and accelerator; checks the run folder but creates nothing yet, so a bad
+    model path or data file fails without leaving a half-made run behind."""
     from accelerate import Accelerator
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    out = Path(cfg.run.dir) / cfg.run.name / stage
-    if accelerator.is_main_process:
-        out = prepare_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-    logger = MetricsLogger(out, cfg.run.report_to, config_to_dict(cfg), enabled=accelerator.is_main_process)
-    return StageContext(cfg, out, accelerator, logger)
+    out = check_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
+    return StageContext(cfg, stage, out, accelerator, resume, overwrite)
 
 
 def seed_everything(seed: int) -> None:

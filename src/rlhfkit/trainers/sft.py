@@ -92,6 +92,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = load_causal_lm(cfg.model)
     train, held_out, eval_rows = load_sft_data(cfg, tokenizer)
+    ctx.open_run()
     optimizer = build_optimizer(model, t.lr, t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
     model, optimizer = acc.prepare(model, optimizer)

@@ -1,0 +1,83 @@
+"""The command line: every listed command exists, errors are one line with exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rlhfkit.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_stage():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for command in ("sft", "rm", "ppo", "pipeline", "generate", "eval", "tiny-model"):
+        assert command in done.stdout
+    assert "not built yet" in done.stdout
+
+
+@pytest.mark.parametrize("stage, issue", [("rm", "#5"), ("ppo", "#6"), ("pipeline", "#7")])
+def test_stages_not_built_say_so(capsys, stage, issue):
+    assert main([stage]) == 2
+    assert issue in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+        (["train.max_steps=ten"], "train.max_steps must be an integer, got 'ten'"),
+        (["model.name=/nonexistent/model"], "/nonexistent/model: model path does not exist"),
+        (["data.source=/nonexistent/data.jsonl"], "/nonexistent/data.jsonl: data file does not exist"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(tmp_path, capsys, overrides, message, tiny_dir):
+    code = main(["sft", f"run.dir={tmp_path}", "run.report_to=[]", *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_yaml_that_does_not_parse(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: 1\n")
+    assert main(["sft", "--config", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_missing_columns_name_file_and_row(tmp_path, capsys, tiny_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    code = main(["sft", f"run.dir={tmp_path}", f"data.source={data}", f"data.eval_source={data}", "run.report_to=[]"])
+    assert code == 2
+    assert f"{data}: row 1: missing or non-string column 'output'" in capsys.readouterr().err
+
+
+def test_existing_run_is_left_alone(tmp_path, capsys, tiny_dir):
+    stage = tmp_path / "default" / "sft"
+    stage.mkdir(parents=True)
+    (stage / "metrics.jsonl").write_text("precious\n")
+    assert main(["sft", f"run.dir={tmp_path}"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (stage / "metrics.jsonl").read_text() == "precious\n"
+
+
+def test_tiny_model_command(tmp_path, capsys):
+    assert main(["tiny-model", "--out", str(tmp_path / "m"), "--seed", "3"]) == 0
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_generate_and_eval_commands(tmp_path, capsys, tiny_dir):
+    assert main(["generate", "--model", "tiny", "--prompt", "Repeat the word cat 3 times.", "--max-new-tokens", "4"]) == 0
+    assert "Human: Repeat the word cat 3 times." in capsys.readouterr().out
+    out = tmp_path / "eval.md"
+    assert main(["eval", "--model", "tiny", "--model", str(tiny_dir), "--n", "8", "--max-new-tokens", "4",
+                 "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "| model | eval/loss" in table and "gold/score" in table
+    rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 9  # name + 6 metrics
