@@ -12,8 +12,8 @@ import torch
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.config import config_to_dict
 from rlhfkit.run import MetricsLogger, prepare_stage_dir
-from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.logger import read_metrics
 
 
