@@ -7,10 +7,11 @@ import math
 import torch
 
 from rlhfkit.config import ModelConfig
-from rlhfkit.data import collate_sft, load_rows, prompt_and_completion, render_prompt, tokenize_sft
-from rlhfkit.evaluate.completions import completion_metrics
+from rlhfkit.data import load_rows, render_prompt, tokenize_sft
+from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
+from rlhfkit.evaluate.loss import held_out_loss
+from rlhfkit.evaluate.text import is_builtin
 from rlhfkit.models import load_causal_lm
-from rlhfkit.ops import masked_nll
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
 
@@ -31,33 +32,16 @@ def generate_command(args) -> int:
     return 0
 
 
-@torch.no_grad()
-def held_out_loss(model, tokenizer, rows: list[dict], source: str, batch_size: int = 16) -> float:
-    data = tokenize_sft(rows, tokenizer, source, "human_assistant", 512, "drop")
-    total, tokens = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        batch = collate_sft(data.input_ids[start : start + batch_size], data.labels[start : start + batch_size],
-                            tokenizer.pad_token_id)
-        loss, stats = masked_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                 batch["labels"])
-        total += loss.item() * stats["tokens"].item()
-        tokens += int(stats["tokens"].item())
-    return total / tokens
-
-
 def eval_command(args) -> int:
     rows = load_rows(args.data, "test")[: args.n]
-    prompts, references = [], []
-    for i, row in enumerate(rows):
-        prompt, completion = prompt_and_completion(row, f"{args.data}: row {i}", "human_assistant", None)
-        prompts.append(prompt)
-        references.append(row.get("references") or [completion.strip()])
-    gold = args.data.startswith("builtin:")
+    prompts, references = prompts_and_references(rows, args.data, "human_assistant", None)
+    gold = is_builtin(args.data)
     table, completions = [], {}
     for name in args.model:
         model, tokenizer = _load(name)
         metrics, samples = completion_metrics(model, tokenizer, prompts, references, args.max_new_tokens, gold=gold)
-        metrics[M.EVAL_LOSS] = held_out_loss(model, tokenizer, rows, args.data)
+        data = tokenize_sft(rows, tokenizer, args.data, "human_assistant", 512, "drop")
+        metrics[M.EVAL_LOSS] = held_out_loss(model, data, tokenizer.pad_token_id)
         metrics[M.EVAL_PERPLEXITY] = math.exp(min(metrics[M.EVAL_LOSS], 50.0))
         table.append((name, metrics))
         completions[name] = [s["response"] for s in samples]

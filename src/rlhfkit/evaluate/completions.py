@@ -7,6 +7,18 @@ from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
 
 
+def prompts_and_references(rows: list[dict], source: str, template: str, tokenizer) -> tuple[list[str], list[list[str]]]:
+    """Rendered prompts and their reference answers (all wordings where the row has several)."""
+    from rlhfkit.data import prompt_and_completion
+
+    prompts, references = [], []
+    for i, row in enumerate(rows):
+        prompt, completion = prompt_and_completion(row, f"{source}: row {i}", template, tokenizer)
+        prompts.append(prompt)
+        references.append(row.get("references") or [completion.strip()])
+    return prompts, references
+
+
 def completion_metrics(model, tokenizer, prompts: list[str], references: list[list[str]], max_new_tokens: int,
                        gold: bool, batch_size: int = 16) -> tuple[dict[str, float], list[dict]]:
     """(metrics, samples) of greedy completions; gold/score only where the prompts are built-in."""

@@ -10,10 +10,11 @@ import time
 import torch
 
 from rlhfkit.config import SFTConfig
-from rlhfkit.data import collate_sft, load_rows, prompt_and_completion, split_off_eval, tokenize_sft
+from rlhfkit.data import collate_sft, load_rows, split_off_eval, tokenize_sft
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import IGNORE, TokenizedSFT
-from rlhfkit.evaluate.completions import completion_metrics
+from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
+from rlhfkit.evaluate.loss import held_out_loss
 from rlhfkit.evaluate.text import is_builtin
 from rlhfkit.models import load_causal_lm
 from rlhfkit.ops import masked_nll
@@ -61,26 +62,16 @@ def completion_tokens(labels: list[int]) -> int:
 @torch.no_grad()
 def evaluate_sft(model, tokenizer, cfg: SFTConfig, held_out: TokenizedSFT, eval_rows: list[dict]) -> tuple[dict, list]:
     model.eval()
-    total_loss, total_tokens = 0.0, 0
-    for start in range(0, len(held_out), cfg.train.batch_size):
-        ids = held_out.input_ids[start : start + cfg.train.batch_size]
-        labels = held_out.labels[start : start + cfg.train.batch_size]
-        batch = collate_sft(ids, labels, tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, stats = masked_nll(logits, batch["labels"])
-        total_loss += loss.item() * stats["tokens"].item()
-        total_tokens += int(stats["tokens"].item())
-    eval_loss = total_loss / total_tokens
+    eval_loss = held_out_loss(model, held_out, tokenizer.pad_token_id, cfg.train.batch_size)
     metrics = {M.EVAL_LOSS: eval_loss, M.EVAL_PERPLEXITY: math.exp(min(eval_loss, 50.0))}
     samples: list[dict] = []
     n = min(cfg.sft.eval_generate, len(eval_rows))
     if n > 0:
-        rows = eval_rows[:n]
-        pairs = [prompt_and_completion(r, "eval", cfg.data.template, tokenizer) for r in rows]
-        references = [r.get("references") or [completion.strip()] for r, (_, completion) in zip(rows, pairs)]
+        source = cfg.data.eval_source or cfg.data.source
+        prompts, references = prompts_and_references(eval_rows[:n], source, cfg.data.template, tokenizer)
         generated, samples = completion_metrics(
-            model, tokenizer, [p for p, _ in pairs], references, cfg.sft.max_new_tokens,
-            gold=is_builtin(cfg.data.eval_source or cfg.data.source), batch_size=cfg.train.batch_size,
+            model, tokenizer, prompts, references, cfg.sft.max_new_tokens,
+            gold=is_builtin(source), batch_size=cfg.train.batch_size,
         )
         metrics.update(generated)
     model.train()
