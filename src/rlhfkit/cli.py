@@ -8,7 +8,6 @@ import sys
 from rlhfkit.errors import RlhfkitError
 
 NOT_BUILT = {
-    "rm": "the reward model stage is not built yet (issue #5)",
     "ppo": "the PPO stage is not built yet (issue #6)",
     "pipeline": "the end-to-end pipeline is not built yet (issue #7); run `rlhfkit sft` for now",
     "bench": "the benchmarks are not built yet (issue #8)",
@@ -28,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhfkit", description="SFT -> reward model -> PPO for causal LMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
-    _stage_parser(sub, "rm", f"reward model on preference pairs [{NOT_BUILT['rm']}]")
+    _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")
     _stage_parser(sub, "ppo", f"PPO against a reward model [{NOT_BUILT['ppo']}]")
     _stage_parser(sub, "pipeline", f"sft -> rm -> ppo -> eval -> report [{NOT_BUILT['pipeline']}]")
 
@@ -47,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=48)
     e.add_argument("--show", type=int, default=5, help="side-by-side completions to print")
     e.add_argument("--out", help="also write the table and completions to this markdown file")
+
+    d = sub.add_parser("data", help="make data: `data prefs` samples and labels preference pairs for a built-in task")
+    prefs = d.add_subparsers(dest="what", metavar="WHAT", required=True).add_parser(
+        "prefs", help="two samples per prompt from a model, labelled by the noisy gold judge")
+    prefs.add_argument("--config", help="YAML with PrefsConfig fields (model, task, n_prompts, noise_temperature, out ...)")
+    prefs.add_argument("overrides", nargs="*", metavar="key=value")
 
     t = sub.add_parser("tiny-model", help="build the tiny GPT-2 + BPE tokenizer used by tests and tiny configs")
     t.add_argument("--out", required=True)
@@ -93,6 +98,23 @@ def _dispatch(args) -> int:
         cfg = load_config(SFTConfig, args.config, args.overrides)
         result = train_sft(cfg, resume=args.resume, overwrite=args.overwrite)
         print(f"rlhfkit sft: done; model in {result.final}")
+        return 0
+    if args.command == "rm":
+        from rlhfkit.config import RMConfig, load_config
+        from rlhfkit.trainers.rm import train_rm
+
+        cfg = load_config(RMConfig, args.config, args.overrides)
+        result = train_rm(cfg, resume=args.resume, overwrite=args.overwrite)
+        print(f"rlhfkit rm: done; reward model in {result.final}")
+        return 0
+    if args.command == "data":
+        from rlhfkit.config import PrefsConfig, load_config
+        from rlhfkit.trainers.prefs import make_preferences
+
+        cfg = load_config(PrefsConfig, args.config, args.overrides)
+        summary = make_preferences(cfg)
+        print(f"rlhfkit data prefs: wrote {cfg.out}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in summary.items()))
         return 0
     if args.command == "generate":
         from rlhfkit.commands import generate_command

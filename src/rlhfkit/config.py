@@ -126,7 +126,55 @@ class SFTConfig:
     sft: SFTSection = field(default_factory=SFTSection)
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig}
+@dataclass
+class RMSection:
+    format: Literal["auto", "generic", "rm-static", "hh-rlhf"] = "auto"
+    """Preference file layout; `auto` detects it from the columns."""
+    single_turn: bool = False
+    """Keep only prompts with exactly one Human turn (the seed's filter for Dahoas/rm-static)."""
+    margin: float = 0.0
+    """Required reward gap in the Bradley-Terry loss: -log sigmoid(r_c - r_r - margin)."""
+    center_coef: float = 0.0
+    """Weight of mean((r_c + r_r)^2), which keeps rewards centred at 0 (Eisenstein et al. 2023)."""
+    norm_samples: int = 64
+    """SFT samples on train prompts scored after training to store the reward mean/std PPO uses."""
+    max_new_tokens: int = 32
+    """Length of those samples."""
+
+
+@dataclass
+class RMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The SFT model (e.g. runs/<name>/sft); its trunk gets a scalar head."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="", max_length=128))
+    """Preference pairs: a .jsonl/.json/.parquet file or hf:<name> with prompt/chosen/rejected."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, batch_size=8))
+    run: RunConfig = field(default_factory=RunConfig)
+    rm: RMSection = field(default_factory=RMSection)
+
+
+@dataclass
+class PrefsConfig:
+    """`rlhfkit data prefs`: preference pairs for a built-in task, sampled from a model and
+    labelled by the gold judge through a noisy Bradley-Terry draw."""
+
+    model: str = "tiny"
+    """The policy to sample from (normally the SFT stage's folder)."""
+    task: str = "default"
+    split: Literal["train", "test"] = "train"
+    n_prompts: int = 1000
+    temperature: float = 1.0
+    """Sampling temperature of the two responses."""
+    noise_temperature: float = 0.6
+    """Bradley-Terry temperature of the labeller: 0 = the noiseless judge; larger = noisier labels."""
+    max_new_tokens: int = 32
+    drop_gold_ties: bool = True
+    """Skip pairs the judge scores equal: their label would be a coin flip that no RM can learn."""
+    seed: int = 0
+    out: str = "prefs.jsonl"
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig}
 
 # ----------------------------------------------------------------------------- loading
 

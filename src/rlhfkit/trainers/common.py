@@ -99,6 +99,33 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
     return multiplier
 
 
+def accumulate_and_step(ctx: StageContext, model, optimizer, scheduler, micro_loss, n_micro: int):
+    """One optimizer step over `n_micro` micro-batches; returns (global mean loss, grad norm).
+
+    `micro_loss(m)` returns (mean loss of micro-batch m on this process, its share of the global
+    batch). Weighting by the share makes N processes x b give the gradient of 1 process x N*b;
+    the extra x world undoes DDP's averaging of gradients across processes.
+    """
+    import contextlib
+
+    acc = ctx.accelerator
+    world = acc.num_processes
+    total = torch.zeros(())
+    for m in range(n_micro):
+        sync = contextlib.nullcontext() if m == n_micro - 1 else acc.no_sync(model)
+        with sync:
+            loss, share = micro_loss(m)
+            acc.backward(loss * share * world)
+        total += loss.detach().float() * share
+    grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.cfg.train.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        total = acc.reduce(total, "sum")
+    return total.item(), float(grad_norm)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
@@ -158,7 +185,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False) -> Path:
+def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
+               extra_files: dict[str, str] | None = None) -> Path:
     """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked)."""
     final = ctx.out / "final"
     if ctx.is_main:
@@ -166,6 +194,8 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False) -
         with atomic_dir(final) as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             if save_merged and hasattr(unwrapped, "merge_and_unload"):
                 import copy
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -21,6 +20,7 @@ from rlhfkit.ops import masked_nll
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
     RunResult,
+    accumulate_and_step,
     build_optimizer,
     finish,
     progress_bar,
@@ -111,33 +111,25 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
     for step in range(start_step, t.max_steps):
         started = time.perf_counter()
         indices = global_batch_at(step, lengths, global_batch, t.seed, cfg.sft.group_by_length)
-        # Normalise by the global batch's completion tokens, so N processes x b sum to exactly
-        # the gradient of 1 process x N*b (DDP averages gradients, hence the x world).
+        # Weight each micro-batch by its share of the global batch's completion tokens, so the
+        # step's loss is the token mean over the whole global batch whatever the split.
         global_tokens = sum(completion_tokens(train.labels[i]) for i in indices)
-        step_loss = torch.zeros(())
-        for micro_step in range(t.grad_accum):
+
+        def micro_loss(micro_step: int, indices=indices, global_tokens=global_tokens):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
             batch = collate_sft([train.input_ids[i] for i in ids], [train.labels[i] for i in ids], tokenizer.pad_token_id)
-            sync = contextlib.nullcontext() if micro_step == t.grad_accum - 1 else acc.no_sync(model)
-            with sync:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss, stats = masked_nll(logits, batch["labels"])
-                share = stats["tokens"] / global_tokens
-                acc.backward(loss * share * world)
-            step_loss += loss.detach() * share
-        grad_norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss, stats = masked_nll(logits, batch["labels"])
+            return loss, stats["tokens"] / global_tokens
 
-        step_loss = acc.reduce(step_loss, "sum") if world > 1 else step_loss
+        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum)
         elapsed = time.perf_counter() - started
         tokens_per_s = sum(lengths[i] for i in indices) / elapsed
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss.item():.3f}", tok_s=f"{tokens_per_s:.0f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
-            ctx.logger.log(done, {M.LOSS: step_loss.item(), M.LR: scheduler.get_last_lr()[0],
+            ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0],
                                   M.GRAD_NORM: float(grad_norm), M.TOKENS_PER_S: tokens_per_s})
         if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
             log_eval(done)

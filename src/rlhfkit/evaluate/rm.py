@@ -1,0 +1,70 @@
+"""Held-out reward-model metrics: accuracy, margin, loss, calibration, agreement with the gold judge."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhfkit.data.preferences import TokenizedPairs, collate_pairs
+from rlhfkit.models.reward import rewards_at_last_token
+from rlhfkit.ops import bradley_terry_loss
+from rlhfkit.run import metrics as M
+
+
+@torch.no_grad()
+def score_pairs(model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen rewards (N,), rejected rewards (N,)), one forward pass per batch for both."""
+    chosen, rejected = [], []
+    for start in range(0, len(pairs.chosen_ids), batch_size):
+        batch = collate_pairs(pairs.chosen_ids[start : start + batch_size], pairs.rejected_ids[start : start + batch_size],
+                              pad_token_id)
+        rewards = rewards_at_last_token(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
+        half = rewards.shape[0] // 2
+        chosen.append(rewards[:half])
+        rejected.append(rewards[half:])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def calibration(probabilities: torch.Tensor, bins: int = 5) -> list[dict]:
+    """Accuracy per bin of predicted P(chosen > rejected): a calibrated RM has accuracy ~ bin centre."""
+    table = []
+    edges = torch.linspace(0.0, 1.0, bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (probabilities >= lo) & ((probabilities < hi) | (hi == 1.0))
+        if inside.any():
+            table.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": int(inside.sum()),
+                          "predicted": float(probabilities[inside].mean()),
+                          "accuracy": float((probabilities[inside] > 0.5).float().mean())})
+    return table
+
+
+def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int, batch_size: int) -> tuple[dict, list]:
+    was_training = model.training
+    model.eval()
+    chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size)
+    model.train(was_training)
+    loss, stats = bradley_terry_loss(chosen, rejected)
+    metrics = {"rm/loss": loss.item(), M.RM_ACCURACY: stats["accuracy"].item(), M.RM_MARGIN: stats["margin"].item()}
+    probabilities = torch.sigmoid(chosen - rejected)
+    metrics["rm/ece"] = sum(b["n"] * abs(b["predicted"] - b["accuracy"]) for b in calibration(probabilities)) / len(chosen)
+    gold = [(r.get("chosen_score"), r.get("rejected_score")) for r in rows]
+    if all(g[0] is not None and g[1] is not None for g in gold):
+        gold_c = torch.tensor([g[0] for g in gold], dtype=torch.float32)
+        gold_r = torch.tensor([g[1] for g in gold], dtype=torch.float32)
+        untied = gold_c != gold_r
+        if untied.any():
+            # Agreement with the noiseless judge: the RM's order vs the gold order, ties left out.
+            # An RM tie counts as half right, like a coin flip.
+            rm_sign = torch.sign(chosen - rejected)[untied]
+            gold_sign = torch.sign(gold_c - gold_r)[untied]
+            metrics["rm/gold_agreement"] = (0.5 * (1 + rm_sign * gold_sign)).mean().item()
+        rm_scores, gold_scores = torch.cat([chosen, rejected]), torch.cat([gold_c, gold_r])
+        metrics["rm/gold_correlation"] = pearson(rm_scores, gold_scores)
+    return metrics, calibration(probabilities)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")

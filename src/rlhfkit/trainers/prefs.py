@@ -1,0 +1,54 @@
+"""Preference pairs for a built-in task: two samples per prompt from a policy, labelled by the
+gold judge through a noisy Bradley-Terry draw (the stand-in for human raters)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from rlhfkit.atomic import atomic_write_text
+from rlhfkit.config import ModelConfig, PrefsConfig
+from rlhfkit.data import render_prompt
+from rlhfkit.models import load_causal_lm
+from rlhfkit.rollout import generate
+from rlhfkit.tasks import expected_agreement, gold_score, noisy_label, task_rows
+
+
+def make_preferences(cfg: PrefsConfig) -> dict:
+    """Write cfg.out (jsonl) and return a summary: pairs, ties, label agreement with the judge."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model, lora=False), trainable=False)
+    rows = task_rows(cfg.task, cfg.split, n=cfg.n_prompts, seed=cfg.seed)
+    prompts = [render_prompt(r["instruction"], r["input"]) for r in rows]
+    first = generate(model, tokenizer, prompts, cfg.max_new_tokens, greedy=False, temperature=cfg.temperature)
+    second = generate(model, tokenizer, prompts, cfg.max_new_tokens, greedy=False, temperature=cfg.temperature)
+    lines, score_pairs, identical, empty, ties_dropped, agree = [], [], 0, 0, 0, 0
+    for prompt, row, a, fa, b, fb in zip(prompts, rows, first.texts, first.finished, second.texts, second.finished):
+        if a == b:
+            identical += 1  # a pair with nothing to prefer teaches the RM nothing
+            continue
+        if not a or not b:
+            empty += 1  # an immediate EOS: no response for the RM to read a score from
+            continue
+        score_a, score_b = gold_score(prompt, a, finished=fa), gold_score(prompt, b, finished=fb)
+        if cfg.drop_gold_ties and score_a == score_b:
+            ties_dropped += 1
+            continue
+        a_wins = noisy_label(score_a, score_b, cfg.noise_temperature, rng)
+        chosen, rejected = (a, b) if a_wins else (b, a)
+        chosen_score, rejected_score = (score_a, score_b) if a_wins else (score_b, score_a)
+        agree += chosen_score > rejected_score
+        score_pairs.append((score_a, score_b))
+        lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected, "family": row["family"],
+                                 "chosen_score": chosen_score, "rejected_score": rejected_score,
+                                 "noise_temperature": cfg.noise_temperature}))
+    atomic_write_text(Path(cfg.out), "".join(line + "\n" for line in lines))
+    untied = sum(1 for a, b in score_pairs if a != b)
+    summary = {"pairs": len(lines), "identical_dropped": identical, "empty_dropped": empty, "gold_ties_dropped": ties_dropped, "gold_ties": len(lines) - untied,
+               "label_agreement": agree / untied if untied else float("nan"),
+               "noise_ceiling": expected_agreement(score_pairs, cfg.noise_temperature) if untied else float("nan")}
+    return summary

@@ -1,0 +1,152 @@
+"""Reward model: Bradley-Terry on (prompt, chosen, rejected), chosen and rejected in one forward."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from rlhfkit.config import ModelConfig, RMConfig
+from rlhfkit.data import split_off_eval
+from rlhfkit.data.batching import global_batch_at, micro_batch
+from rlhfkit.data.preferences import TokenizedPairs, collate_pairs, load_preference_pairs, tokenize_pairs
+from rlhfkit.errors import ConfigError
+from rlhfkit.evaluate.rm import rm_metrics
+from rlhfkit.models import load_causal_lm
+from rlhfkit.models.reward import reward_model_from_causal_lm, rewards_at_last_token
+from rlhfkit.ops import bradley_terry_loss
+from rlhfkit.rollout import generate
+from rlhfkit.run import metrics as M
+from rlhfkit.trainers.common import (
+    RunResult,
+    accumulate_and_step,
+    build_optimizer,
+    finish,
+    progress_bar,
+    restore_training_state,
+    save_final,
+    save_training_state,
+    start_stage,
+    warmup_cosine,
+)
+
+REWARD_STATS = "reward_stats.json"
+
+
+def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:
+    d = cfg.data
+    if not d.source:
+        raise ConfigError("data.source is required for the rm stage: a preference file (prompt/chosen/rejected) or hf:<name>")
+    loaded = load_preference_pairs(d.source, "train", cfg.rm.format, cfg.rm.single_turn)
+    _report("train", loaded, d.source)
+    pairs = loaded.pairs
+    if d.eval_source:
+        held = load_preference_pairs(d.eval_source, "test", cfg.rm.format, cfg.rm.single_turn)
+        _report("eval", held, d.eval_source)
+        eval_pairs = held.pairs[: d.eval_size]
+    else:
+        pairs, eval_pairs = split_off_eval(pairs, d.eval_fraction, cfg.train.seed, d.eval_size)
+    if d.max_train_rows:
+        pairs = pairs[: d.max_train_rows]
+    train = tokenize_pairs(pairs, tokenizer, d.source, d.max_length, d.truncation)
+    held_out = tokenize_pairs(eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation)
+    for name, part, total in (("train", train, len(pairs)), ("eval", held_out, len(eval_pairs))):
+        note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
+        print(f"rlhfkit: rm {name} pairs: {len(part.chosen_ids)} of {total} kept{note}", flush=True)
+    return train, held_out, pairs, [eval_pairs[i] for i in held_out.rows]
+
+
+def _report(name: str, loaded, source: str) -> None:
+    parts = [f"{len(loaded.pairs)} pairs"]
+    if loaded.kept_single_turn is not None:
+        parts.append(f"single-turn filter kept {loaded.kept_single_turn} of {loaded.total}")
+    if loaded.dropped_identical:
+        parts.append(f"{loaded.dropped_identical} with chosen == rejected dropped")
+    print(f"rlhfkit: rm {name} data {source}: " + ", ".join(parts), flush=True)
+
+
+@torch.no_grad()
+def reward_stats(cfg: RMConfig, reward_model, tokenizer, train_pairs: list[dict]) -> dict:
+    """Mean/std of the RM's score on fresh SFT samples for train prompts: PPO normalises with these."""
+    policy, _ = load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)
+    prompts = list(dict.fromkeys(p["prompt"] for p in train_pairs))[: cfg.rm.norm_samples]
+    samples = generate(policy, tokenizer, prompts, cfg.rm.max_new_tokens, greedy=False, temperature=1.0)
+    ids = [tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
+           for p, r in zip(prompts, samples.texts)]
+    scores = []
+    for start in range(0, len(ids), cfg.train.batch_size):
+        chunk = ids[start : start + cfg.train.batch_size]
+        batch = collate_pairs(chunk, chunk, tokenizer.pad_token_id)
+        scores.append(rewards_at_last_token(reward_model, batch["input_ids"], batch["attention_mask"])[: len(chunk)])
+    scores = torch.cat(scores)
+    return {"mean": scores.mean().item(), "std": scores.std().item(), "n": len(scores),
+            "source": "rm scores of SFT samples (T=1) on train prompts"}
+
+
+def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
+    ctx = start_stage(cfg, "rm", resume, overwrite)
+    acc, t = ctx.accelerator, cfg.train
+    model, tokenizer = reward_model_from_causal_lm(cfg.model)
+    train, held_out, train_pairs, eval_pairs = load_rm_data(cfg, tokenizer)
+    ctx.open_run()
+    optimizer = build_optimizer(model, t.lr, t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
+    model, optimizer = acc.prepare(model, optimizer)
+    model.train()
+    start_step = restore_training_state(ctx, model, optimizer, scheduler)[0] if resume else 0
+
+    rank, world = acc.process_index, acc.num_processes
+    global_batch = t.batch_size * t.grad_accum * world
+    lengths = tuple(max(len(c), len(r)) for c, r in zip(train.chosen_ids, train.rejected_ids))
+    if len(lengths) < global_batch:
+        raise ValueError(f"{len(lengths)} training pairs cannot fill one global batch of {global_batch} "
+                         "(train.batch_size x train.grad_accum x processes)")
+
+    def log_eval(step: int) -> None:
+        metrics, table = rm_metrics(acc.unwrap_model(model), held_out, eval_pairs, tokenizer.pad_token_id, t.batch_size)
+        ctx.logger.log(step, metrics)
+        if ctx.is_main:
+            with open(ctx.out / "calibration.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "bins": table}) + "\n")
+
+    if start_step == 0 and ctx.is_main:
+        log_eval(0)
+    bar = progress_bar(t.max_steps, start_step, "rm", ctx.is_main and cfg.run.progress)
+    for step in range(start_step, t.max_steps):
+        started = time.perf_counter()
+        indices = global_batch_at(step, lengths, global_batch, t.seed, True)
+
+        def micro_loss(micro_step: int, indices=indices):
+            ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
+            batch = collate_pairs([train.chosen_ids[i] for i in ids], [train.rejected_ids[i] for i in ids],
+                                  tokenizer.pad_token_id)
+            rewards = rewards_at_last_token(model, batch["input_ids"], batch["attention_mask"])  # (2b,)
+            loss, _ = bradley_terry_loss(rewards[: len(ids)], rewards[len(ids):], cfg.rm.margin, cfg.rm.center_coef)
+            return loss, len(ids) / len(indices)
+
+        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum)
+        pairs_per_s = len(indices) / (time.perf_counter() - started)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", pairs_s=f"{pairs_per_s:.1f}")
+        done = step + 1
+        if done % t.log_every == 0 or done == t.max_steps:
+            ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,
+                                  "pairs_per_s": pairs_per_s})
+        if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
+            log_eval(done)
+        if done % t.save_every == 0 and done < t.max_steps:
+            save_training_state(ctx, done, model, optimizer, scheduler)
+    bar.close()
+
+    # The saved RM is merged (no adapter), so AutoModelForSequenceClassification loads it as is.
+    unwrapped = acc.unwrap_model(model)
+    merged = unwrapped.merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
+    stats = reward_stats(cfg, merged, tokenizer, train_pairs) if ctx.is_main else {}
+    final = save_final(ctx, merged, tokenizer, extra_files={REWARD_STATS: json.dumps(stats, indent=1)})
+    if ctx.is_main:
+        ctx.logger.log(t.max_steps, {"rm/reward_mean": stats["mean"], "rm/reward_std": stats["std"]})
+    return finish(ctx, final)
+
+
+
