@@ -11,6 +11,7 @@ import torch
 
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.config import config_to_dict
+from rlhfkit.errors import ConfigError
 from rlhfkit.run import MetricsLogger, prepare_stage_dir
 from rlhfkit.run.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlhfkit.run.folder import check_stage_dir
@@ -70,6 +71,22 @@ def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = check_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
     return StageContext(cfg, stage, out, accelerator, resume, overwrite)
+
+
+def prepare_training(ctx: StageContext, model, n_examples: int):
+    """(model, optimizer, scheduler, start step, global batch): AdamW with warm-up + cosine, wrapped
+    by accelerate, restored from the latest checkpoint under --resume."""
+    t = ctx.cfg.train
+    global_batch = t.batch_size * t.grad_accum * ctx.accelerator.num_processes
+    if n_examples < global_batch:
+        raise ConfigError(f"{n_examples} training examples cannot fill one global batch of {global_batch} "
+                         "(train.batch_size x train.grad_accum x processes)")
+    optimizer = build_optimizer(model, t.lr, t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
+    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    model.train()
+    start_step = restore_training_state(ctx, model, optimizer, scheduler)[0] if ctx.resume else 0
+    return model, optimizer, scheduler, start_step, global_batch
 
 
 def seed_everything(seed: int) -> None:

@@ -21,14 +21,12 @@ from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
     RunResult,
     accumulate_and_step,
-    build_optimizer,
     finish,
+    prepare_training,
     progress_bar,
-    restore_training_state,
     save_final,
     save_training_state,
     start_stage,
-    warmup_cosine,
 )
 
 REWARD_STATS = "reward_stats.json"
@@ -89,19 +87,10 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = reward_model_from_causal_lm(cfg.model)
     train, held_out, train_pairs, eval_pairs = load_rm_data(cfg, tokenizer)
+    model, optimizer, scheduler, start_step, global_batch = prepare_training(ctx, model, len(train.chosen_ids))
     ctx.open_run()
-    optimizer = build_optimizer(model, t.lr, t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
-    model, optimizer = acc.prepare(model, optimizer)
-    model.train()
-    start_step = restore_training_state(ctx, model, optimizer, scheduler)[0] if resume else 0
-
     rank, world = acc.process_index, acc.num_processes
-    global_batch = t.batch_size * t.grad_accum * world
     lengths = tuple(max(len(c), len(r)) for c, r in zip(train.chosen_ids, train.rejected_ids))
-    if len(lengths) < global_batch:
-        raise ValueError(f"{len(lengths)} training pairs cannot fill one global batch of {global_batch} "
-                         "(train.batch_size x train.grad_accum x processes)")
 
     def log_eval(step: int) -> None:
         metrics, table = rm_metrics(acc.unwrap_model(model), held_out, eval_pairs, tokenizer.pad_token_id, t.batch_size)

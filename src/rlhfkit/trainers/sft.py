@@ -21,14 +21,12 @@ from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
     RunResult,
     accumulate_and_step,
-    build_optimizer,
     finish,
+    prepare_training,
     progress_bar,
-    restore_training_state,
     save_final,
     save_training_state,
     start_stage,
-    warmup_cosine,
 )
 
 
@@ -83,19 +81,10 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = load_causal_lm(cfg.model)
     train, held_out, eval_rows = load_sft_data(cfg, tokenizer)
+    model, optimizer, scheduler, start_step, global_batch = prepare_training(ctx, model, len(train))
     ctx.open_run()
-    optimizer = build_optimizer(model, t.lr, t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
-    model, optimizer = acc.prepare(model, optimizer)
-    model.train()
-    start_step = restore_training_state(ctx, model, optimizer, scheduler)[0] if resume else 0
-
     rank, world = acc.process_index, acc.num_processes
-    global_batch = t.batch_size * t.grad_accum * world
     lengths = tuple(len(ids) for ids in train.input_ids)
-    if len(lengths) < global_batch:
-        raise ValueError(f"{len(lengths)} training examples cannot fill one global batch of {global_batch} "
-                         "(train.batch_size x train.grad_accum x processes)")
 
     def log_eval(step: int) -> None:
         metrics, samples = evaluate_sft(acc.unwrap_model(model), tokenizer, cfg, held_out, eval_rows)
