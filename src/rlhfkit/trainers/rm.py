@@ -117,7 +117,7 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
         step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum)
         pairs_per_s = len(indices) / (time.perf_counter() - started)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", pairs_s=f"{pairs_per_s:.1f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", pairs_s=f"{pairs_per_s:.1f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
             ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,

@@ -115,7 +115,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
         elapsed = time.perf_counter() - started
         tokens_per_s = sum(lengths[i] for i in indices) / elapsed
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
             ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0],
