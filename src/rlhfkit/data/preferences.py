@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhfkit.data.sft import fit_prompt
 from rlhfkit.data.sources import load_rows
 from rlhfkit.data.templates import ASSISTANT, render_prompt
 from rlhfkit.errors import ConfigError, DataError
@@ -175,21 +176,13 @@ def tokenize_pairs(
         prompt_ids = tokenizer(pair["prompt"])["input_ids"]
         chosen = tokenizer(" " + pair["chosen"], add_special_tokens=False)["input_ids"]
         rejected = tokenizer(" " + pair["rejected"], add_special_tokens=False)["input_ids"]
-        longest = len(prompt_ids) + max(len(chosen), len(rejected))
-        overflow = longest - max_length
-        if overflow > 0:
-            if truncation == "error":
-                raise DataError(
-                    f"{where}: {longest} tokens > data.max_length={max_length} "
-                    "(raise it, or set data.truncation=drop or truncate_prompt)"
-                )
-            if truncation == "truncate_prompt" and overflow < len(prompt_ids):
-                # One cut for both, so chosen and rejected still share the same prompt tokens.
-                prompt_ids = prompt_ids[overflow:]
-                out.truncated_prompts += 1
-            else:
-                out.dropped_too_long += 1
-                continue
+        # One cut for both, so chosen and rejected still share the same prompt tokens.
+        fitted = fit_prompt(prompt_ids, max(len(chosen), len(rejected)), max_length, truncation, where)
+        if fitted is None:
+            out.dropped_too_long += 1
+            continue
+        out.truncated_prompts += len(fitted) < len(prompt_ids)
+        prompt_ids = fitted
         out.chosen_ids.append(prompt_ids + chosen)
         out.rejected_ids.append(prompt_ids + rejected)
         out.rows.append(row)

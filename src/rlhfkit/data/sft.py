@@ -49,6 +49,25 @@ class TokenizedSFT:
         return len(self.input_ids)
 
 
+def fit_prompt(prompt_ids: list[int], response_len: int, max_length: int, truncation: str, where: str) -> list[int] | None:
+    """The prompt ids that fit beside a response of `response_len` tokens, or None to drop the row.
+
+    data.truncation: `error` stops naming the row; `truncate_prompt` cuts the prompt from the left
+    when that is enough; otherwise (and for `drop`) the row is dropped, never a cut completion.
+    """
+    overflow = len(prompt_ids) + response_len - max_length
+    if overflow <= 0:
+        return prompt_ids
+    if truncation == "error":
+        raise DataError(
+            f"{where}: {len(prompt_ids) + response_len} tokens > data.max_length={max_length} "
+            "(raise it, or set data.truncation=drop or truncate_prompt)"
+        )
+    if truncation == "truncate_prompt" and overflow < len(prompt_ids):
+        return prompt_ids[overflow:]
+    return None
+
+
 def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_length: int, truncation: str) -> TokenizedSFT:
     """Tokenize prompt and completion separately (so the boundary is exact) and append EOS."""
     out = TokenizedSFT()
@@ -57,19 +76,12 @@ def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_le
         prompt, completion = prompt_and_completion(row, where, template, tokenizer)
         prompt_ids = tokenizer(prompt)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        overflow = len(prompt_ids) + len(completion_ids) - max_length
-        if overflow > 0:
-            if truncation == "error":
-                raise DataError(
-                    f"{where}: {len(prompt_ids) + len(completion_ids)} tokens > data.max_length={max_length} "
-                    "(raise it, or set data.truncation=drop or truncate_prompt)"
-                )
-            if truncation == "truncate_prompt" and overflow < len(prompt_ids):
-                prompt_ids = prompt_ids[overflow:]
-                out.truncated_prompts += 1
-            else:
-                out.dropped_too_long += 1
-                continue
+        fitted = fit_prompt(prompt_ids, len(completion_ids), max_length, truncation, where)
+        if fitted is None:
+            out.dropped_too_long += 1
+            continue
+        out.truncated_prompts += len(fitted) < len(prompt_ids)
+        prompt_ids = fitted
         out.input_ids.append(prompt_ids + completion_ids)
         out.labels.append([IGNORE] * len(prompt_ids) + completion_ids)
         out.rows.append(i)
