@@ -168,6 +168,8 @@ class PrefsConfig:
     noise_temperature: float = 0.6
     """Bradley-Terry temperature of the labeller: 0 = the noiseless judge; larger = noisier labels."""
     max_new_tokens: int = 32
+    batch_size: int = 64
+    """Prompts sampled per generate call."""
     drop_gold_ties: bool = True
     """Skip pairs the judge scores equal: their label would be a coin flip that no RM can learn."""
     seed: int = 0

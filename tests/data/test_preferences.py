@@ -64,6 +64,7 @@ def test_generic_prompts_are_rendered_and_extra_columns_kept():
         "prompt": "Human: Write a positive sentence about the ocean.\n\nAssistant:",
         "chosen": "The ocean is beautiful and calm today.",
         "rejected": "The ocean is cold.",
+        "family": "sentiment",
         "chosen_score": 1.0,
         "rejected_score": 0.0,
         "noise_temperature": 0.5,

@@ -35,7 +35,9 @@ def test_saved_rm_loads_as_sequence_classifier_with_the_same_scores(tmp_path, ti
                                        *QUICK])
     result = train_rm(cfg)
     assert {"rm/accuracy", "rm/margin", "rm/loss"} <= set(result.metrics[0])
-    assert "rm/gold_agreement" in result.metrics[0]  # prefs.jsonl carries gold scores
+    assert "rm/gold_agreement" in result.metrics[0]  # prefs.jsonl carries gold scores ...
+    families = {k for k in result.metrics[0] if k.startswith("rm/accuracy/")}  # ... and families
+    assert families and families <= {f"rm/accuracy/{f}" for f in ("sentiment", "count", "repeat", "list", "arithmetic")}
     reloaded = AutoModelForSequenceClassification.from_pretrained(result.final).eval()
     assert reloaded.score.weight.abs().sum() > 0, "the trained head must be saved (LoRA modules_to_save)"
     batch = collate_pairs([[5, 6, 7, 8]], [[5, 9, 10]], pad_token_id=0)

@@ -48,6 +48,13 @@ def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int
     metrics = {"rm/loss": loss.item(), M.RM_ACCURACY: stats["accuracy"].item(), M.RM_MARGIN: stats["margin"].item()}
     probabilities = torch.sigmoid(chosen - rejected)
     metrics["rm/ece"] = sum(b["n"] * abs(b["predicted"] - b["accuracy"]) for b in calibration(probabilities)) / len(chosen)
+    families = [r.get("family") for r in rows]
+    if all(families):
+        # A tiny RM can be near the ceiling on some families and at chance on others (design §5).
+        correct = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+        for family in sorted(set(families)):
+            picked = torch.tensor([f == family for f in families])
+            metrics[f"{M.RM_ACCURACY}/{family}"] = correct[picked].mean().item()
     gold = [(r.get("chosen_score"), r.get("rejected_score")) for r in rows]
     if all(g[0] is not None and g[1] is not None for g in gold):
         gold_c = torch.tensor([g[0] for g in gold], dtype=torch.float32)

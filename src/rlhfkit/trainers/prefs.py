@@ -13,7 +13,7 @@ from rlhfkit.atomic import atomic_write_text
 from rlhfkit.config import ModelConfig, PrefsConfig
 from rlhfkit.data import render_prompt
 from rlhfkit.models import load_causal_lm
-from rlhfkit.rollout import generate
+from rlhfkit.rollout import Completions, generate
 from rlhfkit.tasks import expected_agreement, gold_score, noisy_label, task_rows
 
 
@@ -24,8 +24,11 @@ def make_preferences(cfg: PrefsConfig) -> dict:
     model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model, lora=False), trainable=False)
     rows = task_rows(cfg.task, cfg.split, n=cfg.n_prompts, seed=cfg.seed)
     prompts = [render_prompt(r["instruction"], r["input"]) for r in rows]
-    first = generate(model, tokenizer, prompts, cfg.max_new_tokens, greedy=False, temperature=cfg.temperature)
-    second = generate(model, tokenizer, prompts, cfg.max_new_tokens, greedy=False, temperature=cfg.temperature)
+    # Both samples of a prompt in one batch: half the generate calls, and one padding layout.
+    both = generate(model, tokenizer, [p for p in prompts for _ in range(2)], cfg.max_new_tokens, greedy=False,
+                    temperature=cfg.temperature, batch_size=cfg.batch_size)
+    first = Completions(both.texts[0::2], both.token_ids[0::2], both.finished[0::2])
+    second = Completions(both.texts[1::2], both.token_ids[1::2], both.finished[1::2])
     lines, score_pairs, identical, empty, ties_dropped, agree = [], [], 0, 0, 0, 0
     for prompt, row, a, fa, b, fb in zip(prompts, rows, first.texts, first.finished, second.texts, second.finished):
         if a == b:
