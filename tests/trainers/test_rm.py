@@ -9,6 +9,7 @@ from rlhfkit.cli import main
 from rlhfkit.config import RMConfig, load_config
 from rlhfkit.data.preferences import collate_pairs
 from rlhfkit.trainers.rm import REWARD_STATS, train_rm
+from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
 
 REPO = Path(__file__).parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -67,3 +68,21 @@ def test_builtin_prefs_are_labelled_by_the_noisy_judge(tmp_path, tiny_dir):
     assert len(rows) == summary["pairs"] and rows
     assert all({"prompt", "chosen", "rejected", "chosen_score", "rejected_score", "noise_temperature"} <= set(r) for r in rows)
     assert all(r["chosen"] != r["rejected"] and r["chosen_score"] != r["rejected_score"] for r in rows)
+
+
+RM_ARGS = ["model.name=tiny", f"data.source={FIXTURES / 'prefs.jsonl'}", "data.eval_fraction=0.25", "train.lr=1e-2",
+           "train.log_every=1", "train.eval_every=100", "rm.norm_samples=2", "rm.max_new_tokens=4",
+           "run.report_to=[]", "run.progress=false"]
+
+
+@pytest.mark.slow
+def test_rm_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir):
+    kill_after_checkpoint_then_resume(tmp_path, "rm", "", [*RM_ARGS, "train.batch_size=2", "train.max_steps=12",
+                                                           "train.save_every=4", "model.lora=false"],
+                                      checkpoint_step=8, weights="model.safetensors")
+
+
+@pytest.mark.slow
+def test_rm_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir):
+    two_processes_equal_one(tmp_path, "rm", "", [*RM_ARGS, "train.max_steps=3", "model.lora=true", "model.lora_r=4"],
+                            batch=4, weights="model.safetensors")

@@ -1,11 +1,5 @@
 """End-to-end SFT on the tiny model: learning, LoRA save/load, exact resume after SIGKILL, DDP."""
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.config import SFTConfig, load_config
-from rlhfkit.run.logger import read_metrics
 from rlhfkit.trainers.sft import train_sft
+from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
 
 REPO = Path(__file__).parents[2]
 TINY = str(REPO / "configs" / "tiny" / "sft.yaml")
@@ -66,56 +60,16 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path, tiny_dir):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
-def _cli(tmp_path, *args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return [sys.executable, "-m", "rlhfkit.cli", "sft", "--config", TINY, f"run.dir={tmp_path}", *QUICK, *args], env
-
-
 @pytest.mark.slow
 def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir):
-    steps = ["train.max_steps=24", "train.save_every=8"]
-    cmd, env = _cli(tmp_path, "run.name=straight", *steps)
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-
-    cmd, env = _cli(tmp_path, "run.name=killed", *steps)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "sft" / "checkpoints" / "step-16"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists() and not (tmp_path / "killed" / "sft" / "final").exists(), "killed too late"
-    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed" in done.stdout
-
-    straight = load_file(tmp_path / "straight" / "sft" / "final" / "model.safetensors")
-    resumed = load_file(tmp_path / "killed" / "sft" / "final" / "model.safetensors")
-    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
-    losses = lambda name: [r["loss"] for r in read_metrics(tmp_path / name / "sft" / "metrics.jsonl") if "loss" in r]  # noqa: E731
-    assert losses("killed") == pytest.approx(losses("straight"), rel=1e-5)
+    kill_after_checkpoint_then_resume(tmp_path, "sft", TINY, [*QUICK, "train.max_steps=24", "train.save_every=8"],
+                                      checkpoint_step=16, weights="model.safetensors")
 
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    common = [*QUICK, "train.max_steps=4", "model.lora=true", "model.lora_r=4", "train.lr=1e-2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = [sys.executable, "-m", "rlhfkit.cli", "sft", "--config", TINY, f"run.dir={tmp_path}", *common,
-           "run.name=one", "train.batch_size=8"]
-    two = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "rlhfkit.cli", "sft", "--config", TINY,
-           f"run.dir={tmp_path}", *common, "run.name=two", "train.batch_size=4"]
-    for cmd in (one, two):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-    metrics = {n: read_metrics(tmp_path / n / "sft" / "metrics.jsonl") for n in ("one", "two")}
-    losses = {n: [r["loss"] for r in m if "loss" in r] for n, m in metrics.items()}
-    assert len(losses["one"]) == 4
-    assert losses["two"] == pytest.approx(losses["one"], rel=1e-4)
-    wa = load_file(tmp_path / "one" / "sft" / "final" / "adapter_model.safetensors")
-    wb = load_file(tmp_path / "two" / "sft" / "final" / "adapter_model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    two_processes_equal_one(tmp_path, "sft", TINY, [*QUICK, "train.max_steps=4", "model.lora=true", "model.lora_r=4",
+                                                    "train.lr=1e-2"], batch=8, weights="adapter_model.safetensors")
 
 
 def test_gpt2_alpaca_recipe_runs_on_an_alpaca_schema_fixture(tmp_path, tiny_dir):

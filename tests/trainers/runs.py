@@ -1,0 +1,71 @@
+"""Subprocess helpers shared by the stage tests: the same kill/resume and DDP checks for every stage."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from rlhfkit.run.logger import read_metrics
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def stage_command(stage: str, config: str, run_dir: Path, *args: str, launcher: list[str] | None = None) -> list[str]:
+    launcher = launcher or [sys.executable]
+    config_args = ["--config", config] if config else []
+    return [*launcher, "-m", "rlhfkit.cli", stage, *config_args, f"run.dir={run_dir}", *args]
+
+
+def run_ok(cmd: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def losses(stage_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(stage_dir / "metrics.jsonl") if "loss" in r]
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= atol, f"weights differ by up to {worst:g}"
+
+
+def kill_after_checkpoint_then_resume(tmp_path: Path, stage: str, config: str, args: list[str], checkpoint_step: int,
+                                      weights: str) -> None:
+    """Run straight; run again, SIGKILL once checkpoints/step-N exists, --resume; compare the two."""
+    run_ok(stage_command(stage, config, tmp_path, "run.name=straight", *args))
+    cmd = stage_command(stage, config, tmp_path, "run.name=killed", *args)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = tmp_path / "killed" / stage
+    checkpoint = killed / "checkpoints" / f"step-{checkpoint_step}"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (killed / "final").exists(), "killed too late"
+    assert "resumed" in run_ok(cmd + ["--resume"]).stdout
+    straight = tmp_path / "straight" / stage
+    assert_same_weights(straight / "final" / weights, killed / "final" / weights, atol=1e-6)
+    assert losses(killed) == pytest.approx(losses(straight), rel=1e-5)
+
+
+def two_processes_equal_one(tmp_path: Path, stage: str, config: str, args: list[str], batch: int, weights: str) -> None:
+    """2 processes x batch/2 (torchrun, gloo) give the losses and weights of 1 process x batch."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    run_ok(stage_command(stage, config, tmp_path, *args, "run.name=one", f"train.batch_size={batch}"))
+    run_ok(stage_command(stage, config, tmp_path, *args, "run.name=two", f"train.batch_size={batch // 2}",
+                         launcher=[torchrun, "--standalone", "--nproc_per_node", "2"]))
+    one, two = tmp_path / "one" / stage, tmp_path / "two" / stage
+    assert len(losses(one)) > 1
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    assert_same_weights(one / "final" / weights, two / "final" / weights, atol=1e-5)
