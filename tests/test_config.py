@@ -68,5 +68,10 @@ def test_saved_config_round_trips(tmp_path):
 def test_shipped_recipes_load(name):
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "configs" / name / "sft.yaml"
-    load_config(SFTConfig, path)
+    from rlhfkit.config import PrefsConfig, RMConfig
+
+    folder = Path(__file__).parents[1] / "configs" / name
+    load_config(SFTConfig, folder / "sft.yaml")
+    load_config(RMConfig, folder / "rm.yaml")
+    if (folder / "prefs.yaml").exists():
+        load_config(PrefsConfig, folder / "prefs.yaml")

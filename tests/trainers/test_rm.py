@@ -18,12 +18,14 @@ QUICK = ["model.name=tiny", "train.max_steps=3", "train.batch_size=2", "train.ev
 
 
 def test_rm_static_fixture_end_to_end_prints_single_turn_counts(tmp_path, capsys, tiny_dir):
-    code = main(["rm", f"run.dir={tmp_path}", f"data.source={FIXTURES / 'rm_static.jsonl'}", "rm.single_turn=true",
-                 "data.eval_fraction=0.4", *QUICK])
+    # The seed's recipe (Dahoas/rm-static, single-turn filter) on a fixture in that dataset's exact schema.
+    code = main(["rm", "--config", str(REPO / "configs" / "gpt2-alpaca" / "rm.yaml"), f"run.dir={tmp_path}",
+                 f"data.source={FIXTURES / 'rm_static.jsonl'}", "data.eval_source=null", "data.eval_fraction=0.4",
+                 "data.max_length=128", *QUICK, "train.batch_size=1", "train.grad_accum=2"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "single-turn filter kept 6 of 10" in out and "1 with chosen == rejected dropped" in out
-    final = tmp_path / "default" / "rm" / "final"
+    final = tmp_path / "gpt2-alpaca" / "rm" / "final"
     stats = __import__("json").loads((final / REWARD_STATS).read_text())
     assert 1 <= stats["n"] <= 4 and stats["std"] >= 0  # one SFT sample per distinct train prompt
 
