@@ -15,3 +15,17 @@ def tiny_dir() -> Path:
     from rlhfkit.models.assets import tiny_model_dir
 
     return tiny_model_dir(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_dir(tiny_dir, tmp_path_factory) -> Path:
+    """The tiny model after a short SFT (~10 s): it answers in the task's format and stops with EOS."""
+    from rlhfkit.config import SFTConfig, load_config
+    from rlhfkit.trainers.sft import train_sft
+
+    run_dir = tmp_path_factory.mktemp("sft-runs")
+    config = Path(__file__).parents[1] / "configs" / "tiny" / "sft.yaml"
+    cfg = load_config(SFTConfig, config, [f"run.dir={run_dir}", "train.max_steps=150", "train.eval_every=1000",
+                                          "train.save_every=1000", "sft.eval_generate=0", "run.report_to=[]",
+                                          "run.progress=false"])
+    return train_sft(cfg).dir

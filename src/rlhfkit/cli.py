@@ -8,7 +8,6 @@ import sys
 from rlhfkit.errors import RlhfkitError
 
 NOT_BUILT = {
-    "ppo": "the PPO stage is not built yet (issue #6)",
     "pipeline": "the end-to-end pipeline is not built yet (issue #7); run `rlhfkit sft` for now",
     "bench": "the benchmarks are not built yet (issue #8)",
 }
@@ -28,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
     _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")
-    _stage_parser(sub, "ppo", f"PPO against a reward model [{NOT_BUILT['ppo']}]")
+    _stage_parser(sub, "ppo", "PPO against a reward model or a reward function, with KL diagnostics and a health check")
     _stage_parser(sub, "pipeline", f"sft -> rm -> ppo -> eval -> report [{NOT_BUILT['pipeline']}]")
 
     g = sub.add_parser("generate", help="complete prompts with any model or run folder")
@@ -106,6 +105,14 @@ def _dispatch(args) -> int:
         cfg = load_config(RMConfig, args.config, args.overrides)
         result = train_rm(cfg, resume=args.resume, overwrite=args.overwrite)
         print(f"rlhfkit rm: done; reward model in {result.final}")
+        return 0
+    if args.command == "ppo":
+        from rlhfkit.config import PPOConfig, load_config
+        from rlhfkit.trainers.ppo import train_ppo
+
+        cfg = load_config(PPOConfig, args.config, args.overrides)
+        result = train_ppo(cfg, resume=args.resume, overwrite=args.overwrite)
+        print(f"rlhfkit ppo: done; policy in {result.final}")
         return 0
     if args.command == "data":
         from rlhfkit.config import PrefsConfig, load_config

@@ -176,7 +176,67 @@ class PrefsConfig:
     out: str = "prefs.jsonl"
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig}
+@dataclass
+class RolloutSection:
+    batch_size: int = 32
+    """Prompts sampled per PPO iteration."""
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    """Sampling temperature; every scoring pass divides logits by the same T (design §6.1)."""
+    top_k: int = 0
+    """0 = no warping. Any other value samples from a distribution the log-probs do not describe,
+    so it is refused unless `allow_mismatched_sampling` (which exists to reproduce the seed's bug)."""
+    allow_mismatched_sampling: bool = False
+
+
+@dataclass
+class PPOSection:
+    reward: str = "runs/default/rm"
+    """A reward-model stage folder (its final/ and reward_stats.json) or `module:function`
+    taking (prompts, responses) -> list[float], e.g. `rlhfkit.tasks:gold_scores`."""
+    iterations: int = 100
+    epochs: int = 2
+    """Passes over each rollout batch."""
+    minibatches: int = 2
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05
+    target_kl: float | None = None
+    """Sequence KL (nats) the adaptive controller steers to; None keeps kl_coef fixed."""
+    kl_horizon: int = 10000
+    whiten_advantages: bool = True
+    approx_kl_stop: float | None = None
+    """Stop this iteration's epochs once a minibatch's approx KL exceeds this."""
+    no_eos_penalty: float = -1.0
+    """Added to the (normalised) score of a response that hit max_new_tokens without EOS."""
+    reward_clip: float = 5.0
+    """Normalised scores are clipped to [-reward_clip, reward_clip]."""
+    normalize_reward: bool = True
+    """RM scores only: (score - mean) / std with the stats measured on SFT samples (saved by rm)."""
+    eval_every: int = 10
+    eval_prompts: int = 64
+    """Held-out prompts completed greedily for gold/score (built-in tasks) at each eval."""
+    kl_exact_rows: int = 8
+    """Rows of each batch whose exact KL is computed from full next-token distributions."""
+    health_window: int = 5
+
+
+@dataclass
+class PPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The SFT policy (e.g. runs/<name>/sft). With LoRA the reference is this model with the adapter off."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts: rows in Alpaca or prompt/completion schema (completions unused)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, max_steps=0, save_every=20, log_every=1))
+    run: RunConfig = field(default_factory=RunConfig)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
 
 # ----------------------------------------------------------------------------- loading
 

@@ -8,7 +8,8 @@ import torch
 from rlhfkit.cli import main
 from rlhfkit.config import RMConfig, load_config
 from rlhfkit.data.preferences import collate_pairs
-from rlhfkit.trainers.rm import REWARD_STATS, train_rm
+from rlhfkit.rewards import REWARD_STATS
+from rlhfkit.trainers.rm import train_rm
 from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
 
 REPO = Path(__file__).parents[2]

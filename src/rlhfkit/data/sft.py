@@ -36,6 +36,20 @@ def prompt_and_completion(row: dict, where: str, template: str, tokenizer) -> tu
     return render_prompt(instruction, input_), completion_text(output, "human_assistant")
 
 
+def prompt_text(row: dict, where: str, template: str, tokenizer) -> str:
+    """The rendered prompt of a row in either schema; completions are not needed (PPO prompts)."""
+    if "instruction" in row:
+        if not isinstance(row["instruction"], str) or not row["instruction"].strip():
+            raise DataError(f"{where}: missing or empty column 'instruction'")
+        input_ = row.get("input") or ""
+        if template == "chat":
+            return render_chat_prompt(tokenizer, row["instruction"], input_)
+        return render_prompt(row["instruction"], input_)
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        return row["prompt"]
+    raise DataError(f"{where}: missing columns; expected instruction[, input] or prompt, found {', '.join(sorted(row)) or 'none'}")
+
+
 @dataclass
 class TokenizedSFT:
     input_ids: list[list[int]] = field(default_factory=list)

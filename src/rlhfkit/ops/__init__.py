@@ -22,8 +22,11 @@ from .losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from .shaping import adaptive_kl_coef, kl_shaped_rewards
 
 __all__ = [
+    "adaptive_kl_coef",
+    "kl_shaped_rewards",
     "KL_ESTIMATORS",
     "bradley_terry_loss",
     "entropy_from_logits",

@@ -203,7 +203,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
-               extra_files: dict[str, str] | None = None) -> Path:
+               extra_files: dict[str, str | bytes] | None = None) -> Path:
     """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked)."""
     final = ctx.out / "final"
     if ctx.is_main:
@@ -211,8 +211,8 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
         with atomic_dir(final) as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
+            for name, content in (extra_files or {}).items():
+                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
             if save_merged and hasattr(unwrapped, "merge_and_unload"):
                 import copy
 

@@ -16,6 +16,7 @@ from rlhfkit.evaluate.rm import rm_metrics
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.reward import reward_model_from_causal_lm, rewards_at_last_token
 from rlhfkit.ops import bradley_terry_loss
+from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
@@ -28,8 +29,6 @@ from rlhfkit.trainers.common import (
     save_training_state,
     start_stage,
 )
-
-REWARD_STATS = "reward_stats.json"
 
 
 def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:

@@ -1,0 +1,119 @@
+"""PPO rollouts: sample with the KV cache, then score under exactly the masks training will use.
+
+Design §6 rules 1-2: tokens are drawn from softmax(logits / T) with no other warping (a warp is
+only possible through `top_k`, which the health check is there to catch), and every log-prob
+comes from a scoring pass over left-padded prompts + right-padded responses with
+position_ids = cumsum(attention_mask) - 1, the same pass the PPO update runs. So on the first
+minibatch the new/old probability ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
+
+
+@dataclass
+class Rollout:
+    query_ids: torch.Tensor
+    """(B, P) prompt tokens, left-padded."""
+    query_mask: torch.Tensor
+    """(B, P) 1 on real prompt tokens."""
+    response_ids: torch.Tensor
+    """(B, R) sampled tokens; positions after the first EOS hold pad."""
+    response_mask: torch.Tensor
+    """(B, R) 1 up to and including the first EOS."""
+    finished: torch.Tensor
+    """(B,) True where an EOS was sampled."""
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)  # (B, P+R)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)  # (B, P+R)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding shifts real tokens right; positions count real tokens only (clamped at 0)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        if seq:
+            ids[b, width - len(seq):] = torch.tensor(seq)
+            mask[b, width - len(seq):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
+           eos_token_id: int, pad_token_id: int, top_k: int = 0) -> Rollout:
+    """Draw responses token by token with the KV cache; stop a row at its first EOS.
+
+    top_k > 0 warps the sampling distribution. The scoring pass does NOT apply it, so log-probs
+    no longer describe the samples: kept only so tests can reproduce that failure (design §6.7).
+    """
+    batch = query_ids.shape[0]
+    attention = query_mask.clone()
+    positions = position_ids(attention)
+    step_input, past = query_ids, None
+    tokens = []
+    done = torch.zeros(batch, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, past_key_values=past,
+                    use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float() / temperature  # (B, V)
+        if top_k > 0:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        token = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)  # (B,)
+        # Rows that finished earlier feed pad with attention 0 (pad may equal EOS: mask, not id).
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
+        done = done | (token == eos_token_id)
+        positions = position_ids(attention)[:, -1:]
+        step_input = token[:, None]
+        if done.all():
+            break
+    response_ids = torch.stack(tokens, dim=1)  # (B, R)
+    is_eos = response_ids == eos_token_id
+    # Mask: every token up to and including the first EOS (cumsum of EOS counts before t is 0).
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()
+    response_mask = (eos_before == 0).long()
+    return Rollout(query_ids, query_mask, response_ids, response_mask, is_eos.any(-1))
+
+
+def score(model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None,
+          with_entropy: bool = False) -> dict[str, torch.Tensor]:
+    """Response log-probs (B, R) under `model` at temperature T; optionally values and entropy.
+
+    The same call serves the rollout (old/ref log-probs, no grad) and the update (with grad).
+    """
+    attention = rollout.attention_mask
+    out = model(input_ids=rollout.input_ids, attention_mask=attention, position_ids=position_ids(attention),
+                output_hidden_states=with_values)
+    start = rollout.query_ids.shape[1] - 1  # logits at position t predict token t+1
+    logits = out.logits[:, start:-1].float()  # (B, R, V)
+    result = {"logprobs": logprobs_from_logits(logits, rollout.response_ids, temperature=temperature)}
+    if with_entropy:
+        result["entropy"] = entropy_from_logits(logits, temperature=temperature)
+    if with_values:
+        hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H): value of the state before each token
+        result["values"] = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
+    result["logits"] = logits
+    return result

@@ -1,0 +1,92 @@
+"""PPO on the tiny SFT model: ratio is exactly 1 before the first update, the policy moves and the
+reference does not, RM rewards are normalised, and a killed run resumes exactly."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.config import PPOConfig, load_config
+from rlhfkit.errors import ConfigError
+from rlhfkit.trainers.ppo import train_ppo
+from tests.trainers.runs import kill_after_checkpoint_then_resume
+
+REPO = Path(__file__).parents[2]
+TINY = str(REPO / "configs" / "tiny" / "ppo.yaml")
+QUICK = ["ppo.reward=rlhfkit.tasks:gold_scores", "ppo.iterations=2", "rollout.batch_size=8", "rollout.max_new_tokens=12",
+         "ppo.eval_every=100", "ppo.eval_prompts=8", "train.lr=1e-3", "run.report_to=[]", "run.progress=false"]
+
+
+def ppo_cfg(tmp_path, sft_dir, *overrides):
+    return load_config(PPOConfig, TINY, [f"run.dir={tmp_path}", f"model.name={sft_dir}", *QUICK, *overrides])
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_ratio_is_one_before_the_update_and_the_policy_moves_but_not_the_reference(tmp_path, tiny_sft_dir, lora):
+    from transformers import AutoModelForCausalLM
+
+    sft_weights = tiny_sft_dir / "final" / "model.safetensors"
+    before = sha(sft_weights)
+    result = train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, f"model.lora={str(lora).lower()}", "model.lora_r=4"))
+    records = [r for r in result.metrics if "ppo/ratio_first" in r]
+    assert len(records) == 2
+    for record in records:
+        assert record["ppo/ratio_first"] == pytest.approx(1.0, abs=1e-5)
+        assert record["ppo/kl_k3"] >= 0 and record["ppo/kl_exact"] >= 0
+    assert records[0]["ppo/kl_k1"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at the start
+    assert records[0]["gold/score"] is not None  # held-out gold is measured at the first iteration
+    assert sha(sft_weights) == before, "the reference (the SFT model) must never change"
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    sft = AutoModelForCausalLM.from_pretrained(tiny_sft_dir / "final")
+    trained = AutoModelForCausalLM.from_pretrained(result.final)  # adapter folders load through peft
+    with torch.no_grad():
+        assert not torch.allclose(sft(ids).logits, trained(ids).logits, atol=1e-4), "the policy did not move"
+    assert set(load_file(result.final / "value_head.safetensors")) == {"weight", "bias"}
+
+
+def test_warped_sampling_is_refused_unless_asked_for(tmp_path, tiny_sft_dir):
+    with pytest.raises(ConfigError, match="rollout.top_k warps sampling"):
+        train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, "rollout.top_k=5"))
+
+
+def test_reward_model_reward_is_normalised_with_its_stored_stats(tmp_path, tiny_sft_dir):
+    import json
+
+    from rlhfkit.config import RMConfig
+    from rlhfkit.rewards import load_reward
+    from rlhfkit.trainers.rm import train_rm
+
+    rm = train_rm(load_config(RMConfig, None, [
+        f"run.dir={tmp_path}", f"model.name={tiny_sft_dir}", f"data.source={REPO / 'tests' / 'fixtures' / 'prefs.jsonl'}",
+        "data.eval_fraction=0.25", "train.max_steps=2", "train.batch_size=2", "rm.norm_samples=6",
+        "run.report_to=[]", "run.progress=false"]))
+    stats = json.loads((rm.final / "reward_stats.json").read_text())
+    raw, normalised = load_reward(str(rm.dir), normalize=False), load_reward(str(rm.dir), normalize=True)
+    prompts, responses = ["Human: Name 2 colors.\n\nAssistant:"] * 2, ["red, blue", "cats"]
+    expected = (raw(prompts, responses) - stats["mean"]) / stats["std"]
+    assert torch.allclose(normalised(prompts, responses), expected, atol=1e-5)
+    result = train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, f"ppo.reward={rm.dir}", "ppo.iterations=1"))
+    assert result.last("ppo/reward_rm") is not None
+
+
+def test_reward_function_errors_are_one_line(tmp_path, tiny_sft_dir):
+    from rlhfkit.errors import RlhfkitError
+
+    with pytest.raises(RlhfkitError, match="ppo.reward=no_such_module:f: cannot import"):
+        train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, "ppo.reward=no_such_module:f"))
+    with pytest.raises(RlhfkitError, match=r"ppo.reward=math:sqrt raised TypeError"):
+        train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, "ppo.reward=math:sqrt", "run.name=b"))
+
+
+@pytest.mark.slow
+def test_ppo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
+    kill_after_checkpoint_then_resume(tmp_path, "ppo", TINY, [f"model.name={tiny_sft_dir}", *QUICK, "ppo.iterations=6",
+                                                              "train.save_every=2", "model.lora=true", "model.lora_r=4",
+                                                              "ppo.target_kl=0.5"],
+                                      checkpoint_step=4, weights="adapter_model.safetensors", metric="ppo/kl_coef")
