@@ -51,11 +51,12 @@ def health_warnings(history: list[dict], window: int = 5) -> list[str]:
     gold = [r for r in history if M.GOLD_SCORE in r and M.PPO_REWARD_RM in r]
     if len(gold) >= 3:
         reward_gain = gold[-1][M.PPO_REWARD_RM] - gold[0][M.PPO_REWARD_RM]
-        gold_gain = gold[-1][M.GOLD_SCORE] - max(r[M.GOLD_SCORE] for r in gold[:-1])
-        if reward_gain > 0.2 and gold_gain < 0:
+        gold_gain = gold[-1][M.GOLD_SCORE] - gold[0][M.GOLD_SCORE]
+        # "Flat" allows a little eval noise (64 greedy prompts move by a few hundredths).
+        if reward_gain > 0.2 and gold_gain < 0.05:
             warnings.append(
                 f"reward-hacking: the reward rose by {reward_gain:.2f} since the first eval while the held-out gold "
-                f"score is below its best ({gold[-1][M.GOLD_SCORE]:.3f}); the policy exploits the reward model. "
-                "Raise ppo.kl_coef, set ppo.target_kl, or stop at the best checkpoint."
+                f"score moved by {gold_gain:+.3f}; the policy exploits the reward model. Raise ppo.kl_coef, set "
+                "ppo.target_kl, or stop at the best checkpoint."
             )
     return warnings

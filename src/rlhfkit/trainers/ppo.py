@@ -99,6 +99,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     kl_coef = extras.get("kl_coef", p.kl_coef)
 
     history: list[dict] = []
+    last_warned: dict[str, int] = {}
     bar = progress_bar(p.iterations, start, "ppo", ctx.is_main and cfg.run.progress)
     for iteration in range(start, p.iterations):
         started = time.perf_counter()
@@ -147,7 +148,12 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         # 7. health check: symptoms -> warnings naming the cause and the config key
         history.append(stats)
         for warning in health_warnings(history, p.health_window):
-            bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
+            kind = warning.split(":", 1)[0]
+            # A lasting symptom is repeated every health_window iterations, not every iteration.
+            if done - last_warned.get(kind, -p.health_window) >= p.health_window:
+                last_warned[kind] = done
+                bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
+                ctx.logger.log(done, {"health/warning": warning})
         bar.update(1)
         bar.set_postfix(reward=f"{stats[M.PPO_REWARD_RM]:.3f}", kl=f"{stats[M.PPO_KL_K1]:.3f}", refresh=False)
         if done % cfg.train.save_every == 0 and done < p.iterations:

@@ -1,0 +1,31 @@
+"""Each health rule fires on its symptom and stays quiet on a healthy run."""
+
+from rlhfkit.evaluate.health import health_warnings
+from rlhfkit.run import metrics as M
+
+HEALTHY = {M.PPO_KL_K1: 0.5, M.PPO_RATIO_FIRST: 1.0, "ppo/vf_loss": 0.1, M.PPO_EOS_RATE: 0.95, M.PPO_ENTROPY: 1.0}
+
+
+def kinds(history):
+    return {w.split(":")[0] for w in health_warnings(history, window=3)}
+
+
+def test_healthy_run_is_quiet():
+    assert kinds([HEALTHY] * 6) == set()
+
+
+def test_each_symptom_names_its_rule_and_knob():
+    assert kinds([HEALTHY] * 3 + [{**HEALTHY, M.PPO_KL_K1: -0.2}] * 3) == {"negative-kl"}
+    assert kinds([HEALTHY, {**HEALTHY, M.PPO_RATIO_FIRST: 1.02}]) == {"ratio-first"}
+    assert kinds([HEALTHY] * 3 + [{**HEALTHY, "ppo/vf_loss": 5.0}]) == {"value-loss"}
+    assert kinds([HEALTHY, {**HEALTHY, M.PPO_EOS_RATE: 0.2}]) == {"eos-collapse"}
+    assert kinds([HEALTHY, {**HEALTHY, M.PPO_ENTROPY: 0.1}]) == {"entropy-collapse"}
+    warning = health_warnings([HEALTHY, {**HEALTHY, M.PPO_EOS_RATE: 0.2}])[0]
+    assert "ppo.no_eos_penalty" in warning and "\n" not in warning
+
+
+def test_reward_hacking_needs_reward_up_and_gold_flat_or_down():
+    evals = [{**HEALTHY, M.PPO_REWARD_RM: 0.1 * i, M.GOLD_SCORE: 0.5 - 0.05 * i} for i in range(4)]
+    assert kinds(evals) == {"reward-hacking"}
+    honest = [{**HEALTHY, M.PPO_REWARD_RM: 0.1 * i, M.GOLD_SCORE: 0.5 + 0.05 * i} for i in range(4)]
+    assert kinds(honest) == set()
