@@ -68,10 +68,11 @@ def test_saved_config_round_trips(tmp_path):
 def test_shipped_recipes_load(name):
     from pathlib import Path
 
-    from rlhfkit.config import PrefsConfig, RMConfig
+    from rlhfkit.config import PPOConfig, PrefsConfig, RMConfig
 
     folder = Path(__file__).parents[1] / "configs" / name
     load_config(SFTConfig, folder / "sft.yaml")
     load_config(RMConfig, folder / "rm.yaml")
+    load_config(PPOConfig, folder / "ppo.yaml")
     if (folder / "prefs.yaml").exists():
         load_config(PrefsConfig, folder / "prefs.yaml")
