@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
+from rlhfkit.ops import logprobs_from_logits
 
 
 @dataclass
@@ -98,9 +98,8 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     return Rollout(query_ids, query_mask, response_ids, response_mask, is_eos.any(-1))
 
 
-def score(model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None,
-          with_entropy: bool = False) -> dict[str, torch.Tensor]:
-    """Response log-probs (B, R) under `model` at temperature T; optionally values and entropy.
+def score(model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None) -> dict[str, torch.Tensor]:
+    """Response log-probs (B, R) and logits (B, R, V) under `model` at temperature T; optionally values.
 
     The same call serves the rollout (old/ref log-probs, no grad) and the update (with grad).
     """
@@ -110,8 +109,6 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
     start = rollout.query_ids.shape[1] - 1  # logits at position t predict token t+1
     logits = out.logits[:, start:-1].float()  # (B, R, V)
     result = {"logprobs": logprobs_from_logits(logits, rollout.response_ids, temperature=temperature)}
-    if with_entropy:
-        result["entropy"] = entropy_from_logits(logits, temperature=temperature)
     if with_values:
         hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H): value of the state before each token
         result["values"] = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()

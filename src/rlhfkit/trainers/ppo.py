@@ -102,6 +102,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     last_warned: dict[str, int] = {}
     bar = progress_bar(p.iterations, start, "ppo", ctx.is_main and cfg.run.progress)
     for iteration in range(start, p.iterations):
+        # The run's first gold/score is measured before any update: the starting (SFT) policy's.
+        gold_before = held_out_gold(model.policy, tokenizer, eval_rows, cfg) if eval_rows and iteration == start else None
         started = time.perf_counter()
         # 1. rollout: prompts are a pure function of (seed, iteration), so resume needs no data state
         batch_prompts = random.Random(cfg.train.seed * 1_000_003 + iteration).sample(prompts, min(r.batch_size, len(prompts)))
@@ -142,7 +144,9 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         if p.target_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, len(batch_prompts))
         done = iteration + 1
-        if eval_rows and (done % p.eval_every == 0 or done == p.iterations or iteration == start):
+        if gold_before is not None:
+            stats[M.GOLD_SCORE] = gold_before
+        elif eval_rows and (done % p.eval_every == 0 or done == p.iterations):
             stats[M.GOLD_SCORE] = held_out_gold(model.policy, tokenizer, eval_rows, cfg)
         ctx.logger.log(done, stats)
         # 7. health check: symptoms -> warnings naming the cause and the config key
