@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from rlhfkit.config import ModelConfig
+from rlhfkit.data.collate import left_pad
 from rlhfkit.evaluate.health import health_warnings
 from rlhfkit.models import load_causal_lm
 from rlhfkit.ops import kl_exact, kl_k1, masked_sum
-from rlhfkit.rollout.ppo import Rollout, left_pad, sample, score
+from rlhfkit.rollout.ppo import Rollout, sample, score
 from rlhfkit.run import metrics as M
 
 PROMPTS = ["Human: Repeat the word cat 3 times.\n\nAssistant:", "Human: What is 2 plus 3?\n\nAssistant:",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhfkit.data.collate import right_pad
 from rlhfkit.data.sft import fit_prompt
 from rlhfkit.data.sources import load_rows
 from rlhfkit.data.templates import ASSISTANT, render_prompt
@@ -199,11 +200,5 @@ def collate_pairs(chosen_ids: list[list[int]], rejected_ids: list[list[int]], pa
     scores both; `last_index` is each row's last attended position, where its reward is read."""
     if len(chosen_ids) != len(rejected_ids):
         raise ValueError(f"{len(chosen_ids)} chosen but {len(rejected_ids)} rejected sequences")
-    sequences = list(chosen_ids) + list(rejected_ids)
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (2B, T)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (2B, T)
-    for b, ids in enumerate(sequences):
-        input_ids[b, : len(ids)] = torch.tensor(ids)
-        attention_mask[b, : len(ids)] = 1
+    input_ids, attention_mask = right_pad(list(chosen_ids) + list(rejected_ids), pad_token_id)  # (2B, T)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "last_index": attention_mask.sum(-1) - 1}

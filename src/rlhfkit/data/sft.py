@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhfkit.data.collate import right_pad
 from rlhfkit.data.templates import completion_text, render_chat_prompt, render_prompt
 from rlhfkit.errors import DataError
 
@@ -109,12 +110,6 @@ def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_le
 
 def collate_sft(input_ids: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: padding gets attention 0 and label IGNORE, so its id never matters."""
-    width = max(len(ids) for ids in input_ids)
-    batch_ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
-    batch_labels = torch.full((len(input_ids), width), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    for b, (ids, labs) in enumerate(zip(input_ids, labels)):
-        batch_ids[b, : len(ids)] = torch.tensor(ids)
-        batch_labels[b, : len(labs)] = torch.tensor(labs)
-        attention_mask[b, : len(ids)] = 1
+    batch_ids, attention_mask = right_pad(input_ids, pad_token_id)
+    batch_labels, _ = right_pad(labels, IGNORE)
     return {"input_ids": batch_ids, "attention_mask": attention_mask, "labels": batch_labels}

@@ -45,7 +45,7 @@ def _python_reward(spec: str):
 
 
 def _model_reward(folder: str, normalize: bool):
-    from rlhfkit.data.preferences import collate_pairs
+    from rlhfkit.data.collate import right_pad
     from rlhfkit.models.reward import load_reward_model, rewards_at_last_token
 
     model, tokenizer = load_reward_model(folder)
@@ -63,9 +63,8 @@ def _model_reward(folder: str, normalize: bool):
         # Re-tokenised exactly as the RM was trained: prompt ids + " " + response, no EOS.
         ids = [tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
                for p, r in zip(prompts, responses)]
-        batch = collate_pairs(ids, ids, tokenizer.pad_token_id)
-        half = len(ids)
-        scores = rewards_at_last_token(model, batch["input_ids"][:half], batch["attention_mask"][:half])
+        input_ids, attention_mask = right_pad(ids, tokenizer.pad_token_id)
+        scores = rewards_at_last_token(model, input_ids, attention_mask)
         return (scores - mean) / std
 
     return reward

@@ -13,6 +13,7 @@ from safetensors.torch import save
 
 from rlhfkit.config import ModelConfig, PPOConfig
 from rlhfkit.data import load_rows
+from rlhfkit.data.collate import left_pad
 from rlhfkit.data.sft import prompt_text
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
@@ -35,7 +36,7 @@ from rlhfkit.ops import (
     ppo_value_loss,
 )
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout.ppo import Rollout, left_pad, sample, score
+from rlhfkit.rollout.ppo import Rollout, sample, score
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
     RunResult,

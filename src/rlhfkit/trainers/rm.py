@@ -10,6 +10,7 @@ import torch
 from rlhfkit.config import ModelConfig, RMConfig
 from rlhfkit.data import split_off_eval
 from rlhfkit.data.batching import global_batch_at, micro_batch
+from rlhfkit.data.collate import right_pad
 from rlhfkit.data.preferences import TokenizedPairs, collate_pairs, load_preference_pairs, tokenize_pairs
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.rm import rm_metrics
@@ -74,8 +75,8 @@ def reward_stats(cfg: RMConfig, reward_model, tokenizer, train_pairs: list[dict]
     scores = []
     for start in range(0, len(ids), cfg.train.batch_size):
         chunk = ids[start : start + cfg.train.batch_size]
-        batch = collate_pairs(chunk, chunk, tokenizer.pad_token_id)
-        scores.append(rewards_at_last_token(reward_model, batch["input_ids"], batch["attention_mask"])[: len(chunk)])
+        input_ids, attention_mask = right_pad(chunk, tokenizer.pad_token_id)
+        scores.append(rewards_at_last_token(reward_model, input_ids, attention_mask))
     scores = torch.cat(scores)
     return {"mean": scores.mean().item(), "std": scores.std().item(), "n": len(scores),
             "source": "rm scores of SFT samples (T=1) on train prompts"}
