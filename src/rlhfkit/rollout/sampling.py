@@ -18,8 +18,12 @@ class Completions:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: bool = True,
-             temperature: float = 1.0, batch_size: int = 16) -> Completions:
-    """Complete every prompt. Sampling is plain softmax(logits / T): no top-k/top-p warping."""
+             temperature: float = 1.0, batch_size: int = 16, progress: str | None = None) -> Completions:
+    """Complete every prompt. Sampling is plain softmax(logits / T): no top-k/top-p warping.
+
+    `progress` names a progress bar over the batches (long jobs such as preference sampling)."""
+    from tqdm.auto import tqdm
+
     model_was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -27,7 +31,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: 
     eos = tokenizer.eos_token_id
     texts, token_ids, finished = [], [], []
     try:
-        for start in range(0, len(prompts), batch_size):
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc=progress, disable=progress is None, mininterval=2.0):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
             sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
             out = model.generate(

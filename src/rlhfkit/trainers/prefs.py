@@ -26,7 +26,7 @@ def make_preferences(cfg: PrefsConfig) -> dict:
     prompts = [render_prompt(r["instruction"], r["input"]) for r in rows]
     # Both samples of a prompt in one batch: half the generate calls, and one padding layout.
     both = generate(model, tokenizer, [p for p in prompts for _ in range(2)], cfg.max_new_tokens, greedy=False,
-                    temperature=cfg.temperature, batch_size=cfg.batch_size)
+                    temperature=cfg.temperature, batch_size=cfg.batch_size, progress="sampling pairs")
     first = Completions(both.texts[0::2], both.token_ids[0::2], both.finished[0::2])
     second = Completions(both.texts[1::2], both.token_ids[1::2], both.finished[1::2])
     lines, score_pairs, identical, empty, ties_dropped, agree = [], [], 0, 0, 0, 0
