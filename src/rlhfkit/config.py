@@ -136,6 +136,8 @@ class RMSection:
     """Required reward gap in the Bradley-Terry loss: -log sigmoid(r_c - r_r - margin)."""
     center_coef: float = 0.0
     """Weight of mean((r_c + r_r)^2), which keeps rewards centred at 0 (Eisenstein et al. 2023)."""
+    head_lr: float | None = None
+    """Learning rate of the new scalar head (zero-initialised); None uses train.lr."""
     norm_samples: int = 64
     """SFT samples on train prompts scored after training to store the reward mean/std PPO uses."""
     max_new_tokens: int = 32

@@ -73,7 +73,7 @@ def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
     return StageContext(cfg, stage, out, accelerator, resume, overwrite)
 
 
-def prepare_training(ctx: StageContext, model, n_examples: int):
+def prepare_training(ctx: StageContext, model, n_examples: int, head: str | None = None, head_lr: float | None = None):
     """(model, optimizer, scheduler, start step, global batch): AdamW with warm-up + cosine, wrapped
     by accelerate, restored from the latest checkpoint under --resume."""
     t = ctx.cfg.train
@@ -81,7 +81,7 @@ def prepare_training(ctx: StageContext, model, n_examples: int):
     if n_examples < global_batch:
         raise ConfigError(f"{n_examples} training examples cannot fill one global batch of {global_batch} "
                          "(train.batch_size x train.grad_accum x processes)")
-    optimizer = build_optimizer(model, t.lr, t.weight_decay)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, head, head_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
     model, optimizer = ctx.accelerator.prepare(model, optimizer)
     model.train()
@@ -94,13 +94,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # No weight decay on biases and norms (1-D tensors), as in GPT-2 / nanoGPT.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head: str | None = None,
+                    head_lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norms (1-D tensors), as in GPT-2 / nanoGPT. Parameters
+    whose name contains `head` get `head_lr` (a freshly initialised head learns faster than the trunk)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = []
+    for in_head in (False, True):
+        part = [p for n, p in named if (head is not None and head_lr is not None and head in n) == in_head]
+        group_lr = head_lr if in_head else lr
+        groups.append({"params": [p for p in part if p.ndim >= 2], "weight_decay": weight_decay, "lr": group_lr})
+        groups.append({"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr": group_lr})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 

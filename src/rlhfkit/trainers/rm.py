@@ -87,7 +87,8 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = reward_model_from_causal_lm(cfg.model)
     train, held_out, train_pairs, eval_pairs = load_rm_data(cfg, tokenizer)
-    model, optimizer, scheduler, start_step, global_batch = prepare_training(ctx, model, len(train.chosen_ids))
+    model, optimizer, scheduler, start_step, global_batch = prepare_training(ctx, model, len(train.chosen_ids), head="score",
+                                                                             head_lr=cfg.rm.head_lr)
     ctx.open_run()
     rank, world = acc.process_index, acc.num_processes
     lengths = tuple(max(len(c), len(r)) for c, r in zip(train.chosen_ids, train.rejected_ids))
