@@ -56,10 +56,10 @@ class Unigram(torch.nn.Module):
         super().__init__()
         self.table = logits
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
-                output_hidden_states=False):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, output_hidden_states=False,
+                **cache):
         logits = self.table.expand(*input_ids.shape, -1)
-        return SimpleNamespace(logits=logits, past_key_values=None, hidden_states=None)
+        return SimpleNamespace(logits=logits, cache=None, past_key_values=None, hidden_states=None)
 
 
 def test_top_k_sampling_scored_without_it_gives_negative_kl_and_the_health_warning():

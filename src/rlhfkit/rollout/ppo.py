@@ -16,6 +16,13 @@ import torch
 from rlhfkit.ops import logprobs_from_logits
 
 
+def _cache_name() -> str:
+    # transformers 5.2x renamed the KV cache argument and output field `past_key_values` -> `cache`.
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
 class Rollout:
     query_ids: torch.Tensor
@@ -58,13 +65,13 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     batch = query_ids.shape[0]
     attention = query_mask.clone()
     positions = position_ids(attention)
-    step_input, past = query_ids, None
+    step_input, past, cache = query_ids, None, _cache_name()
     tokens = []
     done = torch.zeros(batch, dtype=torch.bool)
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, past_key_values=past,
-                    use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, use_cache=True,
+                    **{cache: past})
+        past = getattr(out, cache)
         logits = out.logits[:, -1].float() / temperature  # (B, V)
         if top_k > 0:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
