@@ -13,6 +13,14 @@ NOT_BUILT = {
 }
 
 
+# stage -> (module, training function, what final/ holds); imported lazily so --help stays fast.
+TRAINERS = {
+    "sft": ("rlhfkit.trainers.sft", "train_sft", "model"),
+    "rm": ("rlhfkit.trainers.rm", "train_rm", "reward model"),
+    "ppo": ("rlhfkit.trainers.ppo", "train_ppo", "policy"),
+}
+
+
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--config", help="YAML recipe, e.g. configs/tiny/sft.yaml (defaults when omitted)")
@@ -90,29 +98,16 @@ def _dispatch(args) -> int:
     if args.command in NOT_BUILT:
         print(f"rlhfkit {args.command}: {NOT_BUILT[args.command]}", file=sys.stderr)
         return 2
-    if args.command == "sft":
-        from rlhfkit.config import SFTConfig, load_config
-        from rlhfkit.trainers.sft import train_sft
+    if args.command in TRAINERS:
+        import importlib
 
-        cfg = load_config(SFTConfig, args.config, args.overrides)
-        result = train_sft(cfg, resume=args.resume, overwrite=args.overwrite)
-        print(f"rlhfkit sft: done; model in {result.final}")
-        return 0
-    if args.command == "rm":
-        from rlhfkit.config import RMConfig, load_config
-        from rlhfkit.trainers.rm import train_rm
+        from rlhfkit.config import STAGE_CONFIGS, load_config
 
-        cfg = load_config(RMConfig, args.config, args.overrides)
-        result = train_rm(cfg, resume=args.resume, overwrite=args.overwrite)
-        print(f"rlhfkit rm: done; reward model in {result.final}")
-        return 0
-    if args.command == "ppo":
-        from rlhfkit.config import PPOConfig, load_config
-        from rlhfkit.trainers.ppo import train_ppo
-
-        cfg = load_config(PPOConfig, args.config, args.overrides)
-        result = train_ppo(cfg, resume=args.resume, overwrite=args.overwrite)
-        print(f"rlhfkit ppo: done; policy in {result.final}")
+        module, function, what = TRAINERS[args.command]
+        train = getattr(importlib.import_module(module), function)
+        cfg = load_config(STAGE_CONFIGS[args.command], args.config, args.overrides)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        print(f"rlhfkit {args.command}: done; {what} in {result.final}")
         return 0
     if args.command == "data":
         from rlhfkit.config import PrefsConfig, load_config
