@@ -81,3 +81,11 @@ def test_generate_and_eval_commands(tmp_path, capsys, tiny_dir):
     assert "| model | eval/loss" in table and "gold/score" in table
     rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 9  # name + 6 metrics
+
+
+def test_overrides_may_follow_the_resume_and_overwrite_flags(tmp_path, capsys):
+    # The override after --overwrite must reach the config: here it is the bad key that errors.
+    assert main(["sft", f"run.dir={tmp_path}", "--overwrite", "train.lrr=1"]) == 2
+    assert "did you mean 'train.lr'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sft", "--overwrite", "--bogus-flag"])

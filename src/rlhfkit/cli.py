@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `--overwrite` may sit between overrides (`... --overwrite train.lr=1e-4`); argparse alone
+    # would stop the positional list at the flag, so leftovers that look like key=value join it.
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_libraries()
     try:
         return _dispatch(args)
