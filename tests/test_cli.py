@@ -1,5 +1,6 @@
 """The command line: every listed command exists, errors are one line with exit code 2."""
 
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ def test_help_lists_every_stage():
     assert "not built yet" in done.stdout
 
 
-@pytest.mark.parametrize("stage, issue", [("pipeline", "#7")])
+@pytest.mark.parametrize("stage, issue", [("bench", "#8")])
 def test_stages_not_built_say_so(capsys, stage, issue):
     assert main([stage]) == 2
     assert issue in capsys.readouterr().err
@@ -89,3 +90,18 @@ def test_overrides_may_follow_the_resume_and_overwrite_flags(tmp_path, capsys):
     assert "did you mean 'train.lr'?" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sft", "--overwrite", "--bogus-flag"])
+
+
+def test_eval_sampled_comparison_with_reference_reward_and_best_of_n(tmp_path, capsys, tiny_dir):
+    out = tmp_path / "eval.md"
+    assert main(["eval", "--model", "tiny", "--model", str(tiny_dir), "--reference", str(tiny_dir),
+                 "--reward", "rlhfkit.tasks:gold_scores", "--best-of-n", "1,2,4", "--n", "8", "--max-new-tokens", "8",
+                 "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "KL to SFT (nats)" in table and f"win rate tiny vs {tiny_dir}" in table
+    reference_row = next(line for line in table.splitlines() if line.startswith(f"| {tiny_dir} | ")
+                         and "KL" not in line and line.count("|") == 8)
+    assert "| 0.000 |" in reference_row  # KL of the reference to itself
+    assert [line.split("|")[1].strip() for line in table.splitlines() if re.match(r"\| [124] \|", line)] == ["1", "2", "4"]
+    assert main(["eval", "--model", "tiny", "--reference", "nope", "--reward", "rlhfkit.tasks:gold_scores"]) == 2
+    assert "--reference nope must be one of the --model values" in capsys.readouterr().err

@@ -8,7 +8,6 @@ import sys
 from rlhfkit.errors import RlhfkitError
 
 NOT_BUILT = {
-    "pipeline": "the end-to-end pipeline is not built yet (issue #7); run `rlhfkit sft` for now",
     "bench": "the benchmarks are not built yet (issue #8)",
 }
 
@@ -36,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
     _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")
     _stage_parser(sub, "ppo", "PPO against a reward model or a reward function, with KL diagnostics and a health check")
-    _stage_parser(sub, "pipeline", f"sft -> rm -> ppo -> eval -> report [{NOT_BUILT['pipeline']}]")
+    pipe = _stage_parser(sub, "pipeline", "sft -> preference pairs -> rm -> ppo -> eval -> report.md, in one run folder; "
+                         "a rerun skips finished stages and resumes a partial one (--resume is implied)")
+    pipe.epilog = "stage keys take the stage as prefix: sft.train.max_steps=100 prefs.n_prompts=500 eval.prompts=32"
 
     g = sub.add_parser("generate", help="complete prompts with any model or run folder")
     g.add_argument("--model", required=True, help="run stage folder, HF folder, .gguf, hub id, tiny or smollm2")
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=48)
     e.add_argument("--show", type=int, default=5, help="side-by-side completions to print")
     e.add_argument("--out", help="also write the table and completions to this markdown file")
+    e.add_argument("--reward", help="RM run folder or module:function: adds sampled RM scores, win rates and best-of-n")
+    e.add_argument("--reference", help="which --model is the reference (e.g. the SFT run): KL to it, win rates, best-of-n")
+    e.add_argument("--best-of-n", default="1,2,4,8,16", help="n values for best-of-n from --reference (needs --reward)")
+    e.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the sampled comparison")
+    e.add_argument("--seed", type=int, default=0)
 
     d = sub.add_parser("data", help="make data: `data prefs` samples and labels preference pairs for a built-in task")
     prefs = d.add_subparsers(dest="what", metavar="WHAT", required=True).add_parser(
@@ -115,6 +121,14 @@ def _dispatch(args) -> int:
         cfg = load_config(STAGE_CONFIGS[args.command], args.config, args.overrides)
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
         print(f"rlhfkit {args.command}: done; {what} in {result.final}")
+        return 0
+    if args.command == "pipeline":
+        from rlhfkit.config import PipelineConfig, load_config
+        from rlhfkit.trainers.pipeline import run_pipeline, split_overrides
+
+        cfg = load_config(PipelineConfig, args.config, split_overrides(args.overrides)[0])
+        report = run_pipeline(cfg, args.config, args.overrides, overwrite=args.overwrite)
+        print(f"rlhfkit pipeline: done; report in {report}")
         return 0
     if args.command == "data":
         from rlhfkit.config import PrefsConfig, load_config

@@ -53,6 +53,8 @@ def eval_command(args) -> int:
     for i in range(min(args.show, len(prompts))):
         cells = [_cell(prompts[i])] + [_cell(completions[name][i]) for name in args.model]
         lines.append("| " + " | ".join(cells) + " |")
+    if args.reward or args.reference:
+        lines += ["", *sampled_comparison(args, rows, prompts, references, gold)]
     text = "\n".join(lines)
     print(text)
     if args.out:
@@ -60,6 +62,36 @@ def eval_command(args) -> int:
 
         atomic_write_text(args.out, text + "\n")
     return 0
+
+
+def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]:
+    """The pipeline's evaluation for any models: one sample per prompt at --temperature, RM score,
+    KL to --reference, win rates against it, best-of-n from it reranked by --reward."""
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.evaluate.compare import EvalSettings, compare_policies
+    from rlhfkit.evaluate.report import HEADLINE, fmt
+    from rlhfkit.rewards import load_reward
+
+    if args.reference is not None and args.reference not in args.model:
+        raise RlhfkitError(f"--reference {args.reference} must be one of the --model values ({', '.join(args.model)})")
+    try:
+        ns = [int(n) for n in args.best_of_n.split(",") if n.strip()]
+    except ValueError:
+        raise RlhfkitError(f"--best-of-n {args.best_of_n!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    reward_fn = load_reward(args.reward, normalize=True) if args.reward else None
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns, seed=args.seed)
+    policies = {name: _load(name) for name in args.model}
+    result = compare_policies(policies, args.reference, prompts, references, settings, gold, reward_fn)
+    keys = [(k, title) for k, title in HEADLINE if any(k in m for m in result.metrics.values())]
+    lines = [f"Sampled at T = {args.temperature}, one sample per prompt:", "",
+             "| model | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(fmt(m.get(k)) for k, _ in keys) + " |" for name, m in result.metrics.items()]
+    for pair, rates in result.win_rates.items():
+        lines.append(f"- win rate {pair}: " + ", ".join(f"{k} {fmt(v)}" for k, v in rates.items()))
+    if result.best_of_n:
+        lines += ["", "| best-of-n from the reference | gold score | RM score | KL |", "|---|---|---|---|"]
+        lines += [f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |" for r in result.best_of_n]
+    return lines
 
 
 def _cell(text: str) -> str:

@@ -240,6 +240,35 @@ class PPOConfig:
 
 STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
 
+
+@dataclass
+class EvalSection:
+    prompts: int = 64
+    """Held-out prompts (the test split of the PPO stage's built-in task) for the final comparison."""
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """Best-of-n from the SFT policy reranked by the RM; max(best_of_n) samples are drawn per prompt."""
+    batch_size: int = 64
+    show: int = 6
+    """Side-by-side completions in the report."""
+    seed: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    """`rlhfkit pipeline`: sft -> prefs -> rm -> ppo -> eval -> report into `<dir>/<name>/`.
+
+    Stage configs are paths relative to the pipeline file; the pipeline wires each stage to the
+    previous one's output (model paths, preference file, reward model) and sets run.name/run.dir.
+    Override a stage key with its stage prefix: `sft.train.max_steps=100`, `prefs.n_prompts=500`."""
+
+    name: str = "default"
+    dir: str = "runs"
+    sft: str = "sft.yaml"
+    prefs: str = "prefs.yaml"
+    rm: str = "rm.yaml"
+    ppo: str = "ppo.yaml"
+    eval: EvalSection = field(default_factory=EvalSection)
+
 # ----------------------------------------------------------------------------- loading
 
 

@@ -45,9 +45,9 @@ def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int
     chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size)
     model.train(was_training)
     loss, stats = bradley_terry_loss(chosen, rejected)
-    metrics = {"rm/loss": loss.item(), M.RM_ACCURACY: stats["accuracy"].item(), M.RM_MARGIN: stats["margin"].item()}
+    metrics = {M.RM_LOSS: loss.item(), M.RM_ACCURACY: stats["accuracy"].item(), M.RM_MARGIN: stats["margin"].item()}
     probabilities = torch.sigmoid(chosen - rejected)
-    metrics["rm/ece"] = sum(b["n"] * abs(b["predicted"] - b["accuracy"]) for b in calibration(probabilities)) / len(chosen)
+    metrics[M.RM_ECE] = sum(b["n"] * abs(b["predicted"] - b["accuracy"]) for b in calibration(probabilities)) / len(chosen)
     families = [r.get("family") for r in rows]
     if all(families):
         # A tiny RM can be near the ceiling on some families and at chance on others (design §5).
@@ -65,9 +65,9 @@ def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int
             # An RM tie counts as half right, like a coin flip.
             rm_sign = torch.sign(chosen - rejected)[untied]
             gold_sign = torch.sign(gold_c - gold_r)[untied]
-            metrics["rm/gold_agreement"] = (0.5 * (1 + rm_sign * gold_sign)).mean().item()
+            metrics[M.RM_GOLD_AGREEMENT] = (0.5 * (1 + rm_sign * gold_sign)).mean().item()
         rm_scores, gold_scores = torch.cat([chosen, rejected]), torch.cat([gold_c, gold_r])
-        metrics["rm/gold_correlation"] = pearson(rm_scores, gold_scores)
+        metrics[M.RM_GOLD_CORRELATION] = pearson(rm_scores, gold_scores)
     return metrics, calibration(probabilities)
 
 

@@ -110,3 +110,20 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
         result["values"] = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
     result["logits"] = logits
     return result
+
+
+def sample_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
+                   top_k: int = 0) -> Rollout:
+    """Tokenise and left-pad text prompts, then `sample`: the rollout PPO trains on and eval measures."""
+    from rlhfkit.data.collate import left_pad
+
+    query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
+    model.eval()
+    return sample(model, query_ids, query_mask, max_new_tokens, temperature, tokenizer.eos_token_id,
+                  tokenizer.pad_token_id, top_k=top_k)
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """Response texts up to the first EOS (the tokens the response mask covers)."""
+    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
+            for ids, m in zip(rollout.response_ids, rollout.response_mask)]

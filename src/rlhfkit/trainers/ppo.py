@@ -13,7 +13,6 @@ from safetensors.torch import save
 
 from rlhfkit.config import ModelConfig, PPOConfig
 from rlhfkit.data import load_rows
-from rlhfkit.data.collate import left_pad
 from rlhfkit.data.sft import prompt_text
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
@@ -36,7 +35,7 @@ from rlhfkit.ops import (
     ppo_value_loss,
 )
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout.ppo import Rollout, sample, score
+from rlhfkit.rollout.ppo import Rollout, decode_responses, sample_prompts, score
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
     RunResult,
@@ -115,8 +114,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             with reference_context(model, cfg.model.lora):
                 ref = score(reference or model.policy, rollout, r.temperature)
         mask = rollout.response_mask
-        responses = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
-                     for ids, m in zip(rollout.response_ids, mask)]
+        responses = decode_responses(tokenizer, rollout)
         raw_scores = reward_fn(batch_prompts, responses)
         scores = (raw_scores + p.no_eos_penalty * (~rollout.finished).float()).clamp(-p.reward_clip, p.reward_clip)
         # 3. KL-shaped per-token rewards
@@ -140,7 +138,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             M.PPO_KL_COEF: kl_coef,
             M.PPO_RESPONSE_LEN: rollout.response_lengths.float().mean().item(),
             M.PPO_EOS_RATE: rollout.finished.float().mean().item(),
-            "ppo/seconds": time.perf_counter() - started,
+            M.PPO_SECONDS: time.perf_counter() - started,
         }
         if p.target_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, len(batch_prompts))
@@ -158,7 +156,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             if done - last_warned.get(kind, -p.health_window) >= p.health_window:
                 last_warned[kind] = done
                 bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
-                ctx.logger.log(done, {"health/warning": warning})
+                ctx.logger.log(done, {M.HEALTH_WARNING: warning})
         bar.update(1)
         bar.set_postfix(reward=f"{stats[M.PPO_REWARD_RM]:.3f}", kl=f"{stats[M.PPO_KL_K1]:.3f}", refresh=False)
         if done % cfg.train.save_every == 0 and done < p.iterations:
@@ -170,10 +168,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
 
 
 def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], cfg: PPOConfig) -> Rollout:
-    query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
-    model.eval()
-    return sample(model.policy, query_ids, query_mask, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
-                  tokenizer.eos_token_id, tokenizer.pad_token_id, top_k=cfg.rollout.top_k)
+    return sample_prompts(model.policy, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                          top_k=cfg.rollout.top_k)
 
 
 def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, old: dict, advantages: torch.Tensor,

@@ -1,0 +1,179 @@
+"""`rlhfkit pipeline`: SFT -> preference pairs -> RM -> PPO -> evaluation -> report, one run folder.
+
+A stage whose output is complete (`final/`, or the pairs file) is skipped and a partial one is
+resumed from its latest checkpoint, so rerunning the same command after a crash continues.
+Every stage config is loaded (and type-checked) before any work starts: a typo in ppo.yaml fails
+in a second, not after the SFT stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhfkit.atomic import atomic_write_text
+from rlhfkit.config import PipelineConfig, PPOConfig, PrefsConfig, RMConfig, SFTConfig, load_config
+from rlhfkit.errors import ConfigError
+
+STAGES = ("sft", "prefs", "rm", "ppo")
+
+
+@dataclass
+class PipelinePlan:
+    root: Path
+    sft: SFTConfig
+    prefs: PrefsConfig
+    rm: RMConfig
+    ppo: PPOConfig
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """`sft.train.lr=1e-4` goes to the sft stage; `eval.prompts=32` or `sft=x.yaml` to the pipeline."""
+    own, staged = [], {stage: [] for stage in STAGES}
+    for item in overrides:
+        head, dot, rest = item.partition(".")
+        if head in STAGES and dot and "=" in rest and rest.index("=") > 0:
+            staged[head].append(rest)
+        else:
+            own.append(item)
+    return own, staged
+
+
+def plan_pipeline(cfg: PipelineConfig, config_path: str | Path | None, staged: dict[str, list[str]]) -> PipelinePlan:
+    """Every stage's config, wired to the previous stage's output (the wiring wins over the files)."""
+    here = Path(config_path).parent if config_path else Path(".")
+    root = Path(cfg.dir) / cfg.name
+    run = [f"run.name={cfg.name}", f"run.dir={cfg.dir}"]
+    sft_dir, prefs_file, rm_dir = root / "sft", root / "prefs.jsonl", root / "rm"
+
+    def load(cls, stage: str, wiring: list[str]):
+        path = here / getattr(cfg, stage)
+        if not path.is_file():
+            raise ConfigError(f"{config_path}: {stage}: {path} not found (stage config paths are relative to the pipeline file)")
+        return load_config(cls, path, [*staged.get(stage, []), *wiring])
+
+    return PipelinePlan(
+        root=root,
+        sft=load(SFTConfig, "sft", run),
+        prefs=load(PrefsConfig, "prefs", [f"model={sft_dir}", f"out={prefs_file}"]),
+        rm=load(RMConfig, "rm", [*run, f"model.name={sft_dir}", f"data.source={prefs_file}"]),
+        ppo=load(PPOConfig, "ppo", [*run, f"model.name={sft_dir}", f"ppo.reward={rm_dir}"]),
+    )
+
+
+def run_pipeline(cfg: PipelineConfig, config_path: str | Path | None = None, overrides: list[str] = (),
+                 overwrite: bool = False) -> Path:
+    """Run (or continue) every stage, evaluate, and return the path of report.md. `cfg` already holds
+    the pipeline's own overrides; `overrides` may still hold stage-prefixed ones (`sft.train.lr=...`)."""
+    from rlhfkit.trainers.ppo import train_ppo
+    from rlhfkit.trainers.prefs import make_preferences
+    from rlhfkit.trainers.rm import train_rm
+    from rlhfkit.trainers.sft import train_sft
+
+    staged = split_overrides(list(overrides))[1]
+    plan = plan_pipeline(cfg, config_path, staged)
+    if overwrite and plan.root.exists():
+        shutil.rmtree(plan.root)
+    plan.root.mkdir(parents=True, exist_ok=True)
+    timings_file = plan.root / "pipeline.json"
+    previous = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    plan.seconds = dict(previous.get("seconds", {}))
+
+    def stage(name: str, done: bool, work) -> None:
+        if done:
+            print(f"rlhfkit pipeline: {name}: already complete, skipping", flush=True)
+            plan.skipped.append(name)
+            return
+        # A stage resumed from a checkpoint adds to the time it had already spent.
+        before = plan.seconds.get(name, 0.0) if (plan.root / name / "checkpoints").is_dir() else 0.0
+        print(f"rlhfkit pipeline: {name}: starting", flush=True)
+        started = time.perf_counter()
+        work()
+        plan.seconds[name] = before + time.perf_counter() - started
+        atomic_write_text(timings_file, json.dumps({"seconds": plan.seconds}, indent=1))
+
+    def train(name: str, function, stage_cfg) -> None:
+        folder = plan.root / name
+        function(stage_cfg, resume=folder.is_dir() and any(folder.iterdir()))
+
+    # 1. SFT on demonstrations
+    stage("sft", (plan.root / "sft" / "final").is_dir(), lambda: train("sft", train_sft, plan.sft))
+    # 2. preference pairs: two SFT samples per prompt, labelled by the noisy gold judge
+    prefs_summary = plan.root / "prefs.json"
+
+    def prefs() -> None:
+        summary = make_preferences(plan.prefs)
+        atomic_write_text(prefs_summary, json.dumps(summary, indent=1))
+        print("rlhfkit pipeline: prefs: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in summary.items()), flush=True)
+
+    stage("prefs", Path(plan.prefs.out).is_file() and prefs_summary.is_file(), prefs)
+    # 3. reward model on the pairs
+    stage("rm", (plan.root / "rm" / "final").is_dir(), lambda: train("rm", train_rm, plan.rm))
+    # 4. PPO against the RM
+    stage("ppo", (plan.root / "ppo" / "final").is_dir(), lambda: train("ppo", train_ppo, plan.ppo))
+    # 5. evaluation and report
+    started = time.perf_counter()
+    report = evaluate_pipeline(cfg, plan)
+    plan.seconds["eval"] = time.perf_counter() - started
+    atomic_write_text(timings_file, json.dumps({"seconds": plan.seconds}, indent=1))
+    return report
+
+
+def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
+    """Base, SFT and PPO policies sampled on held-out prompts, best-of-n from SFT, then report.md."""
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.data import load_rows
+    from rlhfkit.evaluate.compare import EvalSettings, compare_policies, eval_sample_count
+    from rlhfkit.evaluate.completions import prompts_and_references
+    from rlhfkit.evaluate.report import write_report
+    from rlhfkit.evaluate.text import is_builtin
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.rewards import load_reward
+    from rlhfkit.run.logger import read_metrics
+    from rlhfkit.trainers.common import progress_bar
+
+    source = plan.ppo.data.eval_source or plan.ppo.data.source
+    rows = load_rows(source, "test")[: cfg.eval.prompts]
+    names = {"base": plan.sft.model.name, "sft": str(plan.root / "sft"), "ppo": str(plan.root / "ppo")}
+    policies = {name: load_causal_lm(ModelConfig(name=path, lora=False), trainable=False) for name, path in names.items()}
+    tokenizer = policies["sft"][1]
+    prompts, references = prompts_and_references(rows, source, plan.ppo.data.template, tokenizer)
+    settings = EvalSettings(max_new_tokens=plan.ppo.rollout.max_new_tokens, temperature=plan.ppo.rollout.temperature,
+                            best_of_n=cfg.eval.best_of_n, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed)
+    reward_fn = load_reward(str(plan.root / "rm"), normalize=plan.ppo.ppo.normalize_reward)
+    bar = progress_bar(eval_sample_count(len(prompts), len(policies), settings, "sft", reward_fn), 0, "eval samples",
+                       plan.ppo.run.progress)
+    result = compare_policies(policies, "sft", prompts, references, settings, gold=is_builtin(source),
+                              reward_fn=reward_fn, progress=bar)
+    bar.close()
+    metrics = {s: read_metrics(plan.root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo")
+               if (plan.root / s / "metrics.jsonl").is_file()}
+    atomic_write_text(plan.root / "eval.json", json.dumps({
+        "prompts": len(prompts), "source": source, "temperature": settings.temperature,
+        "metrics": result.metrics, "win_rates": result.win_rates, "best_of_n": result.best_of_n}, indent=1))
+    prefs = json.loads((plan.root / "prefs.json").read_text()) if (plan.root / "prefs.json").is_file() else {}
+    facts = [
+        f"Base model `{plan.sft.model.name}`; SFT, RM and PPO in `{plan.root}/`; held-out prompts: {len(prompts)} "
+        f"from `{source}` (test split), one sample each at T = {settings.temperature}, "
+        f"at most {settings.max_new_tokens} new tokens.",
+        f"Preference pairs: {prefs.get('pairs', '?')} (labeller temperature {plan.prefs.noise_temperature}; label "
+        f"agreement with the noiseless judge {_fmt(prefs.get('label_agreement'))}, expected ceiling "
+        f"{_fmt(prefs.get('noise_ceiling'))}).",
+        "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in plan.seconds.items())
+        + f"; total {sum(plan.seconds.values()):.0f}" + (f" (skipped this time: {', '.join(plan.skipped)})" if plan.skipped else ""),
+        "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is analytic. Gold score in [-1, 1].",
+    ]
+    labels = {"base": "base", "sft": "SFT", "ppo": "PPO"}
+    report = write_report(plan.root, f"rlhfkit pipeline report: {cfg.name}", result, metrics, facts, labels, cfg.eval.show)
+    print(f"rlhfkit pipeline: report: {report}", flush=True)
+    return report
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "?"

@@ -1,0 +1,84 @@
+"""The tiny pipeline end to end: every stage, the evaluation, and a report that agrees with metrics.jsonl."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.cli import main
+from rlhfkit.evaluate.compare import best_of_n, best_of_n_reference, win_rate
+from rlhfkit.evaluate.report import fmt, training_rows
+from rlhfkit.run.logger import read_metrics
+from rlhfkit.trainers.pipeline import split_overrides
+
+CONFIG = str(Path(__file__).parents[2] / "configs" / "tiny" / "pipeline.yaml")
+SMALL = ["sft.train.max_steps=60", "sft.train.eval_every=30", "sft.sft.eval_generate=16", "prefs.n_prompts=96",
+         "rm.train.max_steps=12", "rm.train.batch_size=16", "rm.train.eval_every=6", "rm.data.eval_size=32",
+         "rm.rm.norm_samples=16", "ppo.ppo.iterations=3", "ppo.rollout.batch_size=16", "ppo.ppo.eval_every=3",
+         "ppo.ppo.eval_prompts=16", "eval.prompts=12", "eval.best_of_n=[1,2,4]", "eval.show=3"]
+QUIET = [f"{s}.run.{k}" for s in ("sft", "rm", "ppo") for k in ("report_to=[]", "progress=false")]
+
+
+def test_overrides_are_routed_by_stage_prefix():
+    own, staged = split_overrides(["sft.train.lr=1e-4", "prefs.n_prompts=5", "eval.prompts=3", "name=x", "sft=a.yaml"])
+    assert own == ["eval.prompts=3", "name=x", "sft=a.yaml"]
+    assert staged["sft"] == ["train.lr=1e-4"] and staged["prefs"] == ["n_prompts=5"] and staged["ppo"] == []
+
+
+def test_best_of_n_matches_the_plain_loop_and_its_kl_is_analytic():
+    generator = torch.Generator().manual_seed(0)
+    gold, reward = torch.rand(40, 8, generator=generator), torch.randn(40, 8, generator=generator)
+    for row in best_of_n(gold, reward, [1, 2, 4, 8]):
+        expected_gold, expected_reward = best_of_n_reference(gold.tolist(), reward.tolist(), row["n"])
+        assert row["gold"] == pytest.approx(expected_gold) and row["reward"] == pytest.approx(expected_reward)
+        assert row["kl"] == pytest.approx(math.log(row["n"]) - (row["n"] - 1) / row["n"])
+    rows = best_of_n(gold, reward, [1, 8])
+    assert rows[1]["reward"] > rows[0]["reward"]  # picking the max of 8 cannot lower the mean reward
+    with pytest.raises(ValueError, match="n=9"):
+        best_of_n(gold, reward, [9])
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate([1.0, 0.0, 0.5], [0.0, 1.0, 0.5]) == pytest.approx(0.5)
+    assert win_rate([1.0, 1.0], [0.0, 0.5]) == 1.0
+    with pytest.raises(ValueError):
+        win_rate([1.0], [])
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_dir):
+    assert main(["pipeline", "--config", CONFIG, f"dir={tmp_path}", "name=t", *SMALL, *QUIET]) == 0
+    root = tmp_path / "t"
+    report = (root / "report.md").read_text()
+    # Every training number in the report is the first/last value in that stage's metrics.jsonl.
+    metrics = {s: read_metrics(root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo")}
+    rows = training_rows(metrics)
+    assert {stage for stage, *_ in rows} == {"sft", "rm", "ppo"}
+    for stage, key, first, last in rows:
+        assert f"| {stage} | {key} | {fmt(first)} | {fmt(last)} |" in report
+    gold = [r["gold/score"] for r in metrics["ppo"] if "gold/score" in r]
+    assert fmt(gold[-1]) in report
+    # The headline table is eval.json's numbers; KL to SFT is 0 for SFT itself and >= 0 (k1 mean) elsewhere.
+    evaluation = json.loads((root / "eval.json").read_text())
+    for label, name in (("base", "base"), ("SFT", "sft"), ("PPO", "ppo")):
+        m = evaluation["metrics"][name]
+        assert re.search(rf"^\| {label} \| {re.escape(fmt(m['gold']))} \| {re.escape(fmt(m['reward']))} \|", report, re.M)
+    assert evaluation["metrics"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert [r["n"] for r in evaluation["best_of_n"]] == [1, 2, 4]
+    assert "Win rate ppo vs sft" in report and "## Health check" in report
+    for png in ("training.png", "gold_vs_kl.png"):
+        assert (root / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A rerun skips every finished stage and only re-evaluates.
+    capsys.readouterr()
+    assert main(["pipeline", "--config", CONFIG, f"dir={tmp_path}", "name=t", *SMALL, *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{s}: already complete, skipping" in out for s in ("sft", "prefs", "rm", "ppo"))
+
+
+def test_pipeline_typo_in_a_stage_key_fails_before_any_work(tmp_path, capsys):
+    assert main(["pipeline", "--config", CONFIG, f"dir={tmp_path}", "ppo.ppo.kl_cof=0.1"]) == 2
+    assert "did you mean 'ppo.kl_coef'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
