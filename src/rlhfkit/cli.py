@@ -21,6 +21,13 @@ TRAINERS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; ours is one line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--config", help="YAML recipe, e.g. configs/tiny/sft.yaml (defaults when omitted)")
@@ -31,7 +38,7 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhfkit", description="SFT -> reward model -> PPO for causal LMs.")
+    parser = OneLineParser(prog="rlhfkit", description="SFT -> reward model -> PPO for causal LMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
     _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")

@@ -42,6 +42,7 @@ from rlhfkit.trainers.common import (
     RunResult,
     build_optimizer,
     finish,
+    guarded_step,
     progress_bar,
     restore_training_state,
     save_final,
@@ -126,7 +127,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         if p.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         # 5. PPO epochs over minibatches
-        update = ppo_update(model, optimizer, scheduler, rollout, old, advantages, returns, cfg, iteration)
+        update = ppo_update(model, optimizer, scheduler, rollout, old, advantages, returns, cfg, iteration, ctx.guard)
         # 6. diagnostics (design §2 names)
         stats = {
             **update,
@@ -140,6 +141,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             M.PPO_KL_COEF: kl_coef,
             M.PPO_RESPONSE_LEN: rollout.response_lengths.float().mean().item(),
             M.PPO_EOS_RATE: rollout.finished.float().mean().item(),
+            M.SKIPPED_STEPS: ctx.guard.skipped,
             "ppo/seconds": time.perf_counter() - started,
         }
         if p.target_kl is not None:
@@ -177,7 +179,7 @@ def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], cfg: PPO
 
 
 def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, old: dict, advantages: torch.Tensor,
-               returns: torch.Tensor, cfg: PPOConfig, iteration: int) -> dict[str, float]:
+               returns: torch.Tensor, cfg: PPOConfig, iteration: int, guard) -> dict[str, float]:
     p = cfg.ppo
     batch = rollout.query_ids.shape[0]
     size = batch // p.minibatches
@@ -196,10 +198,10 @@ def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, o
         vf_loss, vf_stats = ppo_value_loss(new["values"], old["values"][rows], returns[rows], part.response_mask,
                                            p.value_clip_range)
         optimizer.zero_grad(set_to_none=True)
-        (pg_loss + p.vf_coef * vf_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        loss = pg_loss + p.vf_coef * vf_loss
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        guarded_step(guard, optimizer, scheduler, loss.item(), grad_norm.item(), f"ppo iteration {iteration + 1}")
         if ratio_first is None:
             # Before any update the new and old policies are the same weights on the same inputs.
             ratio_first = pg_stats["ratio_mean"].item()
