@@ -102,6 +102,16 @@ def tiny_copy(tmp: Path, fx: dict) -> None:
     truncate(tmp / "model" / "model.safetensors")
 
 
+def custom_code_model(tmp: Path, fx: dict) -> None:
+    """The tiny model re-labelled as an unknown architecture whose code ships in the folder; that
+    code would leave a file behind if it ever ran (the no-new-files check then fails)."""
+    shutil.copytree(fx["tiny"], tmp / "remote")
+    config = json.loads((tmp / "remote" / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (tmp / "remote" / "config.json").write_text(json.dumps(config))
+    write(tmp / "remote" / "evil.py", "from pathlib import Path\nPath(__file__).with_name('RAN').write_text('x')\n")
+
+
 def gguf_truncated(tmp: Path, fx: dict) -> None:
     # A real GGUF header (magic, version 3, counts) cut off before the metadata it announces.
     header = b"GGUF" + (3).to_bytes(4, "little") + (10).to_bytes(8, "little") + (5).to_bytes(8, "little")
@@ -182,6 +192,9 @@ CASES = [
     Case("truncated safetensors", lambda t: [*SFT, f"model.name={t}/model"], "model.safetensors", tiny_copy),
     Case("truncated adapter safetensors", lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
          "adapter_model.safetensors", lambda t, fx: prior_sft(t, fx, damage="final/adapter_model.safetensors")),
+    Case("model that ships its own code", lambda t: [*SFT, f"model.name={t}/remote"],
+         "remote: cannot load model (it ships its own Python code, which runs only with model.trust_remote_code=true",
+         custom_code_model),
     Case("truncated GGUF", lambda t: [*SFT, f"model.name={t}/model.gguf"], "model.gguf: cannot read GGUF file",
          gguf_truncated),
     Case("generate with a missing model", lambda t: ["generate", "--model", f"{t}/nope", "--prompt", "hi"],

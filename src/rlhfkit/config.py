@@ -41,6 +41,8 @@ class ModelConfig:
     disable_dropout: bool = True
     """Dropout off everywhere: PPO's ratio-is-1 invariant needs deterministic forwards."""
     trust_remote_code: bool = False
+    """Let transformers run Python code shipped with the model (its modeling_*.py). Off: such a model
+    is refused with an error. Turn it on only for a model whose code you have read and trust."""
     tiny_seed: int = 0
     """Seed of the locally built tiny model when `name` is `tiny`."""
 
