@@ -216,11 +216,17 @@ CASES = [
          new_files=True),
     Case("full disk while writing final/", lambda t: [*SFT, "train.max_steps=1"], "cannot write",
          patch=lambda mp: mp.setattr("rlhfkit.trainers.common.atomic_dir", _failing_atomic_dir), new_files=True),
+    Case("full disk while appending to metrics.jsonl", lambda t: [*SFT], "metrics.jsonl: No space left on device",
+         patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False), new_files=True),
 ]
 
 
 def _failing_atomic_dir(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _failing_open(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from rlhfkit.errors import RlhfkitError
@@ -12,6 +13,8 @@ NOT_BUILT = {
     "bench": "the benchmarks are not built yet (issue #8)",
 }
 
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # stage -> (module, training function, what final/ holds); imported lazily so --help stays fast.
 TRAINERS = {
@@ -90,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except RlhfkitError as e:
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full disk, quota or read-only folder anywhere (logs, config.yaml ...): the user fixes it.
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"rlhfkit {args.command}: error: {e.filename or 'write'}: {e.strerror}; nothing written so far "
+              "was lost: fix it, then continue with --resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)

@@ -28,7 +28,7 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, trust_remote_code=False)
     # The GGUF reader unpacks the header with struct and numpy: a cut file fails in any of these.
     except (ValueError, OSError, KeyError, IndexError, struct.error, EOFError) as e:
-        raise ModelError(f"{path}: cannot read GGUF file ({load_error(e)})") from None
+        raise ModelError(f"{path}: cannot read GGUF file; truncated or not GGUF ({load_error(e)})") from None
     # The weights are de-quantised now; without this, save_pretrained refuses or re-tags them as GGUF.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

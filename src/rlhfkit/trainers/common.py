@@ -286,7 +286,7 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
         try:
             _write_final(final, unwrapped, tokenizer, save_merged, extra_files)
         except OSError as e:
-            raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); the checkpoints are intact: free space, "
+            raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
                                "then rerun with --resume") from None
         if ctx.cfg.run.push_to_hub:
             push_to_hub(final, ctx.cfg.run.push_to_hub)
