@@ -210,6 +210,10 @@ CASES = [
          "returned 1 scores for 4 responses", new_files=True),
     Case("reward is neither a folder nor module:function", lambda t: [*PPO, "ppo.reward=no_such_module:f"],
          "ppo.reward=no_such_module:f: cannot import"),
+    Case("PPO with an absurd learning rate", lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "train.lr=1e30",
+                                                        "ppo.iterations=3"],
+         "rollout: the policy's next-token probabilities are not finite (its weights diverged); likely cause: "
+         "train.lr too high", new_files=True),
     # --- disk
     Case("full disk while writing a checkpoint", lambda t: [*SFT, "train.save_every=1"],
          "cannot write checkpoint step-1", patch=lambda mp: mp.setattr("rlhfkit.run.checkpoint.save_file", disk_full),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from rlhfkit.atomic import atomic_dir
 from rlhfkit.config import config_to_dict
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.run import MetricsLogger, prepare_stage_dir
-from rlhfkit.run.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.run.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.logger import read_metrics
 
@@ -45,32 +52,39 @@ class NonFiniteGuard:
     so nothing downstream (checkpoints, final/) ever sees a poisoned state."""
 
     limit: int
+    label: str = "step"
+    """How messages name a step: "sft step", "ppo iteration"."""
     skipped: int = 0
     """Skipped steps over the whole run (logged as train/skipped_steps, kept across --resume)."""
     in_a_row: int = 0
+    first_bad: int | None = None
+    """Step of the first skip in the current streak."""
+    on_stop: Callable[[int], str] | None = None
+    """Called with `first_bad` before stopping; returns text for the message (what was set aside)."""
 
-    def allows(self, loss: float, grad_norm: float, where: str) -> bool:
+    def allows(self, loss: float, grad_norm: float, step: int) -> bool:
         if math.isfinite(loss) and math.isfinite(grad_norm):
-            self.in_a_row = 0
+            self.in_a_row, self.first_bad = 0, None
             return True
         self.skipped += 1
         self.in_a_row += 1
+        self.first_bad = self.first_bad or step
         values = f"loss {loss:g}, gradient norm {grad_norm:g}"
         if self.in_a_row >= self.limit:
+            aside = self.on_stop(self.first_bad) if self.on_stop else ""
             raise RlhfkitError(
-                f"{where}: non-finite loss or gradient in {self.in_a_row} steps in a row ({values}); stopped with the "
-                "weights of the last finite step, nothing checkpointed since. Likely cause: train.lr too high, a bad "
-                "data row or reward, or float16 overflow (try model.dtype=bfloat16/float32); "
-                "train.max_nonfinite_steps sets how many are tolerated")
-        print(f"rlhfkit: warning: {where}: non-finite {values}; optimizer step skipped "
+                f"{self.label} {step}: non-finite loss or gradient in {self.in_a_row} steps in a row, the first at "
+                f"{self.label} {self.first_bad} ({values}); stopped{aside}. Likely cause: train.lr too high, a bad data row or reward, or float16 overflow "
+                "(try model.dtype=bfloat16/float32); train.max_nonfinite_steps sets how many are tolerated")
+        print(f"rlhfkit: warning: {self.label} {step}: non-finite {values}; optimizer step skipped "
               f"({self.in_a_row} in a row, stop at {self.limit})", flush=True)
         return False
 
 
-def guarded_step(guard: NonFiniteGuard, optimizer, scheduler, loss: float, grad_norm: float, where: str) -> None:
+def guarded_step(guard: NonFiniteGuard, optimizer, scheduler, loss: float, grad_norm: float, step: int) -> None:
     """optimizer.step() unless the loss or the gradient norm is non-finite; the lr schedule
     advances either way (it is a function of the step number)."""
-    if guard.allows(loss, grad_norm, where):
+    if guard.allows(loss, grad_norm, step):
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -86,6 +100,8 @@ class StageContext:
     overwrite: bool
     guard: NonFiniteGuard
     logger: MetricsLogger | None = None
+    saved_steps: list[int] = field(default_factory=list)
+    """Checkpoints this process wrote (not those found on --resume)."""
 
     @property
     def is_main(self) -> bool:
@@ -109,7 +125,23 @@ def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
     seed_everything(cfg.train.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = check_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
-    return StageContext(cfg, stage, out, accelerator, resume, overwrite, NonFiniteGuard(cfg.train.max_nonfinite_steps))
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, "ppo iteration" if stage == "ppo" else f"{stage} step")
+    ctx = StageContext(cfg, stage, out, accelerator, resume, overwrite, guard)
+    guard.on_stop = lambda first_bad: set_aside_checkpoints(ctx, first_bad)
+    return ctx
+
+
+def set_aside_checkpoints(ctx: StageContext, first_bad: int) -> str:
+    """Rename this run's checkpoints from step first_bad - 1 on to nonfinite-step-N: the weights they
+    hold went on to give non-finite values, so --resume must fall back to the one before."""
+    moved = []
+    if ctx.is_main:
+        for path in list_checkpoints(ctx.out / "checkpoints"):
+            step = int(path.name.split("-")[1])
+            if step >= first_bad - 1 and step in ctx.saved_steps:
+                path.rename(path.with_name(f"nonfinite-{path.name}"))
+                moved.append(path.name)
+    return f"; checkpoints {', '.join(moved)} renamed nonfinite-*, so --resume starts before the trouble" if moved else ""
 
 
 def prepare_training(ctx: StageContext, model, n_examples: int, head: str | None = None, head_lr: float | None = None):
@@ -181,7 +213,7 @@ def accumulate_and_step(ctx: StageContext, model, optimizer, scheduler, micro_lo
     grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.cfg.train.max_grad_norm)
     if world > 1:
         total = acc.reduce(total, "sum")  # before the guard, so every process skips the same steps
-    guarded_step(ctx.guard, optimizer, scheduler, total.item(), float(grad_norm), f"{ctx.stage} step {step}")
+    guarded_step(ctx.guard, optimizer, scheduler, total.item(), float(grad_norm), step)
     return total.item(), float(grad_norm)
 
 
@@ -203,11 +235,11 @@ def save_training_state(ctx: StageContext, step: int, model, optimizer, schedule
     """checkpoints/step-<step>/, unless the last optimizer step was skipped as non-finite."""
     if ctx.guard.in_a_row:
         if ctx.is_main:
-            print(f"rlhfkit: warning: {ctx.stage} step {step}: not checkpointed, its last update was non-finite",
+            print(f"rlhfkit: warning: {ctx.guard.label} {step}: not checkpointed, its last update was non-finite",
                   flush=True)
         return
     state = trainable_state(ctx.accelerator.unwrap_model(model))
-    check_finite_weights(ctx, state.items(), f"{ctx.stage} step {step}")
+    check_finite_weights(ctx, state.items(), f"{ctx.guard.label} {step}")
     if ctx.is_main:
         checkpoints = ctx.out / "checkpoints"
         trainer = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(),
@@ -218,6 +250,7 @@ def save_training_state(ctx: StageContext, step: int, model, optimizer, schedule
         except OSError as e:
             raise RlhfkitError(f"{checkpoints}: cannot write checkpoint step-{step} ({e.strerror or e}); earlier "
                                "checkpoints are intact: free space, then continue with --resume") from None
+        ctx.saved_steps.append(step)
     ctx.accelerator.wait_for_everyone()
 
 

@@ -201,7 +201,7 @@ def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, o
         loss = pg_loss + p.vf_coef * vf_loss
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        guarded_step(guard, optimizer, scheduler, loss.item(), grad_norm.item(), f"ppo iteration {iteration + 1}")
+        guarded_step(guard, optimizer, scheduler, loss.item(), grad_norm.item(), iteration + 1)
         if ratio_first is None:
             # Before any update the new and old policies are the same weights on the same inputs.
             ratio_first = pg_stats["ratio_mean"].item()
