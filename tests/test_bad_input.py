@@ -178,6 +178,7 @@ CASES = [
     # --- run folders and the CLI
     Case("existing run without --resume/--overwrite", lambda t: [*SFT, "run.name=prior"],
          "prior/sft already exists; pass --resume to continue it or --overwrite to start over", prior_sft),
+    Case("unknown flag", lambda t: ["sft", "--bogus-flag"], "rlhfkit: error: unrecognized arguments: --bogus-flag"),
     Case("--resume with nothing to resume", lambda t: [*SFT, "--resume"], "nothing to resume"),
     Case("--resume and --overwrite together", lambda t: [*SFT, "run.name=prior", "--resume", "--overwrite"],
          "--resume and --overwrite contradict each other", prior_sft),
@@ -252,7 +253,10 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, fixtures, 
     if case.patch:
         case.patch(monkeypatch)
     capsys.readouterr()
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors exit from inside the parser
+        code = e.code
     err = capsys.readouterr().err.strip()
     assert code == 2, err[-2000:]
     assert len(err.splitlines()) == 1, f"expected one line, got:\n{err[-2000:]}"
