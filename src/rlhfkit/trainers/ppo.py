@@ -39,6 +39,7 @@ from rlhfkit.rewards import load_reward
 from rlhfkit.rollout.ppo import Rollout, sample, score
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
+    NonFiniteGuard,
     RunResult,
     build_optimizer,
     finish,
@@ -179,7 +180,8 @@ def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], cfg: PPO
 
 
 def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, old: dict, advantages: torch.Tensor,
-               returns: torch.Tensor, cfg: PPOConfig, iteration: int, guard) -> dict[str, float]:
+               returns: torch.Tensor, cfg: PPOConfig, iteration: int,
+               guard: NonFiniteGuard) -> dict[str, float]:
     p = cfg.ppo
     batch = rollout.query_ids.shape[0]
     size = batch // p.minibatches
