@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from rlhfkit.errors import RlhfkitError
@@ -12,12 +13,21 @@ NOT_BUILT = {
 }
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 # stage -> (module, training function, what final/ holds); imported lazily so --help stays fast.
 TRAINERS = {
     "sft": ("rlhfkit.trainers.sft", "train_sft", "model"),
     "rm": ("rlhfkit.trainers.rm", "train_rm", "reward model"),
     "ppo": ("rlhfkit.trainers.ppo", "train_ppo", "policy"),
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; ours is one line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -30,7 +40,7 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhfkit", description="SFT -> reward model -> PPO for causal LMs.")
+    parser = OneLineParser(prog="rlhfkit", description="SFT -> reward model -> PPO for causal LMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
     _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")
@@ -89,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except RlhfkitError as e:
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full disk, quota or read-only folder anywhere (logs, config.yaml ...): the user fixes it.
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"rlhfkit {args.command}: error: {e.filename or 'write'}: {e.strerror}; nothing written so far "
+              "was lost: fix it, then continue with --resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)

@@ -41,6 +41,8 @@ class ModelConfig:
     disable_dropout: bool = True
     """Dropout off everywhere: PPO's ratio-is-1 invariant needs deterministic forwards."""
     trust_remote_code: bool = False
+    """Let transformers run Python code shipped with the model (its modeling_*.py). Off: such a model
+    is refused with an error. Turn it on only for a model whose code you have read and trust."""
     tiny_seed: int = 0
     """Seed of the locally built tiny model when `name` is `tiny`."""
 
@@ -84,9 +86,12 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 100
     keep_last: int = 2
-    """Checkpoints kept in checkpoints/ (oldest deleted first)."""
+    """Checkpoints kept in checkpoints/ (oldest deleted first); 0 keeps every one."""
     threads: int | None = None
     """torch intra-op threads; None leaves torch's default."""
+    max_nonfinite_steps: int = 5
+    """Optimizer steps in a row whose loss or gradient norm is NaN/inf that are skipped (counted as
+    train/skipped_steps) before the run stops with an error; the weights stay at the last good step."""
 
 
 @dataclass
@@ -269,6 +274,24 @@ class PipelineConfig:
     ppo: str = "ppo.yaml"
     eval: EvalSection = field(default_factory=EvalSection)
 
+
+# Lower bounds checked at load time: (bound, strict). A zero batch or save interval would
+# otherwise surface as a ZeroDivisionError deep in a training loop.
+MINIMUMS: dict[str, tuple[float, bool]] = {
+    "train.lr": (0, False), "train.weight_decay": (0, False), "train.warmup_steps": (0, False),
+    "train.max_steps": (0, False), "train.batch_size": (1, False), "train.grad_accum": (1, False),
+    "train.max_grad_norm": (0, True), "train.log_every": (1, False), "train.eval_every": (1, False),
+    "train.save_every": (1, False), "train.keep_last": (0, False), "train.threads": (1, False),
+    "train.max_nonfinite_steps": (1, False),
+    "data.max_length": (1, False), "data.eval_size": (0, False), "data.builtin_size": (1, False),
+    "data.eval_fraction": (0, False), "data.max_train_rows": (1, False),
+    "model.lora_r": (1, False),
+    "rollout.batch_size": (1, False), "rollout.max_new_tokens": (1, False), "rollout.temperature": (0, True),
+    "ppo.iterations": (0, False), "ppo.epochs": (1, False), "ppo.minibatches": (1, False),
+    "ppo.eval_every": (1, False), "ppo.health_window": (1, False),
+    "n_prompts": (1, False), "batch_size": (1, False), "max_new_tokens": (1, False),
+}
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -284,7 +307,20 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
         _set_dotted(raw, key.strip(), _parse_scalar(value))
-    return _build(cls, raw, prefix="", where=where, root=cls)
+    cfg = _build(cls, raw, prefix="", where=where, root=cls)
+    _check_minimums(cfg, where)
+    return cfg
+
+
+def _check_minimums(cfg: Any, where: str) -> None:
+    for key, (bound, strict) in MINIMUMS.items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if node is None:
+            continue  # not a field of this config, or an Optional left unset
+        if node < bound or (strict and node == bound):
+            raise ConfigError(f"{where}: {key} must be {'>' if strict else '>='} {bound:g}, got {node!r}")
 
 
 def config_to_dict(cfg: Any) -> dict:

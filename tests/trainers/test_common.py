@@ -19,3 +19,18 @@ def test_warmup_then_cosine_to_the_floor():
     assert multiplier(0) == 0.1 and multiplier(9) == 1.0
     assert multiplier(10) == 1.0 and abs(multiplier(110) - 0.1) < 1e-12
     assert all(multiplier(s) >= multiplier(s + 1) for s in range(10, 110))
+
+
+def test_resume_truncates_every_step_log_and_drops_a_line_cut_by_a_kill(tmp_path):
+    import json
+
+    from rlhfkit.trainers.common import truncate_logs
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (0, 4, 8, 12))
+                                            + '{"step": 16, "lo')
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps({"step": s, "response": "x"}) + "\n" for s in (0, 8, 16)))
+    truncate_logs(tmp_path, 8)
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 4, 8]
+    assert [json.loads(x)["step"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()] == [0, 8]
+    truncate_logs(tmp_path, -1)  # no checkpoint yet: everything is logged again from step 0
+    assert (tmp_path / "metrics.jsonl").read_text() == "" and (tmp_path / "samples.jsonl").read_text() == ""

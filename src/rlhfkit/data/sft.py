@@ -83,11 +83,13 @@ def fit_prompt(prompt_ids: list[int], response_len: int, max_length: int, trunca
     return None
 
 
-def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_length: int, truncation: str) -> TokenizedSFT:
-    """Tokenize prompt and completion separately (so the boundary is exact) and append EOS."""
+def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_length: int, truncation: str,
+                 row_ids: list[int] | None = None) -> TokenizedSFT:
+    """Tokenize prompt and completion separately (so the boundary is exact) and append EOS.
+    `row_ids` are the rows' numbers in the source, for messages (`.rows` stays positions in `rows`)."""
     out = TokenizedSFT()
     for i, row in enumerate(rows):
-        where = f"{source}: row {i}"
+        where = f"{source}: row {row_ids[i] if row_ids is not None else i}"
         prompt, completion = prompt_and_completion(row, where, template, tokenizer)
         prompt_ids = tokenizer(prompt)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -6,12 +6,14 @@ safetensors folder then loads in well under a second.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import torch
 
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.errors import ModelError
+from rlhfkit.models.load import load_error
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
@@ -22,10 +24,11 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     if not path.is_file():
         raise ModelError(f"{path}: GGUF file does not exist")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    except (ValueError, OSError, KeyError, IndexError) as e:
-        raise ModelError(f"{path}: cannot read GGUF file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, trust_remote_code=False)
+    # The GGUF reader unpacks the header with struct and numpy: a cut file fails in any of these.
+    except (ValueError, OSError, KeyError, IndexError, struct.error, EOFError) as e:
+        raise ModelError(f"{path}: cannot read GGUF file; truncated or not GGUF ({load_error(e)})") from None
     # The weights are de-quantised now; without this, save_pretrained refuses or re-tags them as GGUF.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -13,11 +13,16 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.errors import ModelError
 from rlhfkit.models import assets
 from rlhfkit.models.lora import add_lora
+
+# What a damaged or foreign weights file raises inside from_pretrained: safetensors' own error for
+# a truncated header, ValueError/RuntimeError for shapes that do not fit, OSError for missing files.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, SafetensorError)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,6 +41,10 @@ def resolve_model_path(name: str, tiny_seed: int = 0) -> str:
         for candidate in (path, path / "final"):
             if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
                 return str(candidate)
+        if (path / "config.yaml").is_file():
+            # A run's stage folder whose stage never finished (killed, failed, or still running).
+            raise ModelError(f"{path}: no final/ yet (the stage did not finish); finish it with --resume "
+                             "or name a finished stage")
         raise ModelError(f"{path}: folder has no config.json, adapter_config.json or final/ to load a model from")
     if path.exists():
         raise ModelError(f"{path}: expected a model folder or a .gguf file, found a file")
@@ -63,14 +72,38 @@ def load_tokenizer(location: str, trust_remote_code: bool = False, padding_side:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{location}: cannot load tokenizer ({str(e).splitlines()[0][:200]})") from None
+    except LOAD_ERRORS as e:
+        raise ModelError(f"{location}: cannot load tokenizer ({load_error(e)})") from None
     if tokenizer.pad_token is None:
         # GPT-2 style tokenizers have no pad token. Padding is masked by attention_mask, never by
         # token id, so reusing EOS is safe (and the model's real EOS is still learned).
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def load_error(e: BaseException, location: str | Path | None = None) -> str:
+    """One line for a from_pretrained failure: its type and first line, and for a damaged
+    safetensors file (whose error does not say which) the file's name."""
+    if "trust_remote_code" in str(e):
+        return "it ships its own Python code, which runs only with model.trust_remote_code=true: set it only for code you trust"
+    first = (str(e).splitlines() or [""])[0][:200]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if isinstance(e, SafetensorError) and location is not None:
+        damaged = [p.name for p in sorted(Path(location).glob("*.safetensors")) if not _safetensors_ok(p)]
+        if damaged:
+            text = f"{', '.join(damaged)} is damaged or truncated; {text}"
+    return text
+
+
+def _safetensors_ok(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -97,8 +130,8 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
             model = _load_merged_adapter(Path(location), dtype, cfg.trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise ModelError(f"{cfg.name}: cannot load model ({str(e).splitlines()[0][:200]})") from None
+    except LOAD_ERRORS as e:
+        raise ModelError(f"{cfg.name}: cannot load model ({load_error(e, location)})") from None
     tokenizer = load_tokenizer(cfg.tokenizer or _tokenizer_location(location), cfg.trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -44,13 +44,17 @@ def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.
     return out.logits.squeeze(-1).float()  # HF pools at the rightmost non-pad token (see module doc)
 
 
-def load_reward_model(location: str):
+def load_reward_model(location: str, trust_remote_code: bool = False):
     """A saved reward model (final/ of an rm stage), frozen, for scoring."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhfkit.models.load import load_tokenizer, resolve_model_path
+    from rlhfkit.errors import ModelError
+    from rlhfkit.models.load import LOAD_ERRORS, load_error, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(location)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as e:
+        raise ModelError(f"{location}: cannot load reward model ({load_error(e, path)})") from None
     model.requires_grad_(False).eval()
-    return model, load_tokenizer(path)
+    return model, load_tokenizer(path, trust_remote_code)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.ops import logprobs_from_logits
 
 
@@ -76,7 +77,11 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
         if top_k > 0:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        token = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)  # (B,)
+        probs = torch.softmax(logits, dim=-1)
+        if not torch.isfinite(probs).all():
+            raise RlhfkitError("rollout: the policy's next-token probabilities are not finite (its weights diverged); "
+                               "likely cause: train.lr too high or float16 overflow")
+        token = torch.multinomial(probs, 1).squeeze(-1)  # (B,)
         # Rows that finished earlier feed pad with attention 0 (pad may equal EOS: mask, not id).
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)

@@ -5,6 +5,8 @@ LR = "lr"
 GRAD_NORM = "grad_norm"
 TOKENS_PER_S = "tokens_per_s"
 EPOCH = "epoch"
+SKIPPED_STEPS = "train/skipped_steps"
+"""Optimizer steps skipped because the loss or gradient norm was NaN/inf (trainers/common.py NonFiniteGuard)."""
 
 EVAL_LOSS = "eval/loss"
 EVAL_PERPLEXITY = "eval/perplexity"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,9 +12,15 @@ import torch
 
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.config import config_to_dict
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.run import MetricsLogger, prepare_stage_dir
-from rlhfkit.run.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.run.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.logger import read_metrics
 
@@ -39,6 +46,51 @@ class RunResult:
 
 
 @dataclass
+class NonFiniteGuard:
+    """Skips an optimizer step whose loss or gradient norm is NaN/inf and stops the run after
+    `limit` such steps in a row. A skipped step leaves weights and optimizer moments as they were,
+    so nothing downstream (checkpoints, final/) ever sees a poisoned state."""
+
+    limit: int
+    label: str = "step"
+    """How messages name a step: "sft step", "ppo iteration"."""
+    skipped: int = 0
+    """Skipped steps over the whole run (logged as train/skipped_steps, kept across --resume)."""
+    in_a_row: int = 0
+    first_bad: int | None = None
+    """Step of the first skip in the current streak."""
+    on_stop: Callable[[int], str] | None = None
+    """Called with `first_bad` before stopping; returns text for the message (what was set aside)."""
+
+    def allows(self, loss: float, grad_norm: float, step: int) -> bool:
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.in_a_row, self.first_bad = 0, None
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        self.first_bad = self.first_bad or step
+        values = f"loss {loss:g}, gradient norm {grad_norm:g}"
+        if self.in_a_row >= self.limit:
+            aside = self.on_stop(self.first_bad) if self.on_stop else ""
+            raise RlhfkitError(
+                f"{self.label} {step}: non-finite loss or gradient in {self.in_a_row} steps in a row, the first at "
+                f"{self.label} {self.first_bad} ({values}); stopped{aside}. Likely cause: train.lr too high, a bad data row or reward, or float16 overflow "
+                "(try model.dtype=bfloat16/float32); train.max_nonfinite_steps sets how many are tolerated")
+        print(f"rlhfkit: warning: {self.label} {step}: non-finite {values}; optimizer step skipped "
+              f"({self.in_a_row} in a row, stop at {self.limit})", flush=True)
+        return False
+
+
+def guarded_step(guard: NonFiniteGuard, optimizer, scheduler, loss: float, grad_norm: float, step: int) -> None:
+    """optimizer.step() unless the loss or the gradient norm is non-finite; the lr schedule
+    advances either way (it is a function of the step number)."""
+    if guard.allows(loss, grad_norm, step):
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
 class StageContext:
     cfg: object
     stage: str
@@ -46,7 +98,10 @@ class StageContext:
     accelerator: object
     resume: bool
     overwrite: bool
+    guard: NonFiniteGuard
     logger: MetricsLogger | None = None
+    saved_steps: list[int] = field(default_factory=list)
+    """Checkpoints this process wrote (not those found on --resume)."""
 
     @property
     def is_main(self) -> bool:
@@ -70,7 +125,23 @@ def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
     seed_everything(cfg.train.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = check_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
-    return StageContext(cfg, stage, out, accelerator, resume, overwrite)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, "ppo iteration" if stage == "ppo" else f"{stage} step")
+    ctx = StageContext(cfg, stage, out, accelerator, resume, overwrite, guard)
+    guard.on_stop = lambda first_bad: set_aside_checkpoints(ctx, first_bad)
+    return ctx
+
+
+def set_aside_checkpoints(ctx: StageContext, first_bad: int) -> str:
+    """Rename this run's checkpoints from step first_bad - 1 on to nonfinite-step-N: the weights they
+    hold went on to give non-finite values, so --resume must fall back to the one before."""
+    moved = []
+    if ctx.is_main:
+        for path in list_checkpoints(ctx.out / "checkpoints"):
+            step = int(path.name.split("-")[1])
+            if step >= first_bad - 1 and step in ctx.saved_steps:
+                path.rename(path.with_name(f"nonfinite-{path.name}"))
+                moved.append(path.name)
+    return f"; checkpoints {', '.join(moved)} renamed nonfinite-*, so --resume starts before the trouble" if moved else ""
 
 
 def prepare_training(ctx: StageContext, model, n_examples: int, head: str | None = None, head_lr: float | None = None):
@@ -120,8 +191,9 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
     return multiplier
 
 
-def accumulate_and_step(ctx: StageContext, model, optimizer, scheduler, micro_loss, n_micro: int):
-    """One optimizer step over `n_micro` micro-batches; returns (global mean loss, grad norm).
+def accumulate_and_step(ctx: StageContext, model, optimizer, scheduler, micro_loss, n_micro: int, step: int):
+    """Optimizer step `step` over `n_micro` micro-batches; returns (global mean loss, grad norm).
+    A non-finite loss or gradient skips the update (ctx.guard).
 
     `micro_loss(m)` returns (mean loss of micro-batch m on this process, its share of the global
     batch). Weighting by the share makes N processes x b give the gradient of 1 process x N*b;
@@ -139,11 +211,9 @@ def accumulate_and_step(ctx: StageContext, model, optimizer, scheduler, micro_lo
             acc.backward(loss * share * world)
         total += loss.detach().float() * share
     grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.cfg.train.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     if world > 1:
-        total = acc.reduce(total, "sum")
+        total = acc.reduce(total, "sum")  # before the guard, so every process skips the same steps
+    guarded_step(ctx.guard, optimizer, scheduler, total.item(), float(grad_norm), step)
     return total.item(), float(grad_norm)
 
 
@@ -162,18 +232,35 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 
 def save_training_state(ctx: StageContext, step: int, model, optimizer, scheduler, extra: dict | None = None) -> None:
+    """checkpoints/step-<step>/, unless the last optimizer step was skipped as non-finite."""
+    if ctx.guard.in_a_row:
+        if ctx.is_main:
+            print(f"rlhfkit: warning: {ctx.guard.label} {step}: not checkpointed, its last update was non-finite",
+                  flush=True)
+        return
+    state = trainable_state(ctx.accelerator.unwrap_model(model))
+    check_finite_weights(ctx, state.items(), f"{ctx.guard.label} {step}")
     if ctx.is_main:
-        save_checkpoint(
-            ctx.out / "checkpoints",
-            step,
-            {
-                "model": trainable_state(ctx.accelerator.unwrap_model(model)),
-                "optimizer": optimizer.state_dict(),
-                "trainer": {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), **(extra or {})},
-            },
-            keep_last=ctx.cfg.train.keep_last,
-        )
+        checkpoints = ctx.out / "checkpoints"
+        trainer = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                   "skipped_steps": ctx.guard.skipped, **(extra or {})}
+        try:
+            save_checkpoint(checkpoints, step, {"model": state, "optimizer": optimizer.state_dict(), "trainer": trainer},
+                            keep_last=ctx.cfg.train.keep_last)
+        except OSError as e:
+            raise RlhfkitError(f"{checkpoints}: cannot write checkpoint step-{step} ({e.strerror or e}); earlier "
+                               "checkpoints are intact: free space, then continue with --resume") from None
+        ctx.saved_steps.append(step)
     ctx.accelerator.wait_for_everyone()
+
+
+def check_finite_weights(ctx: StageContext, named, where: str) -> None:
+    """Raise before saving (name, tensor) pairs that hold a NaN/inf: a finite but huge update (lr
+    far too high) can overflow the weights without any NaN gradient for the guard to see."""
+    bad = next((name for name, value in named if not torch.isfinite(value).all()), None)
+    if bad is not None:
+        raise RlhfkitError(f"{where}: weight {bad} is not finite; not saved. Likely cause: train.lr="
+                           f"{ctx.cfg.train.lr:g} too high or float16 overflow")
 
 
 def restore_training_state(ctx: StageContext, model, optimizer, scheduler) -> tuple[int, dict]:
@@ -181,52 +268,77 @@ def restore_training_state(ctx: StageContext, model, optimizer, scheduler) -> tu
     found = load_latest_checkpoint(ctx.out / "checkpoints")
     if found is None:
         if ctx.is_main:
+            truncate_logs(ctx.out, -1)  # killed before the first checkpoint: step 0 is logged again
             print(f"rlhfkit: no checkpoint in {ctx.out}/checkpoints; starting from step 0", flush=True)
         return 0, {}
     step, parts = found
-    load_trainable_state(ctx.accelerator.unwrap_model(model), parts["model"])
-    optimizer.load_state_dict(parts["optimizer"])
+    try:
+        load_trainable_state(ctx.accelerator.unwrap_model(model), parts["model"])
+        optimizer.load_state_dict(parts["optimizer"])
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise RlhfkitError(f"{ctx.out}/checkpoints: checkpoint step-{step} does not fit this model "
+                           f"({str(e).splitlines()[0][:160]}); resume with the run's own config.yaml settings "
+                           "or start over with --overwrite") from None
     trainer = parts["trainer"]
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
+    ctx.guard.skipped = trainer.get("skipped_steps", 0)
     if ctx.is_main:
-        _truncate_metrics(ctx.out / "metrics.jsonl", step)
+        truncate_logs(ctx.out, step)
         print(f"rlhfkit: resumed {ctx.out} from step {step}", flush=True)
     return step, trainer
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    # Steps after the checkpoint will be logged again; drop their first, interrupted records.
-    if path.is_file():
-        kept = [r for r in read_metrics(path) if r["step"] <= step]
-        import json
+def truncate_logs(out: Path, step: int) -> None:
+    """Drop records after `step` from every step-keyed .jsonl log (metrics, samples, calibration):
+    the resumed run logs those steps again. A line cut off by a kill mid-write is dropped too."""
+    import json
 
-        from rlhfkit.atomic import atomic_write_text
+    from rlhfkit.atomic import atomic_write_text
 
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    for path in sorted(Path(out).glob("*.jsonl")):
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        atomic_write_text(path, "".join(kept))
 
 
 def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
                extra_files: dict[str, str | bytes] | None = None) -> Path:
     """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked)."""
     final = ctx.out / "final"
+    unwrapped = ctx.accelerator.unwrap_model(model)
+    with torch.no_grad():
+        check_finite_weights(ctx, unwrapped.named_parameters(), f"{ctx.stage} final/")
     if ctx.is_main:
-        unwrapped = ctx.accelerator.unwrap_model(model)
-        with atomic_dir(final) as tmp:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            for name, content in (extra_files or {}).items():
-                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-            if save_merged and hasattr(unwrapped, "merge_and_unload"):
-                import copy
-
-                merged = copy.deepcopy(unwrapped).merge_and_unload()
-                merged.save_pretrained(tmp / "merged", safe_serialization=True)
-                tokenizer.save_pretrained(tmp / "merged")
+        try:
+            _write_final(final, unwrapped, tokenizer, save_merged, extra_files)
+        except OSError as e:
+            raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
+                               "then rerun with --resume") from None
         if ctx.cfg.run.push_to_hub:
             push_to_hub(final, ctx.cfg.run.push_to_hub)
     ctx.accelerator.wait_for_everyone()
     return final
+
+
+def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None) -> None:
+    with atomic_dir(final) as tmp:
+        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        if save_merged and hasattr(unwrapped, "merge_and_unload"):
+            import copy
+
+            merged = copy.deepcopy(unwrapped).merge_and_unload()
+            merged.save_pretrained(tmp / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "merged")
 
 
 def push_to_hub(folder: Path, repo_id: str) -> None:

@@ -38,9 +38,11 @@ from rlhfkit.rewards import load_reward
 from rlhfkit.rollout.ppo import Rollout, decode_responses, sample_prompts, score
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
+    NonFiniteGuard,
     RunResult,
     build_optimizer,
     finish,
+    guarded_step,
     progress_bar,
     restore_training_state,
     save_final,
@@ -124,7 +126,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         if p.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         # 5. PPO epochs over minibatches
-        update = ppo_update(model, optimizer, scheduler, rollout, old, advantages, returns, cfg, iteration)
+        update = ppo_update(model, optimizer, scheduler, rollout, old, advantages, returns, cfg, iteration, ctx.guard)
         # 6. diagnostics (design §2 names)
         stats = {
             **update,
@@ -138,6 +140,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             M.PPO_KL_COEF: kl_coef,
             M.PPO_RESPONSE_LEN: rollout.response_lengths.float().mean().item(),
             M.PPO_EOS_RATE: rollout.finished.float().mean().item(),
+            M.SKIPPED_STEPS: ctx.guard.skipped,
             M.PPO_SECONDS: time.perf_counter() - started,
         }
         if p.target_kl is not None:
@@ -173,7 +176,8 @@ def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], cfg: PPO
 
 
 def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, old: dict, advantages: torch.Tensor,
-               returns: torch.Tensor, cfg: PPOConfig, iteration: int) -> dict[str, float]:
+               returns: torch.Tensor, cfg: PPOConfig, iteration: int,
+               guard: NonFiniteGuard) -> dict[str, float]:
     p = cfg.ppo
     batch = rollout.query_ids.shape[0]
     size = batch // p.minibatches
@@ -192,10 +196,10 @@ def ppo_update(model: PolicyWithValue, optimizer, scheduler, rollout: Rollout, o
         vf_loss, vf_stats = ppo_value_loss(new["values"], old["values"][rows], returns[rows], part.response_mask,
                                            p.value_clip_range)
         optimizer.zero_grad(set_to_none=True)
-        (pg_loss + p.vf_coef * vf_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        loss = pg_loss + p.vf_coef * vf_loss
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        guarded_step(guard, optimizer, scheduler, loss.item(), grad_norm.item(), iteration + 1)
         if ratio_first is None:
             # Before any update the new and old policies are the same weights on the same inputs.
             ratio_first = pg_stats["ratio_mean"].item()

@@ -38,16 +38,19 @@ def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPai
         raise ConfigError("data.source is required for the rm stage: a preference file (prompt/chosen/rejected) or hf:<name>")
     loaded = load_preference_pairs(d.source, "train", cfg.rm.format, cfg.rm.single_turn)
     _report("train", loaded, d.source)
-    pairs = loaded.pairs
+    # (source row number, pair), so a message about a pair names its row in the file after the split.
+    numbered = list(zip(loaded.rows, loaded.pairs))
     if d.eval_source:
         held = load_preference_pairs(d.eval_source, "test", cfg.rm.format, cfg.rm.single_turn)
         _report("eval", held, d.eval_source)
         eval_pairs = held.pairs[: d.eval_size]
     else:
-        pairs, eval_pairs = split_off_eval(pairs, d.eval_fraction, cfg.train.seed, d.eval_size)
+        numbered, eval_numbered = split_off_eval(numbered, d.eval_fraction, cfg.train.seed, d.eval_size)
+        eval_pairs = [p for _, p in eval_numbered]
     if d.max_train_rows:
-        pairs = pairs[: d.max_train_rows]
-    train = tokenize_pairs(pairs, tokenizer, d.source, d.max_length, d.truncation)
+        numbered = numbered[: d.max_train_rows]
+    pairs = [p for _, p in numbered]
+    train = tokenize_pairs(pairs, tokenizer, d.source, d.max_length, d.truncation, [i for i, _ in numbered])
     held_out = tokenize_pairs(eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation)
     for name, part, total in (("train", train, len(pairs)), ("eval", held_out, len(eval_pairs))):
         note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
@@ -115,14 +118,14 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
             loss, _ = bradley_terry_loss(rewards[: len(ids)], rewards[len(ids):], cfg.rm.margin, cfg.rm.center_coef)
             return loss, len(ids) / len(indices)
 
-        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum)
+        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum, step + 1)
         pairs_per_s = len(indices) / (time.perf_counter() - started)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", pairs_s=f"{pairs_per_s:.1f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
             ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,
-                                  "pairs_per_s": pairs_per_s})
+                                  "pairs_per_s": pairs_per_s, M.SKIPPED_STEPS: ctx.guard.skipped})
         if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:

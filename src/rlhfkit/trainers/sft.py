@@ -34,17 +34,22 @@ def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT
     """(train examples, held-out examples, held-out rows) with a report of what was dropped."""
     d = cfg.data
     rows = load_rows(d.source, "train", d.builtin_size, d.builtin_noise)
+    # (source row number, row): messages about a bad row name its line in the file, not its
+    # position after the held-out split shuffled it.
+    numbered, eval_numbered = list(enumerate(rows)), []
     if d.eval_source:
-        eval_rows = load_rows(d.eval_source, "test")
+        eval_numbered = list(enumerate(load_rows(d.eval_source, "test")))
     elif is_builtin(d.source):
-        eval_rows = load_rows(d.source, "test")
+        eval_numbered = list(enumerate(load_rows(d.source, "test")))
     else:
-        rows, eval_rows = split_off_eval(rows, d.eval_fraction, cfg.train.seed, d.eval_size)
+        numbered, eval_numbered = split_off_eval(numbered, d.eval_fraction, cfg.train.seed, d.eval_size)
     if d.max_train_rows:
-        rows = rows[: d.max_train_rows]
-    eval_rows = eval_rows[: d.eval_size]
-    train = tokenize_sft(rows, tokenizer, d.source, d.template, d.max_length, d.truncation)
-    held_out = tokenize_sft(eval_rows, tokenizer, d.eval_source or d.source, d.template, d.max_length, d.truncation)
+        numbered = numbered[: d.max_train_rows]
+    eval_numbered = eval_numbered[: d.eval_size]
+    rows, eval_rows = [r for _, r in numbered], [r for _, r in eval_numbered]
+    train = tokenize_sft(rows, tokenizer, d.source, d.template, d.max_length, d.truncation, [i for i, _ in numbered])
+    held_out = tokenize_sft(eval_rows, tokenizer, d.eval_source or d.source, d.template, d.max_length, d.truncation,
+                            [i for i, _ in eval_numbered])
     for name, part, total in (("train", train, len(rows)), ("eval", held_out, len(eval_rows))):
         note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
         note += f", {part.truncated_prompts} prompts cut from the left" if part.truncated_prompts else ""
@@ -111,7 +116,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
             loss, stats = masked_nll(logits, batch["labels"])
             return loss, stats["tokens"] / global_tokens
 
-        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum)
+        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum, step + 1)
         elapsed = time.perf_counter() - started
         tokens_per_s = sum(lengths[i] for i in indices) / elapsed
         bar.update(1)
@@ -119,7 +124,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
             ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0],
-                                  M.GRAD_NORM: float(grad_norm), M.TOKENS_PER_S: tokens_per_s})
+                                  M.GRAD_NORM: float(grad_norm), M.TOKENS_PER_S: tokens_per_s,
+                                  M.SKIPPED_STEPS: ctx.guard.skipped})
         if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:

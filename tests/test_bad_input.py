@@ -1,0 +1,274 @@
+"""Bad input, table-driven: every case must end with ONE line on stderr naming the problem, exit
+code 2, and every file that existed before the command byte-for-byte unchanged (sha256 before and
+after). docs/reliability.md lists the same cases with the message each one produces."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.cli import main
+
+REPO = Path(__file__).parents[1]
+PREFS = REPO / "tests" / "fixtures" / "prefs.jsonl"
+QUIET = ["run.report_to=[]", "run.progress=false"]
+SFT = ["sft", "sft.eval_generate=0", "data.builtin_size=64", "data.eval_size=8", "train.batch_size=4",
+       "train.max_steps=2", "model.lora=true", "model.lora_r=4", *QUIET]
+RM = ["rm", f"data.source={PREFS}", "data.eval_fraction=0.25", "train.batch_size=2", "train.max_steps=2",
+      "rm.norm_samples=4", *QUIET]
+PPO = ["ppo", "model.name=tiny", "ppo.iterations=1", "rollout.batch_size=4", "ppo.minibatches=2",
+       "rollout.max_new_tokens=4", "ppo.eval_prompts=0", "data.builtin_size=32", *QUIET]
+
+
+# ----------------------------------------------------------------------------- reward plugins for the cases
+
+def nan_reward(prompts, responses):
+    return [float("nan")] * len(responses)
+
+
+def raising_reward(prompts, responses):
+    raise RuntimeError("judge service unavailable")
+
+
+def short_reward(prompts, responses):
+    return [0.0]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def tree(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under `root`."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def jsonl(*rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@dataclass
+class Case:
+    name: str
+    argv: Callable[[Path], list[str]]
+    """The command line, given the case's folder (run.dir is <folder>/runs, added for stages)."""
+    message: str
+    """Text the one error line must contain."""
+    setup: Callable[[Path, dict], None] | None = None
+    """Writes the case's inputs (and pre-existing outputs) into the folder; gets the fixtures."""
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+    new_files: bool = False
+    """The error comes after the new run folder was opened: new files may appear (old ones may not change)."""
+
+
+def data_file(name: str, content: str | bytes):
+    return lambda tmp, fx: write(tmp / name, content)
+
+
+def prior_sft(tmp: Path, fx: dict, keep_final: bool = True, damage: str | None = None) -> None:
+    """A finished SFT run (LoRA r=4, checkpoint at step 1) at runs/prior/sft; `damage` names a file to truncate."""
+    out = tmp / "runs" / "prior" / "sft"
+    shutil.copytree(fx["prior"], out)
+    if not keep_final:
+        shutil.rmtree(out / "final")
+    if damage:
+        truncate(out / damage)
+
+
+def tiny_copy(tmp: Path, fx: dict) -> None:
+    shutil.copytree(fx["tiny"], tmp / "model")
+    truncate(tmp / "model" / "model.safetensors")
+
+
+def custom_code_model(tmp: Path, fx: dict) -> None:
+    """The tiny model re-labelled as an unknown architecture whose code ships in the folder; that
+    code would leave a file behind if it ever ran (the no-new-files check then fails)."""
+    shutil.copytree(fx["tiny"], tmp / "remote")
+    config = json.loads((tmp / "remote" / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (tmp / "remote" / "config.json").write_text(json.dumps(config))
+    write(tmp / "remote" / "evil.py", "from pathlib import Path\nPath(__file__).with_name('RAN').write_text('x')\n")
+
+
+def gguf_truncated(tmp: Path, fx: dict) -> None:
+    # A real GGUF header (magic, version 3, counts) cut off before the metadata it announces.
+    header = b"GGUF" + (3).to_bytes(4, "little") + (10).to_bytes(8, "little") + (5).to_bytes(8, "little")
+    write(tmp / "model.gguf", header + b"\x07\x00\x00\x00\x00\x00\x00\x00gene")
+
+
+def yaml_file(text: str | bytes):
+    return data_file("cfg.yaml", text)
+
+
+CASES = [
+    # --- data files
+    Case("empty data file", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: dataset is empty",
+         data_file("d.jsonl", "")),
+    Case("non-UTF-8 bytes", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: line 2: not UTF-8 text",
+         data_file("d.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')),
+    Case("invalid JSON line", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: line 2: not valid JSON",
+         data_file("d.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "a", \n')),
+    Case("row is not an object", lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+         "d.jsonl: row 0: expected a JSON object, got list", data_file("d.jsonl", "[1, 2]\n")),
+    Case("JSON file is not a list", lambda t: [*SFT, f"data.source={t}/d.json"], "d.json: expected a JSON list of rows",
+         data_file("d.json", '{"instruction": "a"}')),
+    Case("wrong column type", lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+         "d.jsonl: row 1: missing or non-string column 'output'",
+         data_file("d.jsonl", jsonl({"instruction": "a", "output": "b"}, {"instruction": "a", "output": 5}))),
+    Case("missing column (rm)", lambda t: [*RM, f"data.source={t}/p.jsonl"],
+         "p.jsonl: row 1: missing column 'rejected'",
+         data_file("p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}))),
+    Case("wrong column type (rm)", lambda t: [*RM, f"data.source={t}/p.jsonl"],
+         "p.jsonl: row 0: column 'chosen' must be a string, got list",
+         data_file("p.jsonl", jsonl({"prompt": "a", "chosen": ["b"], "rejected": "c"}))),
+    Case("chosen == rejected in every pair", lambda t: [*RM, f"data.source={t}/p.jsonl"],
+         "p.jsonl: dataset is empty after filtering (2 rows, 2 with chosen == rejected)",
+         data_file("p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "b"},
+                                    {"prompt": "c", "chosen": "d ", "rejected": "d"}))),
+    Case("1 MB prompt", lambda t: [*SFT, f"data.source={t}/d.jsonl", "data.truncation=error"],
+         "d.jsonl: row 1: ", data_file("d.jsonl", jsonl({"instruction": "a", "output": "b"},
+                                                        {"instruction": "word " * 200_000, "output": "b"}))),
+    Case("unsupported data file type", lambda t: [*SFT, f"data.source={t}/d.csv"], "d.csv: unsupported data file type",
+         data_file("d.csv", "instruction,output\na,b\n")),
+    Case("PPO prompt row without instruction or prompt", lambda t: [*PPO, f"data.source={t}/d.jsonl",
+                                                                   "ppo.reward=rlhfkit.tasks:gold_scores"],
+         "d.jsonl: row 0: missing columns", data_file("d.jsonl", jsonl({"question": "a"}))),
+    # --- configs
+    Case("config is not a mapping", lambda t: ["sft", "--config", f"{t}/cfg.yaml"], "expected a mapping of sections",
+         yaml_file("- a\n- b\n")),
+    Case("config is not UTF-8", lambda t: ["sft", "--config", f"{t}/cfg.yaml"], "cfg.yaml: not UTF-8 text",
+         yaml_file(b"train:\n  lr: 1\n# \xff\xfe\n")),
+    Case("config value of the wrong type", lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
+         "train.lr must be a number, got 'fast'", yaml_file("train:\n  lr: fast\n")),
+    Case("unknown section in config", lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
+         "unknown key 'trian'", yaml_file("trian:\n  lr: 1\n")),
+    Case("config file missing", lambda t: ["sft", "--config", f"{t}/none.yaml"], "none.yaml: config file not found"),
+    Case("choice not allowed", lambda t: [*SFT, "data.truncation=cut"],
+         "data.truncation must be one of 'drop', 'error', 'truncate_prompt', got 'cut'"),
+    Case("override without =", lambda t: [*SFT, "train.lr"], "override 'train.lr' is not key=value"),
+    Case("batch size 0", lambda t: [*SFT, "train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
+    Case("save_every 0", lambda t: [*SFT, "train.save_every=0"], "train.save_every must be >= 1, got 0"),
+    Case("negative learning rate", lambda t: [*SFT, "train.lr=-0.1"], "train.lr must be >= 0, got -0.1"),
+    Case("minibatches do not divide the batch", lambda t: [*PPO, "rollout.batch_size=5",
+                                                           "ppo.reward=rlhfkit.tasks:gold_scores"],
+         "rollout.batch_size=5 must be divisible by ppo.minibatches=2"),
+    Case("rm without data.source", lambda t: ["rm", *QUIET], "data.source is required for the rm stage"),
+    # --- run folders and the CLI
+    Case("existing run without --resume/--overwrite", lambda t: [*SFT, "run.name=prior"],
+         "prior/sft already exists; pass --resume to continue it or --overwrite to start over", prior_sft),
+    Case("unknown flag", lambda t: ["sft", "--bogus-flag"], "rlhfkit: error: unrecognized arguments: --bogus-flag"),
+    Case("--resume with nothing to resume", lambda t: [*SFT, "--resume"], "nothing to resume"),
+    Case("--resume and --overwrite together", lambda t: [*SFT, "run.name=prior", "--resume", "--overwrite"],
+         "--resume and --overwrite contradict each other", prior_sft),
+    Case("--resume with an incompatible model config", lambda t: [*SFT, "run.name=prior", "--resume", "model.lora_r=8",
+                                                                  "train.max_steps=3"],
+         "checkpoint step-1 does not fit this model", prior_sft),
+    # --- models and prior stages
+    Case("prior stage without final/", lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
+         "prior/sft: no final/ yet", lambda t, fx: prior_sft(t, fx, keep_final=False)),
+    Case("rm folder without final/ as ppo.reward", lambda t: [*PPO, f"ppo.reward={t}/runs/prior/sft"],
+         "prior/sft: no final/ yet", lambda t, fx: prior_sft(t, fx, keep_final=False)),
+    Case("truncated safetensors", lambda t: [*SFT, f"model.name={t}/model"], "model.safetensors", tiny_copy),
+    Case("truncated adapter safetensors", lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
+         "adapter_model.safetensors", lambda t, fx: prior_sft(t, fx, damage="final/adapter_model.safetensors")),
+    Case("model that ships its own code", lambda t: [*SFT, f"model.name={t}/remote"],
+         "remote: cannot load model (it ships its own Python code, which runs only with model.trust_remote_code=true",
+         custom_code_model),
+    Case("truncated GGUF", lambda t: [*SFT, f"model.name={t}/model.gguf"], "model.gguf: cannot read GGUF file",
+         gguf_truncated),
+    Case("generate with a missing model", lambda t: ["generate", "--model", f"{t}/nope", "--prompt", "hi"],
+         "nope: model path does not exist"),
+    Case("eval on a missing data file", lambda t: ["eval", "--model", "tiny", "--data", f"{t}/nope.jsonl"],
+         "nope.jsonl: data file does not exist"),
+    # --- rewards
+    Case("reward function returns NaN", lambda t: [*PPO, "ppo.reward=tests.test_bad_input:nan_reward"],
+         "ppo.reward=tests.test_bad_input:nan_reward returned a non-finite score (nan)", new_files=True),
+    Case("reward function raises", lambda t: [*PPO, "ppo.reward=tests.test_bad_input:raising_reward"],
+         "raised RuntimeError: judge service unavailable", new_files=True),
+    Case("reward function returns too few scores", lambda t: [*PPO, "ppo.reward=tests.test_bad_input:short_reward"],
+         "returned 1 scores for 4 responses", new_files=True),
+    Case("reward is neither a folder nor module:function", lambda t: [*PPO, "ppo.reward=no_such_module:f"],
+         "ppo.reward=no_such_module:f: cannot import"),
+    Case("PPO with an absurd learning rate", lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "train.lr=1e30",
+                                                        "ppo.iterations=3"],
+         "rollout: the policy's next-token probabilities are not finite (its weights diverged); likely cause: "
+         "train.lr too high", new_files=True),
+    # --- disk
+    Case("full disk while writing a checkpoint", lambda t: [*SFT, "train.save_every=1"],
+         "cannot write checkpoint step-1", patch=lambda mp: mp.setattr("rlhfkit.run.checkpoint.save_file", disk_full),
+         new_files=True),
+    Case("full disk while writing final/", lambda t: [*SFT, "train.max_steps=1"], "cannot write",
+         patch=lambda mp: mp.setattr("rlhfkit.trainers.common.atomic_dir", _failing_atomic_dir), new_files=True),
+    Case("full disk while appending to metrics.jsonl", lambda t: [*SFT], "metrics.jsonl: No space left on device",
+         patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False), new_files=True),
+]
+
+
+def _failing_atomic_dir(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _failing_open(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.fixture(scope="module")
+def fixtures(tiny_dir, tmp_path_factory) -> dict:
+    """The tiny model and a finished 2-step LoRA SFT run with a checkpoint at step 1."""
+    runs = tmp_path_factory.mktemp("prior")
+    assert main([*SFT, f"run.dir={runs}", "run.name=prior", "train.save_every=1"]) == 0
+    return {"tiny": tiny_dir, "prior": runs / "prior" / "sft"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, fixtures, tmp_path, capsys, monkeypatch):
+    if case.setup:
+        case.setup(tmp_path, fixtures)
+    before, shared_before = tree(tmp_path), tree(fixtures["prior"])
+    argv = case.argv(tmp_path)
+    if argv[0] in ("sft", "rm", "ppo"):
+        argv = [*argv, f"run.dir={tmp_path / 'runs'}"]
+    if case.patch:
+        case.patch(monkeypatch)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors exit from inside the parser
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err[-2000:]
+    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err[-2000:]}"
+    assert case.message in err, err
+    after = tree(tmp_path)
+    changed = [p for p, digest in before.items() if after.get(p) != digest]
+    assert not changed, f"pre-existing files changed or removed: {changed}"
+    if not case.new_files:
+        assert after.keys() == before.keys(), f"new files: {sorted(set(after) - set(before))}"
+    assert not [p for p in after if "/.tmp-" in p or p.startswith(".tmp-")], "a temp folder was left behind"
+    assert tree(fixtures["prior"]) == shared_before
+
+
+def test_there_are_at_least_twenty_cases():
+    assert len(CASES) >= 20
