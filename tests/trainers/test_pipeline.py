@@ -15,8 +15,8 @@ from rlhfkit.run.logger import read_metrics
 from rlhfkit.trainers.pipeline import split_overrides
 
 CONFIG = str(Path(__file__).parents[2] / "configs" / "tiny" / "pipeline.yaml")
-SMALL = ["sft.train.max_steps=60", "sft.train.eval_every=30", "sft.sft.eval_generate=16", "prefs.n_prompts=96",
-         "rm.train.max_steps=12", "rm.train.batch_size=16", "rm.train.eval_every=6", "rm.data.eval_size=32",
+SMALL = ["sft.train.max_steps=150", "sft.train.eval_every=75", "sft.sft.eval_generate=16", "prefs.n_prompts=256",
+         "rm.train.max_steps=12", "rm.train.batch_size=8", "rm.train.eval_every=6", "rm.data.eval_size=16",
          "rm.rm.norm_samples=16", "ppo.ppo.iterations=3", "ppo.rollout.batch_size=16", "ppo.ppo.eval_every=3",
          "ppo.ppo.eval_prompts=16", "eval.prompts=12", "eval.best_of_n=[1,2,4]", "eval.show=3"]
 QUIET = [f"{s}.run.{k}" for s in ("sft", "rm", "ppo") for k in ("report_to=[]", "progress=false")]

@@ -52,12 +52,13 @@ def health_summary(ppo_rows: list[dict]) -> list[str]:
 
 
 def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: dict[str, list[dict]],
-                 facts: list[str], labels: dict[str, str], show: int = 6) -> Path:
-    """Write out_dir/report.md and out_dir/plots/*.png; `labels` maps policy names to table labels."""
+                 facts: list[str], labels: dict[str, str], show: int = 6, frontier: tuple[str, ...] = ()) -> Path:
+    """Write out_dir/report.md and out_dir/plots/*.png; `labels` maps policy names to table labels;
+    `frontier` names the policies drawn on the gold-against-√KL plot beside best-of-n."""
     from rlhfkit.atomic import atomic_write_text
 
     out_dir = Path(out_dir)
-    plots = plot_all(out_dir / "plots", result, metrics)
+    plots = plot_all(out_dir / "plots", result, metrics, frontier, labels)
     lines = [f"# {title}", "", *[f"- {fact}" for fact in facts], "", "## Headline", ""]
     keys = [(k, name) for k, name in HEADLINE if any(k in m for m in result.metrics.values())]
     lines += ["| policy | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 1) + "|"]
@@ -93,7 +94,10 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
     return report
 
 
-def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]]) -> list[Path]:
+def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], frontier: tuple[str, ...] = (),
+             labels: dict[str, str] | None = None) -> list[Path]:
+    """training.png (every stage's curves) and gold_vs_kl.png (best-of-n and the `frontier` policies)."""
+    labels = labels or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,14 +132,13 @@ def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]]) -
     if result.best_of_n:
         ax.plot([math.sqrt(r["kl"]) for r in result.best_of_n], [r["gold"] for r in result.best_of_n], marker="o",
                 label="best-of-n from SFT (sampled; n = " + ", ".join(str(r["n"]) for r in result.best_of_n) + ")")
-    ppo = [(math.sqrt(max(r[M.PPO_KL_K1], 0.0)), r[M.GOLD_SCORE]) for r in metrics.get("ppo", [])
-           if M.GOLD_SCORE in r and M.PPO_KL_K1 in r]
-    if ppo:
-        ax.plot(*zip(*ppo), marker="s", label="PPO during training (greedy gold, rollout KL)")
-    for name, m in result.metrics.items():
-        if "kl" in m and "gold" in m and m["kl"] > 1e-9:
+    # Only sampled policies on the same held-out prompts: the base model (KL ~ tens of nats) would
+    # squash the axis, and the greedy gold logged during PPO is not comparable with sampled gold.
+    for name in frontier:
+        m = result.metrics.get(name, {})
+        if "kl" in m and "gold" in m:
             ax.scatter([math.sqrt(max(m["kl"], 0.0))], [m["gold"]], marker="*", s=200, zorder=3,
-                       label=f"{name} (sampled, final)")
+                       label=f"{labels.get(name, name)} (KL {m['kl']:.2f} nats)")
     ax.set(title="Gold score against KL from the SFT policy", xlabel="√KL (√nats)", ylabel="held-out gold score")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

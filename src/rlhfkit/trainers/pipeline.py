@@ -170,7 +170,8 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
         "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is analytic. Gold score in [-1, 1].",
     ]
     labels = {"base": "base", "sft": "SFT", "ppo": "PPO"}
-    report = write_report(plan.root, f"rlhfkit pipeline report: {cfg.name}", result, metrics, facts, labels, cfg.eval.show)
+    report = write_report(plan.root, f"rlhfkit pipeline report: {cfg.name}", result, metrics, facts, labels, cfg.eval.show,
+                          frontier=("sft", "ppo"))
     print(f"rlhfkit pipeline: report: {report}", flush=True)
     return report
 
