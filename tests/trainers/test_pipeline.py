@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,32 @@ def test_pipeline_typo_in_a_stage_key_fails_before_any_work(tmp_path, capsys):
     assert main(["pipeline", "--config", CONFIG, f"dir={tmp_path}", "ppo.ppo.kl_cof=0.1"]) == 2
     assert "did you mean 'ppo.kl_coef'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.trainers.runs import ENV, assert_same_weights, run_ok
+
+    args = [f"dir={tmp_path}", "name=t", *SMALL, *QUIET, "ppo.ppo.iterations=6", "ppo.train.save_every=2"]
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", CONFIG, *args]
+    root = tmp_path / "t"
+    checkpoint = root / "ppo" / "checkpoints" / "step-2"
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (root / "ppo" / "final").exists(), "killed too late"
+    out = run_ok(cmd).stdout
+    assert all(f"{s}: already complete, skipping" in out for s in ("sft", "prefs", "rm")) and "resumed" in out
+    assert (root / "report.md").is_file()
+    # The resumed PPO equals the same PPO stage run straight through from its resolved config.
+    run_ok([sys.executable, "-m", "rlhfkit.cli", "ppo", "--config", str(root / "ppo" / "config.yaml"),
+            "run.name=straight"])
+    assert_same_weights(tmp_path / "straight" / "ppo" / "final" / "model.safetensors",
+                        root / "ppo" / "final" / "model.safetensors", atol=1e-6)
