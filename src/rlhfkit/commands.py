@@ -1,8 +1,11 @@
-"""`rlhfkit generate` and `rlhfkit eval`: load models by any name and compare them on held-out prompts."""
+"""`rlhfkit generate`, `rlhfkit eval` (load models by any name, compare them on held-out prompts), `rlhfkit bench`."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -96,3 +99,14 @@ def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:120]
+
+
+def bench_command(rest: list[str]) -> int:
+    """Run the repository's benchmarks/run.py. The benchmarks stay out of the package: TRL, what
+    they compare against, must never become a dependency of rlhfkit."""
+    runner = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    if not runner.is_file():
+        print("rlhfkit bench: the benchmark runner is part of the source repository, not the package: "
+              "in a checkout, run `python benchmarks/run.py` (see docs/benchmarks.md)", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(runner), *rest])

@@ -1,0 +1,184 @@
+"""TRL's side of one measurement, run with the TRL venv's python (never imported by rlhfkit).
+
+    /work/trl-venv/bin/python benchmarks/side_trl.py --assets DIR --shape gpt2-tiny --stage sft --steps 12
+
+Same method as /work/shared/baselines/trl/trl_bench.py: a TrainerCallback timestamps every step's
+end; fp32 and no gradient checkpointing set explicitly (TRL 1.x defaults to bf16 + checkpointing).
+PPO needs trl 1.12.0 (removed in 1.13), side-installed and put first on PYTHONPATH by the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workload as W  # noqa: E402
+
+
+class StepTimer:
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        times = self.times = []
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                times.append(time.perf_counter())
+
+        self.callback = Callback()
+
+
+def common(steps: int, out: str) -> dict:
+    return dict(output_dir=out, max_steps=steps, learning_rate=W.LR, logging_steps=10**6, save_strategy="no",
+                report_to="none", disable_tqdm=True, dataloader_num_workers=0, gradient_accumulation_steps=1,
+                bf16=False, gradient_checkpointing=False, seed=0, use_cpu=True)
+
+
+def lora_config(task_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(r=W.LORA["r"], lora_alpha=W.LORA["alpha"], lora_dropout=0.0, target_modules=W.LORA["target_modules"],
+                      fan_in_fan_out=True, task_type=task_type)
+
+
+def run_sft(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    ds = Dataset.from_list(W.read_jsonl(assets / "sft.jsonl"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = SFTConfig(per_device_train_batch_size=W.SFT_BATCH, max_length=W.MAX_LENGTH, completion_only_loss=True,
+                    packing=False, **common(steps, out))
+    timer = StepTimer()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora_config("CAUSAL_LM"),
+                         callbacks=[timer.callback])
+    tokens, padded = [], []
+    collate = trainer.data_collator
+
+    def counting(examples):
+        batch = collate(examples)
+        tokens.append(int(batch["attention_mask"].sum()))
+        padded.append(int(batch["input_ids"].numel()))
+        return batch
+
+    trainer.data_collator = counting
+    trainer.train()
+    n, seconds = W.steady(timer.times)
+    # The Trainer collates one batch ahead: count by step index, not every collator call.
+    timed = slice(W.WARMUP, W.WARMUP + n)
+    return {"metric": "tokens/s", "value": sum(tokens[timed]) / seconds, "tokens": sum(tokens[timed]),
+            "padded_tokens": sum(padded[timed]), "s_per_step": seconds / n, "timed_steps": n}
+
+
+def run_rm(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    # Stored bare: rlhfkit joins prompt + " " + response; TRL concatenates, so add the space here.
+    rows = [{"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
+            for r in W.read_jsonl(assets / "pairs.jsonl")]
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    cfg = RewardConfig(per_device_train_batch_size=W.RM_BATCH, max_length=W.MAX_LENGTH, **common(steps, out))
+    timer = StepTimer()
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                            peft_config=lora_config("SEQ_CLS"), callbacks=[timer.callback])
+    kept = len(trainer.train_dataset)
+    trainer.train()
+    n, seconds = W.steady(timer.times)
+    return {"metric": "pairs/s", "value": n * W.RM_BATCH / seconds, "s_per_step": seconds / n, "timed_steps": n,
+            "pairs_kept": f"{kept}/{len(rows)}"}
+
+
+def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    try:
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
+    except ImportError as e:
+        return {"metric": "s/iter", "value": None,
+                "error": f"no PPOTrainer in trl {trl.__version__} ({e}); PPO needs trl 1.12.0 (see benchmarks/setup_trl.sh)"}
+    tok.padding_side = "left"  # queries are left-padded for generation
+    prompts = [r["prompt"] for r in W.read_jsonl(assets / "prompts.jsonl")]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    train = Dataset.from_dict({"input_ids": ids})
+    evalset = Dataset.from_dict({"input_ids": ids[: W.PPO_PROMPTS]})  # the trainer builds an eval loader regardless
+
+    def load(cls, path, **kw):
+        m = cls.from_pretrained(path, dtype=torch.float32, **kw)
+        m.config.pad_token_id = tok.pad_token_id
+        return m
+
+    policy = load(AutoModelForCausalLM, model_dir)
+    # Same reward model as rlhfkit's run; the value model is TRL's separate critic (a full model).
+    reward = load(AutoModelForSequenceClassification, assets / f"{shape}-rm", num_labels=1)
+    value = load(AutoModelForSequenceClassification, model_dir, num_labels=1)
+    c = common(steps, out)
+    c.pop("max_steps")
+    cfg = PPOConfig(per_device_train_batch_size=W.PPO_PROMPTS, num_mini_batches=1, num_ppo_epochs=W.PPO_EPOCHS,
+                    total_episodes=steps * W.PPO_PROMPTS, response_length=W.PPO_NEW_TOKENS,
+                    num_sample_generations=0,  # the default 10 adds sampling passes inside train()
+                    stop_token=None, **c)
+    timer = StepTimer()
+    # LoRA policy as on rlhfkit's side: ref_model=None makes TRL use the policy with its adapter off.
+    trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
+                         value_model=value, train_dataset=train, eval_dataset=evalset, peft_config=lora_config("CAUSAL_LM"),
+                         callbacks=[timer.callback])
+    trainer.train()
+    n, seconds = W.steady(timer.times)
+    return {"metric": "s/iter", "value": seconds / n, "s_per_step": seconds / n, "timed_steps": n,
+            "implementation": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer (LoRA policy, ref = adapter off, "
+                              "separate full value model)"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--assets", required=True, type=Path)
+    ap.add_argument("--shape", required=True, choices=list(W.SHAPES))
+    ap.add_argument("--stage", required=True, choices=["sft", "rm", "ppo"])
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import transformers
+    import trl
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    model_dir = args.assets / args.shape
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = tok.eos_token
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trl-bench-") as out:
+        if args.stage == "sft":
+            res = run_sft(args.assets, model_dir, tok, args.steps, out)
+        elif args.stage == "rm":
+            res = run_rm(args.assets, model_dir, tok, args.steps, out)
+        else:
+            res = run_ppo(args.assets, model_dir, tok, args.steps, out, args.shape)
+    res.update(side="trl", stage=args.stage, shape=args.shape, steps=args.steps, wall_s=round(time.perf_counter() - t0, 1),
+               peak_rss_mb=round(W.peak_rss_mb(), 1), threads=torch.get_num_threads(), trl=trl.__version__,
+               trl_path=os.path.dirname(trl.__file__), transformers=transformers.__version__, torch=torch.__version__)
+    W.emit(res)
+
+
+if __name__ == "__main__":
+    main()
