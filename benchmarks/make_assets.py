@@ -91,6 +91,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     tok = gpt2_tokenizer(args.bpe)
     for shape in args.shapes:
         build_models(tok, args.out, shape)

@@ -2,9 +2,10 @@
 
     python benchmarks/side_rlhfkit.py --assets DIR --shape gpt2-tiny --stage sft --steps 12
 
-Step times are the end-of-step timestamps the trainers write to metrics.jsonl (train.log_every=1),
-so nothing is patched into the loops. Evaluation, checkpoints and the final save happen outside
-the timed window (eval only at step 0 and after the last logged step; no checkpoints).
+A step ends when the trainer logs its training record (train.log_every=1): the metrics logger is
+observed (wall and CPU clock at each such call), the training loops are untouched. Evaluation,
+checkpoints and the final save happen outside the timed window (eval only at step 0 and after
+the last logged step; no checkpoints).
 """
 
 from __future__ import annotations
@@ -69,10 +70,22 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
     )
 
 
-def step_times(result) -> list[float]:
-    """End-of-step times, one per optimizer step / PPO iteration, from the logged training records."""
-    key = "ppo/seconds" if any("ppo/seconds" in r for r in result.metrics) else "lr"
-    return [r["time"] for r in result.metrics if key in r]
+def observe_step_ends() -> tuple[list[float], list[float]]:
+    """(wall, CPU) clocks at every training record the trainers log: one per optimizer step
+    (records with `lr`) or PPO iteration (`ppo/seconds`); eval records are not step ends."""
+    from rlhfkit.run.logger import MetricsLogger
+
+    wall, cpu = [], []
+    log = MetricsLogger.log
+
+    def observed(self, step, metrics):
+        if "lr" in metrics or "ppo/seconds" in metrics:
+            wall.append(time.perf_counter())
+            cpu.append(time.process_time())
+        return log(self, step, metrics)
+
+    MetricsLogger.log = observed
+    return wall, cpu
 
 
 def sft_tokens(cfg, steps: range) -> list[int]:
@@ -115,18 +128,20 @@ def main() -> None:
         module, name = train.split(":")
         import importlib
 
+        times, cpu = observe_step_ends()
         result = getattr(importlib.import_module(module), name)(cfg, overwrite=True)
-        times = step_times(result)
         steps, seconds = W.steady(times)
+        cpu_seconds = W.steady(cpu)[1]
         res = {"s_per_step": seconds / steps, "timed_steps": steps}
         if args.stage == "sft":
             tokens, padded = sft_tokens(cfg, range(W.WARMUP, len(times)))
-            res.update(metric="tokens/s", value=sum(tokens) / seconds, tokens=sum(tokens), padded_tokens=sum(padded))
+            res.update(metric="tokens/s", value=sum(tokens) / seconds, cpu_value=sum(tokens) / cpu_seconds,
+                       tokens=sum(tokens), padded_tokens=sum(padded))
         elif args.stage == "rm":
-            res.update(metric="pairs/s", value=steps * W.RM_BATCH / seconds)
+            res.update(metric="pairs/s", value=steps * W.RM_BATCH / seconds, cpu_value=steps * W.RM_BATCH / cpu_seconds)
         else:
             logged = [r for r in result.metrics if "ppo/seconds" in r][W.WARMUP:]
-            res.update(metric="s/iter", value=seconds / steps,
+            res.update(metric="s/iter", value=seconds / steps, cpu_value=cpu_seconds / steps,
                        response_len=sum(r["ppo/response_len"] for r in logged) / len(logged),
                        implementation="rlhfkit.trainers.ppo.train_ppo (LoRA policy + value head, reference = adapter off)")
     res.update(side="rlhfkit", stage=args.stage, shape=args.shape, steps=args.steps, wall_s=round(time.perf_counter() - t0, 1),

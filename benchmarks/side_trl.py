@@ -25,11 +25,12 @@ class StepTimer:
     def __init__(self):
         from transformers import TrainerCallback
 
-        times = self.times = []
+        times, cpu = self.times, self.cpu = [], []
 
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 times.append(time.perf_counter())
+                cpu.append(time.process_time())
 
         self.callback = Callback()
 
@@ -72,9 +73,11 @@ def run_sft(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
     trainer.data_collator = counting
     trainer.train()
     n, seconds = W.steady(timer.times)
+    cpu_seconds = W.steady(timer.cpu)[1]
     # The Trainer collates one batch ahead: count by step index, not every collator call.
     timed = slice(W.WARMUP, W.WARMUP + n)
-    return {"metric": "tokens/s", "value": sum(tokens[timed]) / seconds, "tokens": sum(tokens[timed]),
+    return {"metric": "tokens/s", "value": sum(tokens[timed]) / seconds, "cpu_value": sum(tokens[timed]) / cpu_seconds,
+            "tokens": sum(tokens[timed]),
             "padded_tokens": sum(padded[timed]), "s_per_step": seconds / n, "timed_steps": n}
 
 
@@ -96,7 +99,9 @@ def run_rm(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
     kept = len(trainer.train_dataset)
     trainer.train()
     n, seconds = W.steady(timer.times)
-    return {"metric": "pairs/s", "value": n * W.RM_BATCH / seconds, "s_per_step": seconds / n, "timed_steps": n,
+    cpu_seconds = W.steady(timer.cpu)[1]
+    return {"metric": "pairs/s", "value": n * W.RM_BATCH / seconds, "cpu_value": n * W.RM_BATCH / cpu_seconds,
+            "s_per_step": seconds / n, "timed_steps": n,
             "pairs_kept": f"{kept}/{len(rows)}"}
 
 
@@ -139,7 +144,8 @@ def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str
                          callbacks=[timer.callback])
     trainer.train()
     n, seconds = W.steady(timer.times)
-    return {"metric": "s/iter", "value": seconds / n, "s_per_step": seconds / n, "timed_steps": n,
+    cpu_seconds = W.steady(timer.cpu)[1]
+    return {"metric": "s/iter", "value": seconds / n, "cpu_value": cpu_seconds / n, "timed_steps": n,
             "implementation": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer (LoRA policy, ref = adapter off, "
                               "separate full value model)"}
 
