@@ -49,6 +49,28 @@ def test_scores_do_not_depend_on_padding_and_responses_stop_at_eos(tiny_sft_dir,
             assert torch.allclose(batched[b, :n_resp], single[0], atol=1e-5), f"row {b} depends on padding"
 
 
+def test_score_equals_a_full_forward_sliced_to_the_response(tiny_sft_dir):
+    # score() asks the model for the response positions' logits only (logits_to_keep).
+    torch.manual_seed(0)
+    model, tokenizer = load_causal_lm(ModelConfig(name=str(tiny_sft_dir), lora=False))
+    model.eval()
+    query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in PROMPTS], tokenizer.pad_token_id)
+    rollout = sample(model, query_ids, query_mask, 12, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    head = torch.nn.Linear(model.config.n_embd, 1)
+    with torch.no_grad():
+        got = score(model, rollout, 0.7, with_values=True, value_head=head)
+        mask = rollout.attention_mask
+        full = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                     output_hidden_states=True)
+        start = query_ids.shape[1] - 1
+        logits = full.logits[:, start:-1]  # (B, R, V)
+        want = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, rollout.response_ids[..., None]).squeeze(-1)
+    assert got["logits"].shape == logits.shape
+    assert torch.allclose(got["logits"], logits, atol=1e-5)
+    assert torch.allclose(got["logprobs"], want, atol=1e-5)
+    assert torch.allclose(got["values"], head(full.hidden_states[-1][:, start:-1]).squeeze(-1), atol=1e-6)
+
+
 class Unigram(torch.nn.Module):
     """A context-free toy LM with the interface `sample`/`score` use: fixed next-token logits."""
 

@@ -105,10 +105,15 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
     The same call serves the rollout (old/ref log-probs, no grad) and the update (with grad).
     """
     attention = rollout.attention_mask
+    n_response = rollout.response_ids.shape[1]
+    # Only the R positions that predict response tokens need the LM head: logits_to_keep skips the
+    # (B, P, V) head output of the prompt positions (a large share of a small model's FLOPs and
+    # memory, in every rollout and update forward). Slicing from the end also suits a model that
+    # ignores logits_to_keep and returns every position.
     out = model(input_ids=rollout.input_ids, attention_mask=attention, position_ids=position_ids(attention),
-                output_hidden_states=with_values)
+                output_hidden_states=with_values, logits_to_keep=n_response + 1)
     start = rollout.query_ids.shape[1] - 1  # logits at position t predict token t+1
-    logits = out.logits[:, start:-1].float()  # (B, R, V)
+    logits = out.logits[:, -(n_response + 1):-1].float()  # (B, R, V)
     result = {"logprobs": logprobs_from_logits(logits, rollout.response_ids, temperature=temperature)}
     if with_values:
         hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H): value of the state before each token
