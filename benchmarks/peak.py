@@ -4,7 +4,9 @@
 
 For each model shape: (B*T, d) @ (d, n) with B*T = SFT_BATCH x MAX_LENGTH rows and n in
 {3d (qkv), 4d (MLP), V (LM head)}, the matmuls that dominate training. Best of several timed
-repeats after a warm-up; the shape's peak is its fastest matmul.
+repeats after a warm-up; the shape's peak is its fastest matmul. Timed in process CPU seconds,
+like the stages' CPU-time throughput it is compared with: other load on the machine then does
+not lower the peak (wall-clock timing under load did, giving fractions above 100%).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ def gflops(m: int, k: int, n: int, repeats: int = 5) -> float:
     a @ b  # warm-up: allocation and kernel selection
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         a @ b
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return 2 * m * k * n / best / 1e9
 
 

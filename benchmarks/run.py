@@ -76,6 +76,7 @@ def build_rows(measurements: list[dict], peak: dict, stats: dict) -> list[dict]:
         row = {
             "shape": shape, "stage": stage, "metric": metric,
             "rlhfkit": value(ours), "trl": value(theirs),
+            "rlhfkit_cpu": (ours or {}).get("cpu_value"), "trl_cpu": (theirs or {}).get("cpu_value"),
             "speedup": speedup(metric, value(ours), value(theirs)),
             # The same ratio on CPU seconds (one thread): far less sensitive to other load on a shared machine.
             "speedup_cpu": speedup(metric, (ours or {}).get("cpu_value"), (theirs or {}).get("cpu_value")),
@@ -118,19 +119,27 @@ def _ratio(x, target, higher_is_better: bool) -> str:
     return text
 
 
+def _cell(row: dict, side: str) -> str:
+    """A side's wall-clock value with its per-CPU-second value in brackets."""
+    if row[side] is None:
+        return "n/a" if side == "trl" else "–"
+    fmt = ".2f" if row["metric"] in ("s/iter", "pairs/s") else ".0f"
+    cpu = row.get(f"{side}_cpu")
+    return _num(row[side], fmt) + ("" if cpu is None else f" ({_num(cpu, fmt)})")
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table; speed ratio is rlhfkit/TRL throughput (wall clock, then CPU time), RSS ratio
     rlhfkit/TRL peak RSS."""
     lines = [
-        "| model | stage | metric | rlhfkit | TRL | speed rlhfkit/TRL | same, CPU time | peak RSS rlhfkit | peak RSS TRL "
+        "| model | stage | metric, wall (per CPU second) | rlhfkit | TRL | speed rlhfkit/TRL | same, CPU time "
+        "| peak RSS rlhfkit | peak RSS TRL "
         "| RSS rlhfkit/TRL | model FLOP/s of peak: rlhfkit | TRL |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        fmt = ".2f" if r["metric"] in ("s/iter", "pairs/s") else ".0f"
-        trl = _num(r["trl"], fmt) if r["trl"] is not None else (r["trl_note"] and "n/a")
         lines.append(
-            f"| {r['shape']} | {r['stage']} | {r['metric']} | {_num(r['rlhfkit'], fmt)} | {trl} "
+            f"| {r['shape']} | {r['stage']} | {r['metric']} | {_cell(r, 'rlhfkit')} | {_cell(r, 'trl')} "
             f"| {_ratio(r['speedup'], r.get('speed_target'), True)} "
             f"| {_ratio(r.get('speedup_cpu'), r.get('speed_target'), True)} "
             f"| {_num(r['rss_rlhfkit_mb'], '.0f')} MB | {_num(r['rss_trl_mb'], '.0f')} MB "

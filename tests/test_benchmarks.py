@@ -63,9 +63,10 @@ def test_rows_ratios_targets_and_best_of_repeats(run):
 
     table = run.format_table(list(rows.values()))
     lines = table.splitlines()
-    assert lines[0].startswith("| model | stage | metric | rlhfkit | TRL |")
+    assert lines[0].startswith("| model | stage | metric, wall (per CPU second) | rlhfkit | TRL |")
     sft_line = next(line for line in lines if "| sft |" in line)
-    assert "2.10× (≥1.5 met) | 1.20× (≥1.5 NOT met)" in sft_line and "0.70× (≤0.7 met)" in sft_line
+    assert "| 210 (240) | 100 (200) | 2.10× (≥1.5 met) | 1.20× (≥1.5 NOT met)" in sft_line
+    assert "0.70× (≤0.7 met)" in sft_line
     ppo_line = next(line for line in lines if "| ppo |" in line)
     assert "| 4.00 | 10.00 |" in ppo_line and "2.50× (≥2.0 met)" in ppo_line
 
