@@ -252,12 +252,26 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         if done % cfg.train.save_every == 0 and done < p.iterations:
             save_training_state(ctx, done, model, optimizer, scheduler, extra={"kl_coef": kl_coef})
     bar.close()
+    check_replicas_agree(ctx, net)
     if critic is None:
         value_head = save({k: v.contiguous() for k, v in net.value_head.state_dict().items()})
         final = save_final(ctx, net.policy, tokenizer, extra_files={"value_head.safetensors": value_head})
     else:
         final = save_final(ctx, net.policy, tokenizer, extra_models={"critic": (net.critic, critic_tokenizer)})
     return finish(ctx, final)
+
+
+def check_replicas_agree(ctx, net: torch.nn.Module) -> None:
+    """Every process must end with the same weights (DDP keeps them equal); fail loudly if not."""
+    if ctx.accelerator.num_processes == 1:
+        return
+    total = sum(p.detach().double().abs().sum() for p in net.parameters() if p.requires_grad)
+    totals = gather_rows(ctx, total.view(1))
+    if (totals - totals[0]).abs().max() > 1e-9 * totals[0].abs():
+        raise RuntimeError(f"ppo: processes ended with different weights (|w| sums {totals.tolist()})")
+    if ctx.is_main:
+        print(f"rlhfkit: ppo: {len(totals)} processes agree on the trained weights (|w| sum {totals[0].item():.6f})",
+              flush=True)
 
 
 def row_noise(seed: int, rows: range, steps: int) -> torch.Tensor:
