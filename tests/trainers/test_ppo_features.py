@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from rlhfkit.config import PPOConfig, load_config
+from rlhfkit.config import load_config
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.ppo import train_ppo
 from tests.trainers.runs import assert_same_weights, losses, two_processes_equal_one
@@ -17,10 +17,20 @@ def test_two_process_ppo_equals_one_process_with_double_batch(tmp_path, tiny_sft
     # Rollout rows are a pure function of (seed, iteration, global row), whitening and minibatch
     # losses use the global batch: 2 x 4 rows must train exactly as 1 x 8.
     stdout = two_processes_equal_one(tmp_path, "ppo", TINY, [f"model.name={tiny_sft_dir}", *QUICK, "ppo.iterations=3",
-                                                             "ppo.ptx_coef=0.5", "ppo.ptx_batch_size=2"],
-                                     batch=8, weights="model.safetensors", batch_key="rollout.batch_size",
-                                     metric=M.PPO_KL_K1, atol=1e-4)
+                                                             "ppo.ptx_coef=0.5"],
+                                     batch=8, weights="model.safetensors",
+                                     batch_keys=("rollout.batch_size", "ppo.ptx_batch_size"),
+                                     metric=M.PPO_KL_K1, atol=1e-3)
     assert "2 processes agree on the trained weights" in stdout
+    # The weight tolerance is loose for one reason: GPT-2's attention key bias has an exactly-zero
+    # true gradient (softmax ignores a constant per row), so Adam turns float noise there into
+    # lr-sized steps. The function the two policies compute is the same to float precision:
+    from transformers import AutoModelForCausalLM
+
+    one, two = (AutoModelForCausalLM.from_pretrained(tmp_path / name / "ppo" / "final") for name in ("one", "two"))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        assert torch.allclose(one(ids).logits, two(ids).logits, atol=1e-4)
     two = tmp_path / "two" / "ppo"
     assert losses(two, M.PPO_RATIO_FIRST) == pytest.approx([1.0] * 3, abs=1e-5)
     for key in (M.PPO_REWARD_RM, M.PPO_PTX_LOSS, "ppo/pg_loss"):
