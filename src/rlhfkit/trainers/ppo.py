@@ -159,8 +159,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     ctx = start_stage(cfg, "ppo", resume, overwrite)
     rank, world = ctx.accelerator.process_index, ctx.accelerator.num_processes
     if (r.batch_size * world) % p.minibatches:
-        raise ConfigError(f"rollout.batch_size={r.batch_size} x {world} processes must be divisible by "
-                          f"ppo.minibatches={p.minibatches}")
+        across = f" (x {world} processes: a global batch of {r.batch_size * world})" if world > 1 else ""
+        raise ConfigError(f"rollout.batch_size={r.batch_size}{across} must be divisible by ppo.minibatches={p.minibatches}")
     policy, tokenizer = load_causal_lm(cfg.model)
     # Full fine-tuning needs a frozen copy as the reference; LoRA reuses the base (adapter disabled).
     reference = None if cfg.model.lora else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}),
