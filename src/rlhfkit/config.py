@@ -186,13 +186,17 @@ class PrefsConfig:
 @dataclass
 class RolloutSection:
     batch_size: int = 32
-    """Prompts sampled per PPO iteration."""
+    """Prompts sampled per PPO iteration and process (like train.batch_size): N processes x b sample
+    and train on exactly what 1 process x N*b does; the iteration's global batch is b x processes."""
     max_new_tokens: int = 32
     temperature: float = 1.0
     """Sampling temperature; every scoring pass divides logits by the same T (design §6.1)."""
     top_k: int = 0
     """0 = no warping. Any other value samples from a distribution the log-probs do not describe,
     so it is refused unless `allow_mismatched_sampling` (which exists to reproduce the seed's bug)."""
+    repetition_penalty: float = 1.0
+    """1 = none. Like top_k, a warp the log-probs do not describe (the seed sampled with 1.2): refused
+    unless `allow_mismatched_sampling`."""
     allow_mismatched_sampling: bool = False
 
 
@@ -205,6 +209,7 @@ class PPOSection:
     epochs: int = 2
     """Passes over each rollout batch."""
     minibatches: int = 2
+    """Minibatches per epoch, over the global batch (rollout.batch_size x processes must divide by it)."""
     clip_range: float = 0.2
     value_clip_range: float = 0.2
     vf_coef: float = 0.1
@@ -227,8 +232,23 @@ class PPOSection:
     eval_prompts: int = 64
     """Held-out prompts completed greedily for gold/score (built-in tasks) at each eval."""
     kl_exact_rows: int = 8
-    """Rows of each batch whose exact KL is computed from full next-token distributions."""
+    """Rows of each batch (per process) whose exact KL is computed from full next-token distributions."""
     health_window: int = 5
+    critic: Literal["head", "reward_model"] = "head"
+    """`head`: a zero-initialised value head on the policy's trunk (one forward for both).
+    `reward_model`: a separate, trainable value model initialised from the RM in `ppo.reward` (its
+    trunk and scalar head, read at every token; needs an RM on the policy's tokenizer); saved in
+    final/critic/."""
+    critic_lr: float | None = None
+    """Learning rate of the value head or critic (its own optimizer group); None uses train.lr."""
+    ptx_coef: float = 0.0
+    """PPO-ptx (Ouyang et al. 2022, eq. 2): weight of the SFT next-token loss mixed into every
+    minibatch loss, to keep the policy's SFT skills; 0 turns it off."""
+    ptx_source: str | None = None
+    """SFT rows (prompt/completion or Alpaca schema; same forms as data.source) for the ptx loss;
+    None uses data.source's rows and their completions."""
+    ptx_batch_size: int = 8
+    """SFT examples per minibatch update and process for the ptx loss."""
 
 
 @dataclass

@@ -186,3 +186,14 @@ def test_bf16_masked_mean_accumulates_in_float32():
     assert mean.dtype == torch.bfloat16
     assert mean.float().item() == pytest.approx(3002 / 3001, abs=8e-3)
     assert masked_sum(x, torch.ones_like(x, dtype=torch.bool)).float().item() == pytest.approx(3002, rel=4e-3)
+
+
+def test_masked_whiten_with_stats_from_the_whole_equals_whitening_the_whole():
+    # 2 processes whiten their halves with the gathered statistics: the result is the 1-process one.
+    torch.manual_seed(0)
+    x, mask = torch.randn(6, 5) * 3 + 1, (torch.rand(6, 5) > 0.3).long()
+    whole = masked_whiten(x, mask)
+    for part in (slice(0, 3), slice(3, 6)):
+        alone = masked_whiten(x[part], mask[part], stats_from=(x, mask))
+        assert torch.allclose(alone, whole[part], atol=1e-6)
+    assert not torch.allclose(masked_whiten(x[:3], mask[:3]), whole[:3], atol=1e-3)  # local stats differ

@@ -110,13 +110,18 @@ def kill_mid_checkpoint_and_at_random_then_resume(tmp_path: Path, stage: str, co
     assert not leftovers, f"temp folders left behind: {leftovers}"
 
 
-def two_processes_equal_one(tmp_path: Path, stage: str, config: str, args: list[str], batch: int, weights: str) -> None:
-    """2 processes x batch/2 (torchrun, gloo) give the losses and weights of 1 process x batch."""
+def two_processes_equal_one(tmp_path: Path, stage: str, config: str, args: list[str], batch: int, weights: str,
+                            batch_keys: tuple[str, ...] = ("train.batch_size",), metric: str = "loss",
+                            atol: float = 1e-5) -> str:
+    """2 processes x batch/2 (torchrun, gloo) give the losses and weights of 1 process x batch, where
+    every per-process batch size in `batch_keys` is set to batch (1 process) or batch/2 (2 processes).
+    Returns the 2-process run's stdout."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    run_ok(stage_command(stage, config, tmp_path, *args, "run.name=one", f"train.batch_size={batch}"))
-    run_ok(stage_command(stage, config, tmp_path, *args, "run.name=two", f"train.batch_size={batch // 2}",
-                         launcher=[torchrun, "--standalone", "--nproc_per_node", "2"]))
+    run_ok(stage_command(stage, config, tmp_path, *args, "run.name=one", *(f"{k}={batch}" for k in batch_keys)))
+    done = run_ok(stage_command(stage, config, tmp_path, *args, "run.name=two", *(f"{k}={batch // 2}" for k in batch_keys),
+                                launcher=[torchrun, "--standalone", "--nproc_per_node", "2"]))
     one, two = tmp_path / "one" / stage, tmp_path / "two" / stage
-    assert len(losses(one)) > 1
-    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
-    assert_same_weights(one / "final" / weights, two / "final" / weights, atol=1e-5)
+    assert len(losses(one, metric)) > 1
+    assert losses(two, metric) == pytest.approx(losses(one, metric), rel=1e-4, abs=atol)
+    assert_same_weights(one / "final" / weights, two / "final" / weights, atol=atol)
+    return done.stdout

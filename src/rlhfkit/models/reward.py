@@ -38,9 +38,10 @@ def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
     return model, tokenizer
 
 
-def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) scalar rewards read at position attention_mask.sum(-1) - 1 of right-padded inputs."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=False)
+def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+    """(B,) scalar rewards read at position attention_mask.sum(-1) - 1 of right-padded inputs
+    (`extra`: e.g. token_type_ids of an encoder RM, whose own pooling reads the first token)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=False, **extra)
     return out.logits.squeeze(-1).float()  # HF pools at the rightmost non-pad token (see module doc)
 
 

@@ -174,7 +174,11 @@ def masked_var(
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    stats_from: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Normalise the valid entries to zero mean and unit variance (over all valid entries).
 
@@ -186,12 +190,18 @@ def masked_whiten(
     `shift_mean=False` is the usual choice for rewards, True for advantages (as in TRL and the
     OpenAI lm-human-preferences code). With < 2 valid entries var is 0 and the result is
     (x - mu) / sqrt(eps) = 0 for the one valid entry (plus mu when not shifting).
+
+    `stats_from=(x_all, mask_all)` takes mu and var from a larger set that x is part of (e.g. the
+    values of every process, gathered): each part is then whitened exactly as the whole would be.
     """
     m = _check_mask(x, mask)
     acc = _acc_dtype(x)
     xa = torch.where(m, x.to(acc), 0.0)  # garbage out first: 0 * NaN would poison backward
-    mean = masked_mean(xa, m)
-    var = masked_var(xa, m, unbiased=True)
+    x_all, m_all = (xa, m) if stats_from is None else stats_from
+    m_all = _check_mask(x_all, m_all)
+    x_all = torch.where(m_all, x_all.to(acc), 0.0)
+    mean = masked_mean(x_all, m_all)
+    var = masked_var(x_all, m_all, unbiased=True)
     white = (xa - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         white = white + mean

@@ -1,7 +1,7 @@
 """PPO rollouts: sample with the KV cache, then score under exactly the masks training will use.
 
 Design §6 rules 1-2: tokens are drawn from softmax(logits / T) with no other warping (a warp is
-only possible through `top_k`, which the health check is there to catch), and every log-prob
+only possible through `top_k` or `repetition_penalty`, which the health check is there to catch), and every log-prob
 comes from a scoring pass over left-padded prompts + right-padded responses with
 position_ids = cumsum(attention_mask) - 1, the same pass the PPO update runs. So on the first
 minibatch the new/old probability ratio is exactly 1.
@@ -49,6 +49,17 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def rows(self, index) -> Rollout:
+        return Rollout(*(t[index] for t in (self.query_ids, self.query_mask, self.response_ids, self.response_mask,
+                                            self.finished)))
+
+    def token_rows(self) -> list[list[int]]:
+        """Per row, unpadded: the prompt's ids, then the response's up to (not including) its EOS,
+        the input format of a reward model that shares the policy's tokenizer."""
+        lengths = self.response_lengths - self.finished.long()
+        return [q[m.bool()].tolist() + r[:n].tolist()
+                for q, m, r, n in zip(self.query_ids, self.query_mask, self.response_ids, lengths.tolist())]
+
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Left padding shifts real tokens right; positions count real tokens only (clamped at 0)."""
@@ -57,23 +68,38 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           eos_token_id: int, pad_token_id: int, top_k: int = 0) -> Rollout:
+           eos_token_id: int, pad_token_id: int, top_k: int = 0, repetition_penalty: float = 1.0,
+           noise: torch.Tensor | None = None) -> Rollout:
     """Draw responses token by token with the KV cache; stop a row at its first EOS.
 
-    top_k > 0 warps the sampling distribution. The scoring pass does NOT apply it, so log-probs
-    no longer describe the samples: kept only so tests can reproduce that failure (design §6.7).
+    Each token is drawn by inverting the CDF of softmax(logits / T) at a uniform from `noise`
+    (B, max_new_tokens); giving each row its own noise makes a row's sample independent of the
+    other rows in the batch (so N processes x b rows sample what 1 process x N*b rows does).
+    None draws the noise from torch's global generator.
+
+    top_k > 0 or repetition_penalty != 1 warps the sampling distribution. The scoring pass does NOT
+    apply them, so log-probs no longer describe the samples: kept only so tests can reproduce that
+    failure (design §6.7).
     """
     batch = query_ids.shape[0]
+    noise = torch.rand(batch, max_new_tokens) if noise is None else noise
     attention = query_mask.clone()
     positions = position_ids(attention)
     step_input, past, cache = query_ids, None, _cache_name()
     tokens = []
     done = torch.zeros(batch, dtype=torch.bool)
-    for _ in range(max_new_tokens):
+    seen = None  # (B, V) tokens already in each row, for a repetition penalty
+    for step in range(max_new_tokens):
         out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, use_cache=True,
                     **{cache: past})
         past = getattr(out, cache)
-        logits = out.logits[:, -1].float() / temperature  # (B, V)
+        logits = out.logits[:, -1].float()  # (B, V)
+        if repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor (the seed's 1.2)
+            if seen is None:
+                seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, query_ids, query_mask.bool())
+            penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            logits = torch.where(seen, penalised, logits)
+        logits = logits / temperature
         if top_k > 0:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -81,10 +107,15 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
         if not torch.isfinite(probs).all():
             raise RlhfkitError("rollout: the policy's next-token probabilities are not finite (its weights diverged); "
                                "likely cause: train.lr too high or float16 overflow")
-        token = torch.multinomial(probs, 1).squeeze(-1)  # (B,)
+        cdf = probs.cumsum(-1)  # (B, V)
+        # First token whose CDF exceeds u * total: zero-probability tokens are never picked.
+        token = torch.searchsorted(cdf, (noise[:, step] * cdf[:, -1])[:, None], right=True).squeeze(-1)
+        token = token.clamp(max=cdf.shape[-1] - 1)  # (B,)
         # Rows that finished earlier feed pad with attention 0 (pad may equal EOS: mask, not id).
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
+        if seen is not None:
+            seen[torch.arange(batch), token] |= ~done
         attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
         done = done | (token == eos_token_id)
         positions = position_ids(attention)[:, -1:]
@@ -97,6 +128,21 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     response_mask = (eos_before == 0).long()
     return Rollout(query_ids, query_mask, response_ids, response_mask, is_eos.any(-1))
+
+
+def critic_values(critic, rollout: Rollout, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """(B, R) values from a separate value model: a sequence classifier (the RM) whose scalar head
+    is read at every position, normalised like the reward ((score - mean) / std).
+
+    values[b, t] is the head at the state before response token t, i.e. the RM's score of the
+    prompt + the first t response tokens: a critic initialised from the RM starts out predicting
+    the reward the response would get if it ended there (design §6.8)."""
+    attention = rollout.attention_mask
+    out = critic(input_ids=rollout.input_ids, attention_mask=attention, position_ids=position_ids(attention),
+                 output_hidden_states=True)
+    start = rollout.query_ids.shape[1] - 1
+    hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H)
+    return (critic.score(hidden).squeeze(-1).float() - mean) / std
 
 
 def score(model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None) -> dict[str, torch.Tensor]:
@@ -123,14 +169,14 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
 
 
 def sample_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
-                   top_k: int = 0) -> Rollout:
+                   top_k: int = 0, repetition_penalty: float = 1.0, noise: torch.Tensor | None = None) -> Rollout:
     """Tokenise and left-pad text prompts, then `sample`: the rollout PPO trains on and eval measures."""
     from rlhfkit.data.collate import left_pad
 
     query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
     model.eval()
     return sample(model, query_ids, query_mask, max_new_tokens, temperature, tokenizer.eos_token_id,
-                  tokenizer.pad_token_id, top_k=top_k)
+                  tokenizer.pad_token_id, top_k=top_k, repetition_penalty=repetition_penalty, noise=noise)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

@@ -217,6 +217,22 @@ def accumulate_and_step(ctx: StageContext, model, optimizer, scheduler, micro_lo
     return total.item(), float(grad_norm)
 
 
+def reduce_sum(ctx: StageContext, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (the tensor itself with one process)."""
+    return ctx.accelerator.reduce(tensor, "sum") if ctx.accelerator.num_processes > 1 else tensor
+
+
+def gather_rows(ctx: StageContext, tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's rows, in rank order; dim 1 (e.g. response length) is padded with zeros to the
+    longest, so a gathered mask marks the padding invalid."""
+    acc = ctx.accelerator
+    if acc.num_processes == 1:
+        return tensor
+    if tensor.dim() > 1:
+        tensor = acc.pad_across_processes(tensor, dim=1, pad_index=0)
+    return acc.gather(tensor.contiguous())
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
@@ -309,15 +325,17 @@ def truncate_logs(out: Path, step: int) -> None:
 
 
 def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
-               extra_files: dict[str, str | bytes] | None = None) -> Path:
-    """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked)."""
+               extra_files: dict[str, str | bytes] | None = None,
+               extra_models: dict[str, tuple] | None = None) -> Path:
+    """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked);
+    `extra_models` {name: (model, tokenizer)} become from_pretrained() folders final/<name>/."""
     final = ctx.out / "final"
     unwrapped = ctx.accelerator.unwrap_model(model)
     with torch.no_grad():
         check_finite_weights(ctx, unwrapped.named_parameters(), f"{ctx.stage} final/")
     if ctx.is_main:
         try:
-            _write_final(final, unwrapped, tokenizer, save_merged, extra_files)
+            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models)
         except OSError as e:
             raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
                                "then rerun with --resume") from None
@@ -327,12 +345,16 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
     return final
 
 
-def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None) -> None:
+def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None,
+                 extra_models: dict | None = None) -> None:
     with atomic_dir(final) as tmp:
         unwrapped.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        for name, (extra_model, extra_tokenizer) in (extra_models or {}).items():
+            extra_model.save_pretrained(tmp / name, safe_serialization=True)
+            extra_tokenizer.save_pretrained(tmp / name)
         if save_merged and hasattr(unwrapped, "merge_and_unload"):
             import copy
 
