@@ -165,8 +165,9 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
         f"Preference pairs: {prefs.get('pairs', '?')} (labeller temperature {plan.prefs.noise_temperature}; label "
         f"agreement with the noiseless judge {_fmt(prefs.get('label_agreement'))}, expected ceiling "
         f"{_fmt(prefs.get('noise_ceiling'))}).",
-        "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in plan.seconds.items())
-        + f"; total {sum(plan.seconds.values()):.0f}" + (f" (skipped this time: {', '.join(plan.skipped)})" if plan.skipped else ""),
+        ("Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in plan.seconds.items())
+         + f"; total {sum(plan.seconds.values()):.0f}" if plan.seconds else "Wall time: not recorded (no stage ran in this folder)")
+        + (f" (skipped this time: {', '.join(plan.skipped)})" if plan.skipped else ""),
         "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is analytic. Gold score in [-1, 1].",
     ]
     labels = {"base": "base", "sft": "SFT", "ppo": "PPO"}
