@@ -10,7 +10,6 @@ the last logged step; no checkpoints).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -101,13 +100,7 @@ def sft_tokens(cfg, steps: range) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--assets", required=True, type=Path)
-    ap.add_argument("--shape", required=True, choices=list(W.SHAPES))
-    ap.add_argument("--stage", required=True, choices=["sft", "rm", "ppo"])
-    ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = W.side_arguments()
 
     import os
 

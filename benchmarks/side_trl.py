@@ -9,7 +9,6 @@ PPO needs trl 1.12.0 (removed in 1.13), side-installed and put first on PYTHONPA
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -151,13 +150,7 @@ def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--assets", required=True, type=Path)
-    ap.add_argument("--shape", required=True, choices=list(W.SHAPES))
-    ap.add_argument("--stage", required=True, choices=["sft", "rm", "ppo"])
-    ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = W.side_arguments()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

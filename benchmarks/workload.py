@@ -139,3 +139,17 @@ def model_flops(stage: str, shape: str, tokens: float) -> float:
         "ppo": 2 * n + 2 * n + 2 * n + 2 * trunk + PPO_EPOCHS * 4 * n,
     }[stage]
     return per_token * tokens
+
+
+def side_arguments():
+    """The command line both sides of a measurement take (side_rlhfkit.py and side_trl.py)."""
+    import argparse
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--assets", required=True, type=Path)
+    ap.add_argument("--shape", required=True, choices=list(SHAPES))
+    ap.add_argument("--stage", required=True, choices=["sft", "rm", "ppo"])
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap.parse_args()
