@@ -106,3 +106,28 @@ def test_gpt2_alpaca_recipe_runs_on_alpaca_prompts(tmp_path, tiny_sft_dir):
     result = train_ppo(cfg)
     assert result.last("ppo/ratio_first") == pytest.approx(1.0, abs=1e-5)
     assert "gold/score" not in result.metrics[-1]  # Alpaca prompts have no gold judge
+
+
+def test_lora_ppo_on_a_lora_sft_run_loads_back_with_the_sft_weights(tmp_path, tiny_dir):
+    """final/ of a LoRA PPO run on a LoRA SFT run = SFT adapter merged, then PPO adapter merged;
+    not the original base + PPO adapter (which silently drops the SFT weights)."""
+    from peft import PeftModel
+
+    from rlhfkit.config import ModelConfig, SFTConfig
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.trainers.sft import train_sft
+
+    sft = train_sft(load_config(SFTConfig, str(REPO / "configs" / "tiny" / "sft.yaml"), [
+        f"run.dir={tmp_path}", "run.name=s", "model.lora=true", "model.lora_r=4", "train.max_steps=6",
+        "train.eval_every=100", "sft.eval_generate=0", "run.report_to=[]", "run.progress=false"])).dir
+    ppo = train_ppo(ppo_cfg(tmp_path, sft, "run.name=p", "model.lora=true", "model.lora_r=4")).dir
+    loaded, _ = load_causal_lm(ModelConfig(name=str(ppo), lora=False), trainable=False)
+    by_hand = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name=str(sft), lora=False), trainable=False)[0],
+                                        ppo / "final").merge_and_unload()
+    base_plus_ppo = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name=str(tiny_dir), lora=False),
+                                                             trainable=False)[0], ppo / "final").merge_and_unload()
+    ids = torch.tensor([[5, 17, 99, 3, 42]])
+    with torch.no_grad():
+        expected, got, wrong = (m(input_ids=ids).logits for m in (by_hand, loaded, base_plus_ppo))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert (got - wrong).abs().max() > 1e-3  # the SFT adapter did change the model

@@ -169,5 +169,10 @@ def _load_merged_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(_adapter_base(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    base_path = _adapter_base(path)
+    # An adapter trained on a merged adapter (PPO on a LoRA SFT run) names that run: merge the chain.
+    if (Path(base_path) / "adapter_config.json").is_file():
+        base = _load_merged_adapter(Path(base_path), dtype, trust_remote_code)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, path).merge_and_unload()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
@@ -335,7 +336,7 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
         check_finite_weights(ctx, unwrapped.named_parameters(), f"{ctx.stage} final/")
     if ctx.is_main:
         try:
-            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models)
+            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models, _adapter_base(ctx.cfg))
         except OSError as e:
             raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
                                "then rerun with --resume") from None
@@ -345,10 +346,25 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
     return final
 
 
+def _adapter_base(cfg) -> str | None:
+    """The folder this stage's model was loaded from. A LoRA adapter trained on a merged LoRA SFT
+    model must name the SFT run, not the original base peft records: otherwise loading final/
+    silently gives base + adapter without the SFT weights (the seed's "reference is the base" trap)."""
+    from rlhfkit.models.load import resolve_model_path
+
+    model = getattr(cfg, "model", None)
+    return str(Path(resolve_model_path(model.name, model.tiny_seed)).resolve()) if model is not None else None
+
+
 def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None,
-                 extra_models: dict | None = None) -> None:
+                 extra_models: dict | None = None, adapter_base: str | None = None) -> None:
     with atomic_dir(final) as tmp:
         unwrapped.save_pretrained(tmp, safe_serialization=True)
+        adapter_config = tmp / "adapter_config.json"
+        if adapter_base is not None and adapter_config.is_file():
+            config = json.loads(adapter_config.read_text())
+            config["base_model_name_or_path"] = adapter_base
+            adapter_config.write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
