@@ -78,15 +78,14 @@ def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, b
 
 
 def summarise(samples: PolicySamples, references: list[list[str]] | None) -> dict[str, float]:
-    """Means over samples; BLEU against each prompt's references (first draw of each prompt)."""
-    n = len(samples.responses) // len(dict.fromkeys(samples.prompts))
+    """Means over one sample per prompt; BLEU against each prompt's references."""
     metrics = {"eos_rate": _mean(samples.finished), "response_len": _mean(samples.lengths)}
     for key in ("gold", "reward", "kl"):
         values = getattr(samples, key)
         if values is not None:
             metrics[key] = _mean(values)
     if references is not None:
-        metrics["bleu"] = bleu(samples.responses[::n], references)
+        metrics["bleu"] = bleu(samples.responses, references)
     return metrics
 
 
