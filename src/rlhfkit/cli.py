@@ -148,12 +148,11 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "data":
         from rlhfkit.config import PrefsConfig, load_config
-        from rlhfkit.trainers.prefs import make_preferences
+        from rlhfkit.trainers.prefs import format_summary, make_preferences
 
         cfg = load_config(PrefsConfig, args.config, args.overrides)
         summary = make_preferences(cfg)
-        print(f"rlhfkit data prefs: wrote {cfg.out}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                             for k, v in summary.items()))
+        print(f"rlhfkit data prefs: wrote {cfg.out}: {format_summary(summary)}")
         return 0
     if args.command == "generate":
         from rlhfkit.commands import generate_command

@@ -72,7 +72,7 @@ def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]
     KL to --reference, win rates against it, best-of-n from it reranked by --reward."""
     from rlhfkit.errors import RlhfkitError
     from rlhfkit.evaluate.compare import EvalSettings, compare_policies
-    from rlhfkit.evaluate.report import HEADLINE, fmt
+    from rlhfkit.evaluate.report import best_of_n_table, fmt, headline_table
     from rlhfkit.rewards import load_reward
 
     if args.reference is not None and args.reference not in args.model:
@@ -85,15 +85,12 @@ def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns, seed=args.seed)
     policies = {name: _load(name) for name in args.model}
     result = compare_policies(policies, args.reference, prompts, references, settings, gold, reward_fn)
-    keys = [(k, title) for k, title in HEADLINE if any(k in m for m in result.metrics.values())]
     lines = [f"Sampled at T = {args.temperature}, one sample per prompt:", "",
-             "| model | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(fmt(m.get(k)) for k, _ in keys) + " |" for name, m in result.metrics.items()]
+             *headline_table(result, {}, first_column="model")]
     for pair, rates in result.win_rates.items():
         lines.append(f"- win rate {pair}: " + ", ".join(f"{k} {fmt(v)}" for k, v in rates.items()))
     if result.best_of_n:
-        lines += ["", "| best-of-n from the reference | gold score | RM score | KL |", "|---|---|---|---|"]
-        lines += [f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |" for r in result.best_of_n]
+        lines += ["", f"Best-of-n from {args.reference}, reranked by {args.reward}:", "", *best_of_n_table(result.best_of_n)]
     return lines
 
 

@@ -51,6 +51,24 @@ def health_summary(ppo_rows: list[dict]) -> list[str]:
     return [f"iteration {r['step']}: {r[M.HEALTH_WARNING]}" for r in ppo_rows if M.HEALTH_WARNING in r]
 
 
+def headline_keys(result: EvalResult) -> list[tuple[str, str]]:
+    return [(k, name) for k, name in HEADLINE if any(k in m for m in result.metrics.values())]
+
+
+def headline_table(result: EvalResult, labels: dict[str, str], first_column: str = "policy") -> list[str]:
+    """One markdown row per policy: the HEADLINE metrics any policy has (gold only on built-in tasks ...)."""
+    keys = headline_keys(result)
+    lines = [f"| {first_column} | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {labels.get(policy, policy)} | " + " | ".join(fmt(m.get(k)) for k, _ in keys) + " |"
+              for policy, m in result.metrics.items()]
+    return lines
+
+
+def best_of_n_table(rows: list[dict[str, float]]) -> list[str]:
+    return ["| n | gold score | RM score | KL = log n − (n−1)/n |", "|---|---|---|---|",
+            *[f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |" for r in rows]]
+
+
 def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: dict[str, list[dict]],
                  facts: list[str], labels: dict[str, str], show: int = 6, frontier: tuple[str, ...] = ()) -> Path:
     """Write out_dir/report.md and out_dir/plots/*.png; `labels` maps policy names to table labels;
@@ -60,10 +78,8 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
     out_dir = Path(out_dir)
     plots = plot_all(out_dir / "plots", result, metrics, frontier, labels)
     lines = [f"# {title}", "", *[f"- {fact}" for fact in facts], "", "## Headline", ""]
-    keys = [(k, name) for k, name in HEADLINE if any(k in m for m in result.metrics.values())]
-    lines += ["| policy | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for policy, m in result.metrics.items():
-        lines.append(f"| {labels.get(policy, policy)} | " + " | ".join(fmt(m.get(k)) for k, _ in keys) + " |")
+    keys = headline_keys(result)
+    lines += headline_table(result, labels)
     if result.best_of_n:
         best = result.best_of_n[-1]
         lines.append(f"| best-of-{best['n']} (SFT samples reranked by the RM) | {fmt(best['gold'])} | {fmt(best['reward'])} | "
@@ -73,9 +89,7 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
         lines.append(f"- Win rate {pair}: " + ", ".join(f"{fmt(v)} by the {'gold judge' if k == 'gold' else 'RM'}"
                                                          for k, v in rates.items()) + " (ties count half).")
     if result.best_of_n:
-        lines += ["", "## Best-of-n from the SFT policy, reranked by the RM", "",
-                  "| n | gold score | RM score | KL = log n − (n−1)/n |", "|---|---|---|---|"]
-        lines += [f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |" for r in result.best_of_n]
+        lines += ["", "## Best-of-n from the SFT policy, reranked by the RM", "", *best_of_n_table(result.best_of_n)]
     lines += ["", "## Training (first → last logged value, from each stage's metrics.jsonl)", "",
               "| stage | metric | first | last |", "|---|---|---|---|"]
     lines += [f"| {stage} | {key} | {fmt(first)} | {fmt(last)} |" for stage, key, first, last in training_rows(metrics)]

@@ -71,7 +71,7 @@ def run_pipeline(cfg: PipelineConfig, config_path: str | Path | None = None, ove
     """Run (or continue) every stage, evaluate, and return the path of report.md. `cfg` already holds
     the pipeline's own overrides; `overrides` may still hold stage-prefixed ones (`sft.train.lr=...`)."""
     from rlhfkit.trainers.ppo import train_ppo
-    from rlhfkit.trainers.prefs import make_preferences
+    from rlhfkit.trainers.prefs import format_summary, make_preferences
     from rlhfkit.trainers.rm import train_rm
     from rlhfkit.trainers.sft import train_sft
 
@@ -109,8 +109,7 @@ def run_pipeline(cfg: PipelineConfig, config_path: str | Path | None = None, ove
     def prefs() -> None:
         summary = make_preferences(plan.prefs)
         atomic_write_text(prefs_summary, json.dumps(summary, indent=1))
-        print("rlhfkit pipeline: prefs: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                      for k, v in summary.items()), flush=True)
+        print(f"rlhfkit pipeline: prefs: {format_summary(summary)}", flush=True)
 
     stage("prefs", Path(plan.prefs.out).is_file() and prefs_summary.is_file(), prefs)
     # 3. reward model on the pairs

@@ -55,3 +55,8 @@ def make_preferences(cfg: PrefsConfig) -> dict:
                "label_agreement": agree / untied if untied else float("nan"),
                "noise_ceiling": expected_agreement(score_pairs, cfg.noise_temperature) if untied else float("nan")}
     return summary
+
+
+def format_summary(summary: dict) -> str:
+    """`pairs=1617, ..., label_agreement=0.758`: the one line `data prefs` and the pipeline print."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
