@@ -115,3 +115,8 @@ def collate_sft(input_ids: list[list[int]], labels: list[list[int]], pad_token_i
     batch_ids, attention_mask = right_pad(input_ids, pad_token_id)
     batch_labels, _ = right_pad(labels, IGNORE)
     return {"input_ids": batch_ids, "attention_mask": attention_mask, "labels": batch_labels}
+
+
+def completion_tokens(labels: list[int]) -> int:
+    # Labels are shifted inside the loss: the first position never has a target.
+    return sum(1 for x in labels[1:] if x != IGNORE)

@@ -18,7 +18,7 @@ from safetensors.torch import save
 from rlhfkit.config import ModelConfig, PPOConfig
 from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
-from rlhfkit.data.sft import TokenizedSFT, collate_sft, prompt_text, tokenize_sft
+from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
 from rlhfkit.evaluate.health import health_warnings
@@ -57,7 +57,6 @@ from rlhfkit.trainers.common import (
     save_training_state,
     start_stage,
 )
-from rlhfkit.trainers.sft import completion_tokens
 
 
 class PolicyWithValue(torch.nn.Module):

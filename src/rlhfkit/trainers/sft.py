@@ -11,7 +11,7 @@ import torch
 from rlhfkit.config import SFTConfig
 from rlhfkit.data import collate_sft, load_rows, split_off_eval, tokenize_sft
 from rlhfkit.data.batching import global_batch_at, micro_batch
-from rlhfkit.data.sft import IGNORE, TokenizedSFT
+from rlhfkit.data.sft import TokenizedSFT, completion_tokens
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
 from rlhfkit.evaluate.loss import held_out_loss
 from rlhfkit.evaluate.text import is_builtin
@@ -55,11 +55,6 @@ def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT
         note += f", {part.truncated_prompts} prompts cut from the left" if part.truncated_prompts else ""
         print(f"rlhfkit: sft {name} data: {len(part)} of {total} rows kept{note}", flush=True)
     return train, held_out, [eval_rows[i] for i in held_out.rows]
-
-
-def completion_tokens(labels: list[int]) -> int:
-    # Labels are shifted inside the loss: the first position never has a target.
-    return sum(1 for x in labels[1:] if x != IGNORE)
 
 
 @torch.no_grad()
