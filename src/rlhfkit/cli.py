@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", help="which --model is the reference (e.g. the SFT run): KL to it, win rates, best-of-n")
     e.add_argument("--best-of-n", default="1,2,4,8,16", help="n values for best-of-n from --reference (needs --reward)")
     e.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the sampled comparison")
+    e.add_argument("--samples-per-prompt", type=int, default=1,
+                   help="samples per held-out prompt and model for the sampled comparison (more = smaller error)")
     e.add_argument("--seed", type=int, default=0)
 
     d = sub.add_parser("data", help="make data: `data prefs` samples and labels preference pairs for a built-in task")

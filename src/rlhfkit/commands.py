@@ -68,11 +68,11 @@ def eval_command(args) -> int:
 
 
 def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]:
-    """The pipeline's evaluation for any models: one sample per prompt at --temperature, RM score,
+    """The pipeline's evaluation for any models: --samples-per-prompt samples per prompt at --temperature, RM score,
     KL to --reference, win rates against it, best-of-n from it reranked by --reward."""
     from rlhfkit.errors import RlhfkitError
     from rlhfkit.evaluate.compare import EvalSettings, compare_policies
-    from rlhfkit.evaluate.report import best_of_n_table, fmt, headline_table
+    from rlhfkit.evaluate.report import best_of_n_table, fmt, gain_line, headline_table
     from rlhfkit.rewards import load_reward
 
     if args.reference is not None and args.reference not in args.model:
@@ -81,14 +81,18 @@ def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]
         ns = [int(n) for n in args.best_of_n.split(",") if n.strip()]
     except ValueError:
         raise RlhfkitError(f"--best-of-n {args.best_of_n!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    if args.samples_per_prompt < 1:
+        raise RlhfkitError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")
     reward_fn = load_reward(args.reward, normalize=True) if args.reward else None
-    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns, seed=args.seed)
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns, seed=args.seed,
+                            samples_per_prompt=args.samples_per_prompt)
     policies = {name: _load(name) for name in args.model}
     result = compare_policies(policies, args.reference, prompts, references, settings, gold, reward_fn)
-    lines = [f"Sampled at T = {args.temperature}, one sample per prompt:", "",
+    lines = [f"Sampled at T = {args.temperature}, {args.samples_per_prompt} sample(s) per prompt:", "",
              *headline_table(result, {}, first_column="model")]
     for pair, rates in result.win_rates.items():
         lines.append(f"- win rate {pair}: " + ", ".join(f"{k} {fmt(v)}" for k, v in rates.items()))
+    lines += [gain_line(pair, gain, len(prompts)) for pair, gain in result.gold_gains.items()]
     if result.best_of_n:
         lines += ["", f"Best-of-n from {args.reference}, reranked by {args.reward}:", "", *best_of_n_table(result.best_of_n)]
     return lines

@@ -230,7 +230,8 @@ class PPOSection:
     """RM scores only: (score - mean) / std with the stats measured on SFT samples (saved by rm)."""
     eval_every: int = 10
     eval_prompts: int = 64
-    """Held-out prompts completed greedily for gold/score (built-in tasks) at each eval."""
+    """Held-out prompts sampled once each at rollout.temperature (the same noise every eval) for gold/score
+    (built-in tasks) at each eval."""
     kl_exact_rows: int = 8
     """Rows of each batch (per process) whose exact KL is computed from full next-token distributions."""
     health_window: int = 5
@@ -276,6 +277,9 @@ class EvalSection:
     show: int = 6
     """Side-by-side completions in the report."""
     seed: int = 0
+    samples_per_prompt: int = 1
+    """Samples per held-out prompt and policy for the headline means and win rates (a held-out split
+    can have only ~100 prompts; more draws shrink the standard error)."""
 
 
 @dataclass
@@ -310,6 +314,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "ppo.iterations": (0, False), "ppo.epochs": (1, False), "ppo.minibatches": (1, False),
     "ppo.eval_every": (1, False), "ppo.health_window": (1, False),
     "n_prompts": (1, False), "batch_size": (1, False), "max_new_tokens": (1, False),
+    "eval.prompts": (1, False), "eval.samples_per_prompt": (1, False), "eval.batch_size": (1, False),
 }
 
 # ----------------------------------------------------------------------------- loading

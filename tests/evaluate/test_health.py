@@ -29,3 +29,11 @@ def test_reward_hacking_needs_reward_up_and_gold_flat_or_down():
     assert kinds(evals) == {"reward-hacking"}
     honest = [{**HEALTHY, M.PPO_REWARD_RM: 0.1 * i, M.GOLD_SCORE: 0.5 + 0.05 * i} for i in range(4)]
     assert kinds(honest) == set()
+
+
+def test_kl_estimator_bias_fires_on_a_lasting_offset_not_on_noise():
+    noisy = [{**HEALTHY, M.PPO_KL_K1_Z: z} for z in (1.8, -2.2, 2.5, -0.4, 1.1, -1.9)]
+    assert kinds(noisy) == set()
+    biased = [{**HEALTHY, M.PPO_KL_K1_Z: z} for z in (4.0, 6.5, 5.2)]  # k1 > 0: the negative-kl rule is blind
+    assert kinds(biased) == {"kl-estimator-bias"}
+    assert "rollout.top_k" in health_warnings(biased, window=3)[0]

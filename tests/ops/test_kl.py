@@ -180,3 +180,50 @@ def test_sampling_from_the_wrong_distribution_gives_negative_mean_k1():
     assert k1.mean().item() < 0
     assert abs(k1.mean().item() + reverse) < 4 * k1.std().item() / math.sqrt(k1.numel())
     assert (kl_k3(lp, ref_lp) >= 0).all()
+
+
+# ---------------------------------------------------------------- k1 against the exact KL, per batch
+
+
+def test_k1_exact_z_matches_its_reference_and_handles_equal_rows():
+    generator = torch.Generator().manual_seed(3)
+    k1_rows, exact_rows = torch.randn(40, generator=generator) + 1.0, torch.rand(40, generator=generator)
+    from rlhfkit.ops import k1_exact_z
+    from rlhfkit.ops.kl import k1_exact_z_reference
+
+    assert k1_exact_z(k1_rows, exact_rows).item() == pytest.approx(k1_exact_z_reference(k1_rows, exact_rows), rel=1e-9)
+    assert k1_exact_z(torch.zeros(8), torch.zeros(8)).item() == 0.0  # policy == reference: no evidence either way
+    with pytest.raises(ValueError, match="B >= 2"):
+        k1_exact_z(torch.zeros(1), torch.zeros(1))
+
+
+def _sequence_k1_and_exact(policy_logits, reference_logits, rows, steps, generator, top_k=0):
+    """Sample `rows` sequences of `steps` tokens from a context-free policy (top_k > 0 warps the
+    sampling only), then score them without the warp, as a PPO scoring pass would."""
+    sampling_logits = policy_logits.clone()
+    if top_k:
+        sampling_logits[sampling_logits < sampling_logits.topk(top_k).values[-1]] = -float("inf")
+    tokens = torch.multinomial(torch.softmax(sampling_logits, -1), rows * steps, replacement=True,
+                               generator=generator).view(rows, steps)
+    logprobs, ref_logprobs = torch.log_softmax(policy_logits, -1), torch.log_softmax(reference_logits, -1)
+    k1_rows = (logprobs[tokens] - ref_logprobs[tokens]).sum(-1)
+    exact_rows = kl_exact(policy_logits[None], reference_logits[None])[0].expand(rows) * steps
+    return k1_rows, exact_rows
+
+
+def test_k1_exact_z_is_standard_normal_for_honest_sampling_and_catches_a_warp_that_keeps_k1_positive():
+    from rlhfkit.ops import k1_exact_z
+
+    generator = torch.Generator().manual_seed(0)
+    reference_logits = torch.linspace(3.0, -3.0, 30)
+    policy_logits = reference_logits * 1.5  # sharper than the reference
+    honest = [k1_exact_z(*_sequence_k1_and_exact(policy_logits, reference_logits, 64, 8, generator)).item()
+              for _ in range(200)]
+    mean = sum(honest) / len(honest)
+    spread = math.sqrt(sum((z - mean) ** 2 for z in honest) / (len(honest) - 1))
+    assert abs(mean) < 0.3 and 0.7 < spread < 1.3
+    # Top-k on a sharper policy: the warp removes tokens the policy dislikes even more than the
+    # reference does, so k1 stays positive (the negative-KL check is blind) but is biased upward.
+    k1_rows, exact_rows = _sequence_k1_and_exact(policy_logits, reference_logits, 64, 8, generator, top_k=5)
+    assert k1_rows.mean() > 0
+    assert k1_exact_z(k1_rows, exact_rows).item() > 5

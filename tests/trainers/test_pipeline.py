@@ -69,7 +69,8 @@ def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_
         assert re.search(rf"^\| {label} \| {re.escape(fmt(m['gold']))} \| {re.escape(fmt(m['reward']))} \|", report, re.M)
     assert evaluation["metrics"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert [r["n"] for r in evaluation["best_of_n"]] == [1, 2, 4]
-    assert "Win rate ppo vs sft" in report and "## Health check" in report
+    assert "Win rate ppo vs sft" in report and "Gold gain ppo vs sft" in report and "## Health check" in report
+    assert set(evaluation["gold_gains"]) == {"base vs sft", "ppo vs sft"}
     for png in ("training.png", "gold_vs_kl.png"):
         assert (root / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A rerun skips every finished stage and only re-evaluates.
@@ -112,3 +113,38 @@ def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp
             "run.name=straight"])
     assert_same_weights(tmp_path / "straight" / "ppo" / "final" / "model.safetensors",
                         root / "ppo" / "final" / "model.safetensors", atol=1e-6)
+
+
+def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.evaluate.compare import EvalSettings, compare_policies, eval_sample_count
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.tasks import task_rows
+
+    policy = load_causal_lm(ModelConfig(name=str(tiny_sft_dir / "final"), lora=False), trainable=False)
+    copy = load_causal_lm(ModelConfig(name=str(tiny_sft_dir / "final"), lora=False), trainable=False)
+    prompts = [f"Human: {r['instruction']}\n\nAssistant:" for r in task_rows("sentiment", "test", 5)]
+    settings = EvalSettings(max_new_tokens=8, best_of_n=[1, 2], samples_per_prompt=3, batch_size=4)
+    reward = lambda p, r: __import__("torch").tensor([float(len(x)) for x in r])  # noqa: E731
+    result = compare_policies({"sft": policy, "copy": copy}, "sft", prompts, [["x"]] * 5, settings, gold=True,
+                              reward_fn=reward)
+    assert result.samples_per_prompt == 3
+    assert result.samples["sft"].prompts == [p for p in prompts for _ in range(3)]
+    # The same random numbers for every policy: an identical policy draws identical samples.
+    assert result.samples["copy"].responses == result.samples["sft"].responses
+    assert len(set(result.samples["sft"].responses[:3])) > 1, "a prompt's draws should differ from each other"
+    assert result.win_rates["copy vs sft"] == {"gold": 0.5, "reward": 0.5}
+    assert result.metrics["copy"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result.gold_gains["copy vs sft"] == (0.0, 0.0)
+    assert eval_sample_count(5, 2, settings, "sft", reward) == 5 * (2 * 3 + 2)
+
+
+def test_paired_gain_averages_each_prompts_draws_before_the_standard_error():
+    from rlhfkit.evaluate.compare import paired_gain
+
+    # Two prompts with two draws each: per-prompt differences 0.5 and 0.1.
+    mean, stderr = paired_gain([1.0, 0.0, 0.2, 0.2], [0.0, 0.0, 0.1, 0.1], k=2)
+    assert mean == pytest.approx(0.3)
+    assert stderr == pytest.approx(((0.2**2 + 0.2**2) / 1) ** 0.5 / 2**0.5)
+    with pytest.raises(ValueError, match="k=3"):
+        paired_gain([1.0, 0.0], [0.0, 0.0], k=3)

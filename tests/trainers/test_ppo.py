@@ -39,6 +39,7 @@ def test_ratio_is_one_before_the_update_and_the_policy_moves_but_not_the_referen
     for record in records:
         assert record["ppo/ratio_first"] == pytest.approx(1.0, abs=1e-5)
         assert record["ppo/kl_k3"] >= 0 and record["ppo/kl_exact"] >= 0
+        assert abs(record["ppo/kl_k1_z"]) < 4  # honest sampling: k1 agrees with the exact KL on the same rows
     assert records[0]["ppo/kl_k1"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at the start
     assert records[0]["gold/score"] is not None  # held-out gold is measured at the first iteration
     assert sha(sft_weights) == before, "the reference (the SFT model) must never change"

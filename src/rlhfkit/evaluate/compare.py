@@ -42,6 +42,10 @@ class EvalResult:
     """"A vs B" -> {"gold": .., "reward": ..}: P(A's sample beats B's on the same prompt), ties 1/2."""
     best_of_n: list[dict[str, float]] = field(default_factory=list)
     """One row per n: n, gold, reward, kl (= log n - (n-1)/n, the analytic KL of best-of-n)."""
+    samples_per_prompt: int = 1
+    """Draws per prompt in `samples` (row-major: prompt i's are rows i*k .. i*k+k-1)."""
+    gold_gains: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """"A vs B" -> (mean gold of A minus B, its standard error over prompts), from paired samples."""
 
 
 @torch.no_grad()
@@ -78,7 +82,7 @@ def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, b
 
 
 def summarise(samples: PolicySamples, references: list[list[str]] | None) -> dict[str, float]:
-    """Means over one sample per prompt; BLEU against each prompt's references."""
+    """Means over every sample; BLEU against each sample's prompt's references (one list per sample)."""
     metrics = {"eos_rate": _mean(samples.finished), "response_len": _mean(samples.lengths)}
     for key in ("gold", "reward", "kl"):
         values = getattr(samples, key)
@@ -94,6 +98,19 @@ def win_rate(a: list[float], b: list[float]) -> float:
     if len(a) != len(b) or not a:
         raise ValueError(f"win rate needs two equally long, non-empty score lists, got {len(a)} and {len(b)}")
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
+
+
+def paired_gain(a: list[float], b: list[float], k: int) -> tuple[float, float]:
+    """(mean of a - b, its standard error) where rows i*k .. i*k+k-1 belong to prompt i: the prompt is
+    the unit of the error (its k draws are averaged first), since a prompt's draws are not independent."""
+    if len(a) != len(b) or not a or len(a) % k:
+        raise ValueError(f"paired gain needs two equally long lists of k={k} draws per prompt, got {len(a)} and {len(b)}")
+    per_prompt = [sum(x - y for x, y in zip(a[i : i + k], b[i : i + k])) / k for i in range(0, len(a), k)]
+    mean = sum(per_prompt) / len(per_prompt)
+    if len(per_prompt) < 2:
+        return mean, float("nan")
+    variance = sum((d - mean) ** 2 for d in per_prompt) / (len(per_prompt) - 1)
+    return mean, math.sqrt(variance / len(per_prompt))
 
 
 def best_of_n(gold: torch.Tensor, reward: torch.Tensor, ns: list[int]) -> list[dict[str, float]]:
@@ -135,26 +152,31 @@ class EvalSettings:
     """Draw max(best_of_n) samples per prompt from the reference policy and rerank them by the RM."""
     batch_size: int = 64
     seed: int = 0
+    samples_per_prompt: int = 1
+    """Draws per prompt and policy: the means' standard error shrinks with it (a held-out split has few prompts)."""
 
 
 def compare_policies(policies: dict[str, tuple], reference: str | None, prompts: list[str],
                      references: list[list[str]] | None, settings: EvalSettings, gold: bool,
                      reward_fn: Callable | None, progress=None) -> EvalResult:
-    """Sample every policy once per prompt; KL and win rates against `reference` (the SFT policy);
+    """Sample every policy `settings.samples_per_prompt` times per prompt with the same random numbers
+    (so their differences are paired); KL and win rates against `reference` (the SFT policy);
     best-of-n from the reference reranked by `reward_fn`. `policies` maps name -> (model, tokenizer);
     `progress` (a tqdm bar or None) advances by one per sample drawn, `eval_sample_count` in all."""
     draws = best_of_n_draws(settings, reference, reward_fn)
     bar = progress
-    result = EvalResult()
+    k = settings.samples_per_prompt
+    result = EvalResult(samples_per_prompt=k)
+    per_sample_references = None if references is None else [r for r in references for _ in range(k)]
     ref_model = policies[reference][0] if reference is not None else None
     for name, (model, tokenizer) in policies.items():
         torch.manual_seed(settings.seed)
         compare_to = ref_model if ref_model is not None and _same_vocab(model, ref_model) else None
-        samples = sample_policy(model, tokenizer, prompts, settings.max_new_tokens, settings.temperature,
+        samples = sample_policy(model, tokenizer, prompts, settings.max_new_tokens, settings.temperature, n=k,
                                 batch_size=settings.batch_size, reference=compare_to, progress=bar)
         add_scores(samples, gold, reward_fn, settings.batch_size)
         result.samples[name] = samples
-        result.metrics[name] = summarise(samples, references)
+        result.metrics[name] = summarise(samples, per_sample_references)
     if reference is not None:
         ref = result.samples[reference]
         for name, samples in result.samples.items():
@@ -163,6 +185,8 @@ def compare_policies(policies: dict[str, tuple], reference: str | None, prompts:
             result.win_rates[f"{name} vs {reference}"] = {
                 key: win_rate(getattr(samples, key), getattr(ref, key))
                 for key in ("gold", "reward") if getattr(samples, key) is not None}
+            if samples.gold is not None:
+                result.gold_gains[f"{name} vs {reference}"] = paired_gain(samples.gold, ref.gold, k)
     if draws:
         torch.manual_seed(settings.seed + 1)
         model, tokenizer = policies[reference]
@@ -181,7 +205,7 @@ def best_of_n_draws(settings: EvalSettings, reference: str | None, reward_fn) ->
 
 
 def eval_sample_count(n_prompts: int, n_policies: int, settings: EvalSettings, reference, reward_fn) -> int:
-    return n_prompts * (n_policies + best_of_n_draws(settings, reference, reward_fn))
+    return n_prompts * (n_policies * settings.samples_per_prompt + best_of_n_draws(settings, reference, reward_fn))
 
 
 def _same_vocab(model, other) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from rlhfkit.run import metrics as M
 
+BIAS_Z = 3.0
+
 
 def health_warnings(history: list[dict], window: int = 5) -> list[str]:
     """Warnings for the latest iteration, given every iteration's record so far (oldest first)."""
@@ -23,6 +25,16 @@ def health_warnings(history: list[dict], window: int = 5) -> list[str]:
             "reference cannot be negative: samples were not drawn from the distribution the log-probs describe "
             "(a sampling warp such as rollout.top_k, a repetition penalty or min length), or the scoring pass "
             "uses other masks/position ids than sampling, or the reference is not the SFT model."
+        )
+    z = [r[M.PPO_KL_K1_Z] for r in recent if M.PPO_KL_K1_Z in r]
+    # Each z is ~N(0, 1) on a healthy run, so the window's mean has sd 1/sqrt(window): 3 is far out.
+    if len(z) == window and abs(sum(z) / window) > BIAS_Z:
+        warnings.append(
+            f"kl-estimator-bias: kl_k1 sits {sum(z) / window:+.1f} standard errors from kl_exact on average over "
+            f"the last {window} iterations; on honest samples it is within ~1. The responses were not sampled "
+            "from the distribution that was scored (a sampling warp such as rollout.top_k or a repetition "
+            "penalty, or another temperature), so the logged KL and the KL penalty are both wrong, even while "
+            "kl_k1 stays positive."
         )
     ratio = now.get(M.PPO_RATIO_FIRST)
     if ratio is not None and abs(ratio - 1.0) > 1e-3:

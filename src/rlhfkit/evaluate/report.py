@@ -35,7 +35,7 @@ def fmt(value) -> str:
 def training_rows(metrics: dict[str, list[dict]]) -> list[tuple[str, str, float | None, float | None]]:
     """(stage, metric, first, last) for the training-summary table, straight from metrics.jsonl."""
     wanted = {"sft": [M.EVAL_LOSS, M.GOLD_SCORE, M.EVAL_BLEU],
-              "rm": [M.RM_ACCURACY, M.RM_GOLD_AGREEMENT, M.RM_GOLD_CORRELATION],
+              "rm": [M.RM_ACCURACY, M.RM_GOLD_AGREEMENT, M.RM_GOLD_CORRELATION, M.RM_GOLD_PAIR_CORRELATION],
               "ppo": [M.PPO_REWARD_RM, M.PPO_KL_K1, M.PPO_KL_K3, M.PPO_KL_EXACT, M.GOLD_SCORE, M.PPO_RATIO_FIRST,
                       M.PPO_RESPONSE_LEN, M.PPO_EOS_RATE]}
     out = []
@@ -64,6 +64,11 @@ def headline_table(result: EvalResult, labels: dict[str, str], first_column: str
     return lines
 
 
+def gain_line(pair: str, gain: tuple[float, float], prompts: int) -> str:
+    mean, stderr = gain
+    return f"- Gold gain {pair}: {mean:+.3f} ± {stderr:.3f} (standard error over {prompts} prompts, paired samples)."
+
+
 def best_of_n_table(rows: list[dict[str, float]]) -> list[str]:
     return ["| n | gold score | RM score | KL = log n − (n−1)/n |", "|---|---|---|---|",
             *[f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |" for r in rows]]
@@ -88,6 +93,8 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
     for pair, rates in result.win_rates.items():
         lines.append(f"- Win rate {pair}: " + ", ".join(f"{fmt(v)} by the {'gold judge' if k == 'gold' else 'RM'}"
                                                          for k, v in rates.items()) + " (ties count half).")
+    lines += [gain_line(pair, gain, len(result.samples[pair.split(" vs ")[1]].prompts) // result.samples_per_prompt)
+              for pair, gain in result.gold_gains.items()]
     if result.best_of_n:
         lines += ["", "## Best-of-n from the SFT policy, reranked by the RM", "", *best_of_n_table(result.best_of_n)]
     lines += ["", "## Training (first → last logged value, from each stage's metrics.jsonl)", "",
@@ -97,10 +104,11 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
     warnings = health_summary(metrics.get("ppo", []))
     lines += [f"- {w}" for w in warnings] if warnings else ["No warnings: every rule of docs/ppo-health.md stayed quiet."]
     lines += ["", f"## Side by side (first {show} held-out prompts, one sample each)", ""]
+    k = result.samples_per_prompt
     names = list(result.samples)
     lines += ["| prompt | " + " | ".join(labels.get(n, n) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     first = result.samples[names[0]]
-    for i in range(min(show, len(first.prompts))):
+    for i in range(0, min(show * k, len(first.prompts)), k):
         cells = [_cell(first.prompts[i])] + [_cell(_with_gold(result.samples[n], i)) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     report = out_dir / "report.md"
@@ -122,7 +130,7 @@ def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], f
               ("rm", M.RM_ACCURACY, "RM held-out accuracy", "accuracy vs noisy labels", "step"),
               ("ppo", M.PPO_REWARD_RM, "PPO reward (normalised RM score)", "mean reward", "iteration"),
               ("ppo", M.PPO_KL_K1, "PPO KL to the reference", "KL (nats / sequence)", "iteration"),
-              ("ppo", M.GOLD_SCORE, "PPO held-out gold score (greedy)", "gold score [-1, 1]", "iteration"),
+              ("ppo", M.GOLD_SCORE, "PPO held-out gold score (sampled)", "gold score [-1, 1]", "iteration"),
               ("ppo", M.PPO_RESPONSE_LEN, "PPO response length", "tokens", "iteration")]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (stage, key, title, ylabel, xlabel) in zip(axes.flat, panels):
@@ -146,8 +154,13 @@ def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], f
     if result.best_of_n:
         ax.plot([math.sqrt(r["kl"]) for r in result.best_of_n], [r["gold"] for r in result.best_of_n], marker="o",
                 label="best-of-n from SFT (sampled; n = " + ", ".join(str(r["n"]) for r in result.best_of_n) + ")")
-    # Only sampled policies on the same held-out prompts: the base model (KL ~ tens of nats) would
-    # squash the axis, and the greedy gold logged during PPO is not comparable with sampled gold.
+    # PPO's checkpoints: the held-out gold it logs every ppo.eval_every iterations is sampled at the
+    # rollout temperature like the points below; its KL is k1 on that iteration's training prompts.
+    checkpoints = [(math.sqrt(max(r[M.PPO_KL_K1], 0.0)), r[M.GOLD_SCORE]) for r in metrics.get("ppo", [])
+                   if M.GOLD_SCORE in r and M.PPO_KL_K1 in r]
+    if checkpoints:
+        ax.plot(*zip(*checkpoints), marker=".", linestyle="--", label="PPO during training (every ppo.eval_every iterations)")
+    # The base model (KL ~ tens of nats) is left out: it would squash the axis.
     for name in frontier:
         m = result.metrics.get(name, {})
         if "kl" in m and "gold" in m:

@@ -68,7 +68,16 @@ def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int
             metrics[M.RM_GOLD_AGREEMENT] = (0.5 * (1 + rm_sign * gold_sign)).mean().item()
         rm_scores, gold_scores = torch.cat([chosen, rejected]), torch.cat([gold_c, gold_r])
         metrics[M.RM_GOLD_CORRELATION] = pearson(rm_scores, gold_scores)
+        metrics[M.RM_GOLD_PAIR_CORRELATION] = pair_correlation(chosen - rejected, gold_c - gold_r)
     return metrics, calibration(probabilities)
+
+
+def pair_correlation(rm_differences: torch.Tensor, gold_differences: torch.Tensor) -> float:
+    """Uncentred correlation of per-pair differences: swapping a pair's chosen and rejected flips
+    both signs and leaves it unchanged, so only the RM's ranking within each prompt counts."""
+    x, y = rm_differences.double(), gold_differences.double()
+    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:

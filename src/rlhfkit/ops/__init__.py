@@ -6,7 +6,7 @@ tensors shaped like the values they mask; see `rlhfkit.ops.logprobs` for the sha
 """
 
 from .gae import gae
-from .kl import KL_ESTIMATORS, kl_estimate, kl_exact, kl_k1, kl_k2, kl_k3, sequence_kl
+from .kl import KL_ESTIMATORS, k1_exact_z, kl_estimate, kl_exact, kl_k1, kl_k2, kl_k3, sequence_kl
 from .logprobs import (
     entropy_from_logits,
     logprobs_from_logits,
@@ -25,6 +25,7 @@ from .losses import (
 from .shaping import adaptive_kl_coef, kl_shaped_rewards
 
 __all__ = [
+    "k1_exact_z",
     "adaptive_kl_coef",
     "kl_shaped_rewards",
     "KL_ESTIMATORS",

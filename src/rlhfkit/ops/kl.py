@@ -25,6 +25,7 @@ __all__ = [
     "kl_exact",
     "kl_estimate",
     "sequence_kl",
+    "k1_exact_z",
     "KL_ESTIMATORS",
 ]
 
@@ -122,6 +123,25 @@ def kl_exact(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float 
     return (p * (logp - logq).masked_fill(p == 0, 0.0)).sum(dim=-1)
 
 
+def k1_exact_z(k1_rows: torch.Tensor, exact_rows: torch.Tensor) -> torch.Tensor:
+    """How many standard errors the sampled k1 sits from the exact KL on the same responses.
+
+        d[b] = k1_rows[b] - exact_rows[b];   z = mean(d) / (std(d) / sqrt(B))
+
+    Shapes: (B,), (B,) -> () scalar, B >= 2. Given the states a response visited, the sampled
+    token's k1 averages to that state's exact KL when the token came from the policy, so d has
+    mean 0 and z is about N(0, 1) however large the KL is. A warp at sampling (top-k, repetition
+    penalty, another temperature) biases k1 away from the exact value even while k1 stays
+    positive, and z grows with the batch. Identical rows (d all equal, e.g. at KL 0) give z = 0.
+    """
+    if k1_rows.shape != exact_rows.shape or k1_rows.dim() != 1 or k1_rows.shape[0] < 2:
+        raise ValueError(f"k1_exact_z needs two (B,) tensors with B >= 2, got {tuple(k1_rows.shape)} "
+                         f"and {tuple(exact_rows.shape)}")
+    d = k1_rows.double() - exact_rows.double()
+    stderr = d.std() / math.sqrt(d.shape[0])
+    return torch.where(stderr > 0, d.mean() / stderr.clamp(min=1e-300), torch.zeros((), dtype=d.dtype))
+
+
 # ---------------------------------------------------------------- naive references
 
 
@@ -166,3 +186,12 @@ def kl_exact_reference(
                 total += p * math.log(p / q)
         out.append(total)
     return torch.tensor(out, dtype=torch.float64).reshape(logits.shape[:-1])
+
+
+def k1_exact_z_reference(k1_rows: torch.Tensor, exact_rows: torch.Tensor) -> float:
+    """Naive reference: a one-sample t statistic of the differences, with Python floats."""
+    d = [a - b for a, b in zip(k1_rows.double().tolist(), exact_rows.double().tolist())]
+    n = len(d)
+    mean = sum(d) / n
+    variance = sum((x - mean) ** 2 for x in d) / (n - 1)
+    return 0.0 if variance == 0 else mean / math.sqrt(variance / n)

@@ -21,10 +21,18 @@ RM_LOSS = "rm/loss"
 RM_ECE = "rm/ece"
 RM_GOLD_AGREEMENT = "rm/gold_agreement"
 RM_GOLD_CORRELATION = "rm/gold_correlation"
+"""Pearson correlation of RM and gold scores over every held-out response, pooled across prompts."""
+RM_GOLD_PAIR_CORRELATION = "rm/gold_pair_correlation"
+"""Correlation of RM and gold score *differences* within each held-out pair. A Bradley-Terry RM is
+only defined up to a constant per prompt, which the pooled number counts against it; PPO's
+advantages only use differences between responses to one prompt, which this one measures."""
 
 PPO_KL_K1 = "ppo/kl_k1"
 PPO_KL_K3 = "ppo/kl_k3"
 PPO_KL_EXACT = "ppo/kl_exact"
+PPO_KL_K1_Z = "ppo/kl_k1_z"
+"""(k1 - exact KL) in standard errors, on the rows whose exact KL is computed (ops.k1_exact_z):
+about N(0, 1) when responses are sampled from the scored distribution, whatever the KL."""
 PPO_ENTROPY = "ppo/entropy"
 PPO_CLIPFRAC = "ppo/clipfrac"
 PPO_APPROX_KL = "ppo/approx_kl"

@@ -144,7 +144,8 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
     tokenizer = policies["sft"][1]
     prompts, references = prompts_and_references(rows, source, plan.ppo.data.template, tokenizer)
     settings = EvalSettings(max_new_tokens=plan.ppo.rollout.max_new_tokens, temperature=plan.ppo.rollout.temperature,
-                            best_of_n=cfg.eval.best_of_n, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed)
+                            best_of_n=cfg.eval.best_of_n, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
+                            samples_per_prompt=cfg.eval.samples_per_prompt)
     reward_fn = load_reward(str(plan.root / "rm"), normalize=plan.ppo.ppo.normalize_reward)
     bar = progress_bar(eval_sample_count(len(prompts), len(policies), settings, "sft", reward_fn), 0, "eval samples",
                        plan.ppo.run.progress)
@@ -154,12 +155,16 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
     metrics = {s: read_metrics(plan.root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo")
                if (plan.root / s / "metrics.jsonl").is_file()}
     atomic_write_text(plan.root / "eval.json", json.dumps({
-        "prompts": len(prompts), "source": source, "temperature": settings.temperature,
-        "metrics": result.metrics, "win_rates": result.win_rates, "best_of_n": result.best_of_n}, indent=1))
+        "prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt, "source": source,
+        "temperature": settings.temperature,
+        "metrics": result.metrics, "win_rates": result.win_rates,
+        "gold_gains": {pair: {"mean": m, "stderr": se} for pair, (m, se) in result.gold_gains.items()},
+        "best_of_n": result.best_of_n}, indent=1))
     prefs = json.loads((plan.root / "prefs.json").read_text()) if (plan.root / "prefs.json").is_file() else {}
     facts = [
         f"Base model `{plan.sft.model.name}`; SFT, RM and PPO in `{plan.root}/`; held-out prompts: {len(prompts)} "
-        f"from `{source}` (test split), one sample each at T = {settings.temperature}, "
+        f"from `{source}` (test split), {_samples(settings.samples_per_prompt)} each per policy at T = "
+        f"{settings.temperature} (the same random numbers for every policy), "
         f"at most {settings.max_new_tokens} new tokens.",
         f"Preference pairs: {prefs.get('pairs', '?')} (labeller temperature {plan.prefs.noise_temperature}; label "
         f"agreement with the noiseless judge {_fmt(prefs.get('label_agreement'))}, expected ceiling "
@@ -174,6 +179,10 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
                           frontier=("sft", "ppo"))
     print(f"rlhfkit pipeline: report: {report}", flush=True)
     return report
+
+
+def _samples(k: int) -> str:
+    return "one sample" if k == 1 else f"{k} samples"
 
 
 def _fmt(value) -> str:

@@ -8,7 +8,6 @@ batch's statistics, so N x b trains like 1 x N*b. Rank 0 alone logs, evaluates a
 from __future__ import annotations
 
 import contextlib
-import io
 import random
 import time
 
@@ -20,7 +19,7 @@ from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
+from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.evaluate.health import health_warnings
 from rlhfkit.evaluate.text import is_builtin
 from rlhfkit.models import load_causal_lm
@@ -29,6 +28,7 @@ from rlhfkit.ops import (
     entropy_from_logits,
     explained_variance,
     gae,
+    k1_exact_z,
     kl_exact,
     kl_k1,
     kl_k3,
@@ -214,11 +214,15 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
                             iteration, ctx.guard)
         # 6. diagnostics (design §2 names), over the global batch
         old_lp, ref_lp = everyone(old["logprobs"]), everyone(ref["logprobs"])
+        exact_rows = exact_kl(old["logits"], ref["logits"], mask, r.temperature, p.kl_exact_rows)
+        # k1 on the same rows as the exact KL, to test the estimator for bias (each process's first rows)
+        k1_rows = masked_sum(kl_k1(old["logprobs"], ref["logprobs"]), mask, dim=-1)[: exact_rows.shape[0]]
+        exact_rows, k1_rows = everyone(exact_rows), everyone(k1_rows)
         stats = {
             **update,
             M.PPO_KL_K1: masked_sum(kl_k1(old_lp, ref_lp), all_mask, dim=-1).mean().item(),
             M.PPO_KL_K3: masked_sum(kl_k3(old_lp, ref_lp), all_mask, dim=-1).mean().item(),
-            M.PPO_KL_EXACT: everyone(exact_kl(old["logits"], ref["logits"], mask, r.temperature, p.kl_exact_rows)).mean().item(),
+            M.PPO_KL_EXACT: exact_rows.mean().item(),
             M.PPO_ENTROPY: masked_mean(everyone(entropy_from_logits(old["logits"], r.temperature)), all_mask).item(),
             M.PPO_VALUE_EXPLAINED_VAR: explained_variance(everyone(old["values"]), everyone(returns), all_mask).item(),
             M.PPO_REWARD_RM: everyone(raw_scores).mean().item(),
@@ -229,6 +233,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             M.SKIPPED_STEPS: ctx.guard.skipped,
             M.PPO_SECONDS: time.perf_counter() - started,
         }
+        if exact_rows.shape[0] >= 2:
+            stats[M.PPO_KL_K1_Z] = k1_exact_z(k1_rows, exact_rows).item()
         if p.target_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, r.batch_size * world)
         done = iteration + 1
@@ -369,10 +375,22 @@ def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
     return masked_sum(per_token, mask[:rows], dim=-1)
 
 
-def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig) -> float:
-    prompts, references = prompts_and_references(eval_rows, cfg.data.eval_source or cfg.data.source,
-                                                  cfg.data.template, tokenizer)
-    with contextlib.redirect_stdout(io.StringIO()):
-        metrics, _ = completion_metrics(policy, tokenizer, prompts, references, cfg.rollout.max_new_tokens, gold=True,
-                                        batch_size=64)
-    return metrics[M.GOLD_SCORE]
+def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, batch_size: int = 64) -> float:
+    """Mean gold score of one sample per held-out prompt at the rollout temperature: the policy PPO
+    optimises is the sampling distribution, and its reward is measured on samples, so gold is too
+    (greedy decoding can get worse while every sample gets better). Every eval reuses the same
+    sampling noise (negative seeds: never a training row's), so a change between evals is the
+    policy's, not the draw's."""
+    from rlhfkit.tasks import gold_score
+
+    r = cfg.rollout
+    prompts, _ = prompts_and_references(eval_rows, cfg.data.eval_source or cfg.data.source, cfg.data.template,
+                                        tokenizer)
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        noise = row_noise(-(cfg.train.seed + 1), range(start, start + len(chunk)), r.max_new_tokens)
+        rollout = sample_prompts(policy, tokenizer, chunk, r.max_new_tokens, r.temperature, noise=noise)
+        responses = decode_responses(tokenizer, rollout)
+        scores += [gold_score(p, text, finished=f) for p, text, f in zip(chunk, responses, rollout.finished.tolist())]
+    return sum(scores) / len(scores)
