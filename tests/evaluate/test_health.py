@@ -25,10 +25,14 @@ def test_each_symptom_names_its_rule_and_knob():
 
 
 def test_reward_hacking_needs_reward_up_and_gold_flat_or_down():
-    evals = [{**HEALTHY, M.PPO_REWARD_RM: 0.1 * i, M.GOLD_SCORE: 0.5 - 0.05 * i} for i in range(4)]
+    evals = [{**HEALTHY, M.PPO_REWARD_RM: 0.15 * i, M.GOLD_SCORE: 0.5 - 0.05 * i} for i in range(4)]
     assert kinds(evals) == {"reward-hacking"}
     honest = [{**HEALTHY, M.PPO_REWARD_RM: 0.1 * i, M.GOLD_SCORE: 0.5 + 0.05 * i} for i in range(4)]
     assert kinds(honest) == set()
+    # One noisy eval below the start is not a trend; a second one is.
+    dip = [{**HEALTHY, M.PPO_REWARD_RM: 0.3 * i, M.GOLD_SCORE: g} for i, g in enumerate((0.80, 0.88, 0.78))]
+    assert kinds(dip) == set()
+    assert kinds(dip + [{**HEALTHY, M.PPO_REWARD_RM: 0.9, M.GOLD_SCORE: 0.81}]) == {"reward-hacking"}
 
 
 def test_kl_estimator_bias_fires_on_a_lasting_offset_not_on_noise():

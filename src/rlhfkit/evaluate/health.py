@@ -61,14 +61,15 @@ def health_warnings(history: list[dict], window: int = 5) -> list[str]:
             "becoming deterministic. Raise ppo.kl_coef or lower train.lr."
         )
     gold = [r for r in history if M.GOLD_SCORE in r and M.PPO_REWARD_RM in r]
-    if len(gold) >= 3:
-        reward_gain = gold[-1][M.PPO_REWARD_RM] - gold[0][M.PPO_REWARD_RM]
-        gold_gain = gold[-1][M.GOLD_SCORE] - gold[0][M.GOLD_SCORE]
-        # "Flat" allows a little eval noise (64 greedy prompts move by a few hundredths).
-        if reward_gain > 0.2 and gold_gain < 0.05:
-            warnings.append(
-                f"reward-hacking: the reward rose by {reward_gain:.2f} since the first eval while the held-out gold "
-                f"score moved by {gold_gain:+.3f}; the policy exploits the reward model. Raise ppo.kl_coef, set "
-                "ppo.target_kl, or stop at the best checkpoint."
-            )
+    # "Flat" allows a little eval noise (each eval samples the same prompts with the same random
+    # numbers, yet ~32 prompts still move by a few hundredths), and one dip is not a trend: the
+    # symptom must hold at the last two evals.
+    gains = [(r[M.PPO_REWARD_RM] - gold[0][M.PPO_REWARD_RM], r[M.GOLD_SCORE] - gold[0][M.GOLD_SCORE]) for r in gold[-2:]]
+    if len(gold) >= 3 and all(reward_gain > 0.2 and gold_gain < 0.05 for reward_gain, gold_gain in gains):
+        reward_gain, gold_gain = gains[-1]
+        warnings.append(
+            f"reward-hacking: the reward rose by {reward_gain:.2f} since the first eval while the held-out gold "
+            f"score moved by {gold_gain:+.3f} (and by {gains[0][1]:+.3f} at the eval before); the policy exploits "
+            "the reward model. Raise ppo.kl_coef, set ppo.target_kl, or stop at the best checkpoint."
+        )
     return warnings
