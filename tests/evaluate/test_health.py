@@ -29,10 +29,17 @@ def test_reward_hacking_needs_reward_up_and_gold_flat_or_down():
     assert kinds(evals) == {"reward-hacking"}
     honest = [{**HEALTHY, M.PPO_REWARD_RM: 0.1 * i, M.GOLD_SCORE: 0.5 + 0.05 * i} for i in range(4)]
     assert kinds(honest) == set()
-    # One noisy eval below the start is not a trend; a second one is.
-    dip = [{**HEALTHY, M.PPO_REWARD_RM: 0.3 * i, M.GOLD_SCORE: g} for i, g in enumerate((0.80, 0.88, 0.78))]
-    assert kinds(dip) == set()
-    assert kinds(dip + [{**HEALTHY, M.PPO_REWARD_RM: 0.9, M.GOLD_SCORE: 0.81}]) == {"reward-hacking"}
+    # A small eval's gain is uncertain: flat within two standard errors of +0.05 is not flagged.
+    noisy = [{**HEALTHY, M.PPO_REWARD_RM: 0.3 * i, M.GOLD_SCORE: 0.80 + 0.01 * i, M.GOLD_GAIN_STDERR: 0.04}
+             for i in range(3)]
+    assert kinds(noisy) == set()
+    precise = [{**r, M.GOLD_GAIN_STDERR: 0.005} for r in noisy]
+    assert kinds(precise) == {"reward-hacking"}
+    # Over-optimisation past a peak: gold rose, then fell back while the reward kept rising.
+    peak = [{**HEALTHY, M.PPO_REWARD_RM: r, M.GOLD_SCORE: g, M.GOLD_GAIN_STDERR: 0.037}
+            for r, g in ((0.37, 0.21), (0.52, 0.31), (0.73, 0.23))]
+    assert kinds(peak) == {"reward-hacking"}
+    assert kinds(peak[:2] + [{**peak[2], M.GOLD_SCORE: 0.29}]) == set()  # a dip within the noise
 
 
 def test_kl_estimator_bias_fires_on_a_lasting_offset_not_on_noise():

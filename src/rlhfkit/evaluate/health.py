@@ -61,15 +61,23 @@ def health_warnings(history: list[dict], window: int = 5) -> list[str]:
             "becoming deterministic. Raise ppo.kl_coef or lower train.lr."
         )
     gold = [r for r in history if M.GOLD_SCORE in r and M.PPO_REWARD_RM in r]
-    # "Flat" allows a little eval noise (each eval samples the same prompts with the same random
-    # numbers, yet ~32 prompts still move by a few hundredths), and one dip is not a trend: the
-    # symptom must hold at the last two evals.
-    gains = [(r[M.PPO_REWARD_RM] - gold[0][M.PPO_REWARD_RM], r[M.GOLD_SCORE] - gold[0][M.GOLD_SCORE]) for r in gold[-2:]]
-    if len(gold) >= 3 and all(reward_gain > 0.2 and gold_gain < 0.05 for reward_gain, gold_gain in gains):
-        reward_gain, gold_gain = gains[-1]
-        warnings.append(
-            f"reward-hacking: the reward rose by {reward_gain:.2f} since the first eval while the held-out gold "
-            f"score moved by {gold_gain:+.3f} (and by {gains[0][1]:+.3f} at the eval before); the policy exploits "
-            "the reward model. Raise ppo.kl_coef, set ppo.target_kl, or stop at the best checkpoint."
-        )
+    if len(gold) >= 3:
+        now_gold, first_gold = gold[-1], gold[0]
+        best = max(gold, key=lambda r: r[M.GOLD_SCORE])
+        # Noise allowance: a small eval (~30 prompts) moves by several hundredths from sampling alone,
+        # so each comparison must hold at two standard errors (gold/gain_stderr, paired by prompt).
+        noise = 2 * now_gold.get(M.GOLD_GAIN_STDERR, 0.0)
+        reward_gain = now_gold[M.PPO_REWARD_RM] - first_gold[M.PPO_REWARD_RM]
+        gold_gain = now_gold[M.GOLD_SCORE] - first_gold[M.GOLD_SCORE]
+        flat = reward_gain > 0.2 and gold_gain + noise < 0.05
+        # Gao et al. 2022's picture: gold peaks, then falls while the reward keeps rising.
+        past_peak = (now_gold[M.PPO_REWARD_RM] - best[M.PPO_REWARD_RM] > 0.2
+                     and best[M.GOLD_SCORE] - now_gold[M.GOLD_SCORE] > max(noise, 0.05))
+        if flat or past_peak:
+            warnings.append(
+                f"reward-hacking: the reward rose by {reward_gain:.2f} since the first eval while the held-out gold "
+                f"score moved by {gold_gain:+.3f} (± {noise / 2:.3f}; {best[M.GOLD_SCORE] - now_gold[M.GOLD_SCORE]:.3f} "
+                "below its best eval); the policy exploits the reward model. Raise ppo.kl_coef, set "
+                "ppo.target_kl, or stop at the best checkpoint."
+            )
     return warnings

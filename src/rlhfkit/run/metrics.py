@@ -14,6 +14,9 @@ EVAL_BLEU = "eval/bleu"
 EVAL_EOS_RATE = "eval/eos_rate"
 EVAL_RESPONSE_LEN = "eval/response_len"
 GOLD_SCORE = "gold/score"
+GOLD_GAIN_STDERR = "gold/gain_stderr"
+"""PPO: standard error of gold/score minus the run's first gold/score, paired by prompt (same prompts,
+same sampling noise at every eval); the health check's reward-hacking rule allows for it."""
 
 RM_ACCURACY = "rm/accuracy"
 RM_MARGIN = "rm/margin"

@@ -19,6 +19,7 @@ from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
 from rlhfkit.errors import ConfigError
+from rlhfkit.evaluate.compare import paired_gain
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.evaluate.health import health_warnings
 from rlhfkit.evaluate.text import is_builtin
@@ -184,7 +185,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     for iteration in range(start, p.iterations):
         # The run's first gold/score is measured before any update: the starting (SFT) policy's.
         first_eval = eval_rows and iteration == start and ctx.is_main
-        gold_before = held_out_gold(net.policy, tokenizer, eval_rows, cfg) if first_eval else None
+        if first_eval:
+            gold_first = held_out_gold(net.policy, tokenizer, eval_rows, cfg)  # per prompt: the paired baseline
         started = time.perf_counter()
         # 1. rollout: prompts and each row's sampling noise are pure functions of (seed, iteration,
         # global row), so resume needs no data state and N processes x b sample what 1 x N*b does.
@@ -238,10 +240,12 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         if p.target_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, r.batch_size * world)
         done = iteration + 1
-        if gold_before is not None:
-            stats[M.GOLD_SCORE] = gold_before
+        if first_eval:
+            stats[M.GOLD_SCORE] = sum(gold_first) / len(gold_first)
         elif eval_rows and ctx.is_main and (done % p.eval_every == 0 or done == p.iterations):
-            stats[M.GOLD_SCORE] = held_out_gold(net.policy, tokenizer, eval_rows, cfg)
+            gold = held_out_gold(net.policy, tokenizer, eval_rows, cfg)
+            stats[M.GOLD_SCORE] = sum(gold) / len(gold)
+            stats[M.GOLD_GAIN_STDERR] = paired_gain(gold, gold_first, k=1)[1]
         ctx.logger.log(done, stats)
         # 7. health check: symptoms -> warnings naming the cause and the config key (rank 0 reports)
         history.append(stats)
@@ -375,8 +379,8 @@ def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
     return masked_sum(per_token, mask[:rows], dim=-1)
 
 
-def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, batch_size: int = 64) -> float:
-    """Mean gold score of one sample per held-out prompt at the rollout temperature: the policy PPO
+def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, batch_size: int = 64) -> list[float]:
+    """Gold score of one sample per held-out prompt at the rollout temperature: the policy PPO
     optimises is the sampling distribution, and its reward is measured on samples, so gold is too
     (greedy decoding can get worse while every sample gets better). Every eval reuses the same
     sampling noise (negative seeds: never a training row's), so a change between evals is the
@@ -393,4 +397,4 @@ def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, batc
         rollout = sample_prompts(policy, tokenizer, chunk, r.max_new_tokens, r.temperature, noise=noise)
         responses = decode_responses(tokenizer, rollout)
         scores += [gold_score(p, text, finished=f) for p, text, f in zip(chunk, responses, rollout.finished.tolist())]
-    return sum(scores) / len(scores)
+    return scores
