@@ -92,7 +92,7 @@ def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]
              *headline_table(result, {}, first_column="model")]
     for pair, rates in result.win_rates.items():
         lines.append(f"- win rate {pair}: " + ", ".join(f"{k} {fmt(v)}" for k, v in rates.items()))
-    lines += [gain_line(pair, gain, len(prompts)) for pair, gain in result.gold_gains.items()]
+    lines += [gain_line(pair, gain, result.n_prompts) for pair, gain in result.gold_gains.items()]
     if result.best_of_n:
         lines += ["", f"Best-of-n from {args.reference}, reranked by {args.reward}:", "", *best_of_n_table(result.best_of_n)]
     return lines

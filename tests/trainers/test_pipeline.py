@@ -128,7 +128,7 @@ def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
     reward = lambda p, r: __import__("torch").tensor([float(len(x)) for x in r])  # noqa: E731
     result = compare_policies({"sft": policy, "copy": copy}, "sft", prompts, [["x"]] * 5, settings, gold=True,
                               reward_fn=reward)
-    assert result.samples_per_prompt == 3
+    assert result.samples_per_prompt == 3 and result.n_prompts == 5
     assert result.samples["sft"].prompts == [p for p in prompts for _ in range(3)]
     # The same random numbers for every policy: an identical policy draws identical samples.
     assert result.samples["copy"].responses == result.samples["sft"].responses

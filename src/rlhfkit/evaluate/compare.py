@@ -16,7 +16,7 @@ import torch
 
 from rlhfkit.evaluate.text import bleu
 from rlhfkit.ops import masked_sum
-from rlhfkit.rollout.ppo import decode_responses, sample_prompts, score
+from rlhfkit.rollout.ppo import decode_responses, row_noise, sample_prompts, score
 
 
 @dataclass
@@ -47,16 +47,23 @@ class EvalResult:
     gold_gains: dict[str, tuple[float, float]] = field(default_factory=dict)
     """"A vs B" -> (mean gold of A minus B, its standard error over prompts), from paired samples."""
 
+    @property
+    def n_prompts(self) -> int:
+        """Distinct prompts every policy was sampled on."""
+        return len(next(iter(self.samples.values())).prompts) // self.samples_per_prompt if self.samples else 0
+
 
 @torch.no_grad()
 def sample_policy(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, n: int = 1,
-                  batch_size: int = 64, reference=None, progress=None) -> PolicySamples:
-    """n samples per prompt; with `reference`, the per-sample k1 KL to it."""
+                  batch_size: int = 64, reference=None, progress=None, noise_seed: int | None = None) -> PolicySamples:
+    """n samples per prompt; with `reference`, the per-sample k1 KL to it. With `noise_seed`, row g's
+    sampling noise is row_noise(noise_seed, g): the same draws on every call, whatever the batching."""
     rows = [p for p in prompts for _ in range(n)]
     out = PolicySamples(rows, [], [], [], kl=[] if reference is not None else None)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        rollout = sample_prompts(model, tokenizer, chunk, max_new_tokens, temperature)
+        noise = None if noise_seed is None else row_noise(noise_seed, range(start, start + len(chunk)), max_new_tokens)
+        rollout = sample_prompts(model, tokenizer, chunk, max_new_tokens, temperature, noise=noise)
         out.responses += decode_responses(tokenizer, rollout)
         out.finished += rollout.finished.tolist()
         out.lengths += rollout.response_lengths.tolist()

@@ -93,8 +93,7 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
     for pair, rates in result.win_rates.items():
         lines.append(f"- Win rate {pair}: " + ", ".join(f"{fmt(v)} by the {'gold judge' if k == 'gold' else 'RM'}"
                                                          for k, v in rates.items()) + " (ties count half).")
-    lines += [gain_line(pair, gain, len(result.samples[pair.split(" vs ")[1]].prompts) // result.samples_per_prompt)
-              for pair, gain in result.gold_gains.items()]
+    lines += [gain_line(pair, gain, result.n_prompts) for pair, gain in result.gold_gains.items()]
     if result.best_of_n:
         lines += ["", "## Best-of-n from the SFT policy, reranked by the RM", "", *best_of_n_table(result.best_of_n)]
     lines += ["", "## Training (first → last logged value, from each stage's metrics.jsonl)", "",

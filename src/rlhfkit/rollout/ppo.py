@@ -168,6 +168,11 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
     return result
 
 
+def row_noise(seed: int, rows: range, steps: int) -> torch.Tensor:
+    """(len(rows), steps) sampling uniforms for `sample`; row g's are a pure function of (seed, g)."""
+    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(seed * 100_003 + g)) for g in rows])
+
+
 def sample_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
                    top_k: int = 0, repetition_penalty: float = 1.0, noise: torch.Tensor | None = None) -> Rollout:
     """Tokenise and left-pad text prompts, then `sample`: the rollout PPO trains on and eval measures."""

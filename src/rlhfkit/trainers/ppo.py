@@ -19,7 +19,7 @@ from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.compare import paired_gain
+from rlhfkit.evaluate.compare import add_scores, paired_gain, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.evaluate.health import health_warnings
 from rlhfkit.evaluate.text import is_builtin
@@ -42,7 +42,7 @@ from rlhfkit.ops import (
     ppo_value_loss,
 )
 from rlhfkit.rewards import is_function_reward, load_reward, reward_normalisation, same_tokenizer
-from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, sample_prompts, score
+from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, sample_prompts, score
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.common import (
     NonFiniteGuard,
@@ -215,15 +215,14 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         update = ppo_update(ctx, model, optimizer, scheduler, rollout, old, advantages, returns, all_mask, ptx, cfg,
                             iteration, ctx.guard)
         # 6. diagnostics (design §2 names), over the global batch
-        old_lp, ref_lp = everyone(old["logprobs"]), everyone(ref["logprobs"])
-        exact_rows = exact_kl(old["logits"], ref["logits"], mask, r.temperature, p.kl_exact_rows)
-        # k1 on the same rows as the exact KL, to test the estimator for bias (each process's first rows)
-        k1_rows = masked_sum(kl_k1(old["logprobs"], ref["logprobs"]), mask, dim=-1)[: exact_rows.shape[0]]
-        exact_rows, k1_rows = everyone(exact_rows), everyone(k1_rows)
+        k1_local = masked_sum(kl_k1(old["logprobs"], ref["logprobs"]), mask, dim=-1)  # (b,) sequence KLs
+        exact_local = exact_kl(old["logits"], ref["logits"], mask, r.temperature, p.kl_exact_rows)
+        # k1 on the same rows as the exact KL (each process's first rows), to test the estimator for bias
+        k1_rows, exact_rows = everyone(k1_local[: exact_local.shape[0]]), everyone(exact_local)
         stats = {
             **update,
-            M.PPO_KL_K1: masked_sum(kl_k1(old_lp, ref_lp), all_mask, dim=-1).mean().item(),
-            M.PPO_KL_K3: masked_sum(kl_k3(old_lp, ref_lp), all_mask, dim=-1).mean().item(),
+            M.PPO_KL_K1: everyone(k1_local).mean().item(),
+            M.PPO_KL_K3: everyone(masked_sum(kl_k3(old["logprobs"], ref["logprobs"]), mask, dim=-1)).mean().item(),
             M.PPO_KL_EXACT: exact_rows.mean().item(),
             M.PPO_ENTROPY: masked_mean(everyone(entropy_from_logits(old["logits"], r.temperature)), all_mask).item(),
             M.PPO_VALUE_EXPLAINED_VAR: explained_variance(everyone(old["values"]), everyone(returns), all_mask).item(),
@@ -283,11 +282,6 @@ def check_replicas_agree(ctx, net: torch.nn.Module) -> None:
               flush=True)
 
 
-def row_noise(seed: int, rows: range, steps: int) -> torch.Tensor:
-    """(len(rows), steps) sampling uniforms; row g's are a pure function of (seed, g)."""
-    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(seed * 100_003 + g)) for g in rows])
-
-
 def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], noise: torch.Tensor, cfg: PPOConfig) -> Rollout:
     r = cfg.rollout
     return sample_prompts(model.policy, tokenizer, prompts, r.max_new_tokens, r.temperature, top_k=r.top_k,
@@ -327,13 +321,13 @@ def ppo_update(ctx, model, optimizer, scheduler, rollout: Rollout, old: dict, ad
     for update, chunk in enumerate(chunks):
         rows = chunk[(chunk >= rank * local) & (chunk < (rank + 1) * local)] - rank * local
         # A process with no rows in this minibatch still joins the gradient sum: one row, weight 0.
-        part = rollout.rows(rows if len(rows) else torch.tensor([0]))
+        index = rows if len(rows) else torch.tensor([0])
+        part = rollout.rows(index)
         share = part.response_mask.sum().item() / max(all_mask[chunk].sum().item(), 1) if len(rows) else 0.0
         ptx_batch, ptx_share = (None, 0.0)
         if ptx is not None:
             ptx_batch, ptx_share = ptx_minibatch(ctx, ptx, iteration * len(chunks) + update, cfg, pad_token_id)
         new = model(part, cfg.rollout.temperature, ptx_batch)
-        index = rows if len(rows) else torch.tensor([0])
         pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old["logprobs"][index], advantages[index],
                                             part.response_mask, p.clip_range)
         vf_loss, vf_stats = ppo_value_loss(new["values"], old["values"][index], returns[index], part.response_mask,
@@ -385,16 +379,9 @@ def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, batc
     (greedy decoding can get worse while every sample gets better). Every eval reuses the same
     sampling noise (negative seeds: never a training row's), so a change between evals is the
     policy's, not the draw's."""
-    from rlhfkit.tasks import gold_score
-
-    r = cfg.rollout
     prompts, _ = prompts_and_references(eval_rows, cfg.data.eval_source or cfg.data.source, cfg.data.template,
                                         tokenizer)
-    scores = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        noise = row_noise(-(cfg.train.seed + 1), range(start, start + len(chunk)), r.max_new_tokens)
-        rollout = sample_prompts(policy, tokenizer, chunk, r.max_new_tokens, r.temperature, noise=noise)
-        responses = decode_responses(tokenizer, rollout)
-        scores += [gold_score(p, text, finished=f) for p, text, f in zip(chunk, responses, rollout.finished.tolist())]
-    return scores
+    samples = sample_policy(policy, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                            batch_size=batch_size, noise_seed=-(cfg.train.seed + 1))
+    add_scores(samples, gold=True, reward_fn=None)
+    return samples.gold
