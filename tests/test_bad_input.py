@@ -220,7 +220,7 @@ CASES = [
          "cannot write checkpoint step-1", patch=lambda mp: mp.setattr("rlhfkit.run.checkpoint.save_file", disk_full),
          new_files=True),
     Case("full disk while writing final/", lambda t: [*SFT, "train.max_steps=1"], "cannot write",
-         patch=lambda mp: mp.setattr("rlhfkit.trainers.common.atomic_dir", _failing_atomic_dir), new_files=True),
+         patch=lambda mp: mp.setattr("rlhfkit.trainers.final.atomic_dir", _failing_atomic_dir), new_files=True),
     Case("full disk while appending to metrics.jsonl", lambda t: [*SFT], "metrics.jsonl: No space left on device",
          patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False), new_files=True),
 ]

@@ -106,11 +106,11 @@ def test_steady_excludes_warmup_steps(run):
 
 
 def test_bench_command_runs_the_repository_runner(monkeypatch):
-    from rlhfkit import commands
+    from rlhfkit import cli
 
     calls = []
-    monkeypatch.setattr(commands.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    from rlhfkit.cli import main
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    main = cli.main
 
     assert main(["bench", "--shapes", "gpt2-tiny", "--trl-python", "none"]) == 0
     assert calls[0][1] == str(BENCH / "run.py")

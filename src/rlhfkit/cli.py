@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import subprocess
 import sys
+from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-# stage -> (module, training function, what final/ holds); imported lazily so --help stays fast.
-TRAINERS = {
-    "sft": ("rlhfkit.trainers.sft", "train_sft", "model"),
-    "rm": ("rlhfkit.trainers.rm", "train_rm", "reward model"),
-    "ppo": ("rlhfkit.trainers.ppo", "train_ppo", "policy"),
-}
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints its usage block before an error; ours is one line, like every other error."""
@@ -87,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         # Everything after `bench` belongs to benchmarks/run.py, which parses (and documents) it.
-        from rlhfkit.commands import bench_command
-
         return bench_command(argv[1:])
     parser = build_parser()
     # `--overwrite` may sit between overrides (`... --overwrite train.lr=1e-4`); argparse alone
@@ -98,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _quiet_libraries()
     try:
         return _dispatch(args)
     except RlhfkitError as e:
@@ -116,60 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
-    # Our own progress bar and one-line messages are the interface; transformers' per-load bars
-    # ("Loading weights", "Writing model shards") would bury them.
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def _dispatch(args) -> int:
-    if args.command in TRAINERS:
-        import importlib
+    # start-up: the commands load torch, transformers and every trainer (about 5 s, measured);
+    # parsing, --help and argument errors stay instant without them.
+    from rlhfkit import commands
 
-        from rlhfkit.config import STAGE_CONFIGS, load_config
+    commands.quiet_libraries()
+    return commands.COMMANDS[args.command](args)
 
-        module, function, what = TRAINERS[args.command]
-        train = getattr(importlib.import_module(module), function)
-        cfg = load_config(STAGE_CONFIGS[args.command], args.config, args.overrides)
-        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-        print(f"rlhfkit {args.command}: done; {what} in {result.final}")
-        return 0
-    if args.command == "pipeline":
-        from rlhfkit.config import PipelineConfig, load_config
-        from rlhfkit.trainers.pipeline import run_pipeline, split_overrides
 
-        cfg = load_config(PipelineConfig, args.config, split_overrides(args.overrides)[0])
-        report = run_pipeline(cfg, args.config, args.overrides, overwrite=args.overwrite)
-        print(f"rlhfkit pipeline: done; report in {report}")
-        return 0
-    if args.command == "data":
-        from rlhfkit.config import PrefsConfig, load_config
-        from rlhfkit.trainers.prefs import format_summary, make_preferences
-
-        cfg = load_config(PrefsConfig, args.config, args.overrides)
-        summary = make_preferences(cfg)
-        print(f"rlhfkit data prefs: wrote {cfg.out}: {format_summary(summary)}")
-        return 0
-    if args.command == "generate":
-        from rlhfkit.commands import generate_command
-
-        return generate_command(args)
-    if args.command == "eval":
-        from rlhfkit.commands import eval_command
-
-        return eval_command(args)
-    if args.command == "tiny-model":
-        from rlhfkit.models.tiny import build_tiny_model
-
-        print(f"rlhfkit tiny-model: wrote {build_tiny_model(args.out, seed=args.seed)}")
-        return 0
-    raise AssertionError(args.command)  # argparse only lets known commands through
+def bench_command(rest: list[str]) -> int:
+    """Run the repository's benchmarks/run.py. The benchmarks stay out of the package: TRL, what
+    they compare against, must never become a dependency of rlhfkit."""
+    runner = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    if not runner.is_file():
+        print("rlhfkit bench: the benchmark runner is part of the source repository, not the package: "
+              "in a checkout, run `python benchmarks/run.py` (see docs/benchmarks.md)", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(runner), *rest])
 
 
 if __name__ == "__main__":

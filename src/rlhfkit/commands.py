@@ -1,22 +1,41 @@
-"""`rlhfkit generate`, `rlhfkit eval` (load models by any name, compare them on held-out prompts), `rlhfkit bench`."""
+"""What each `rlhfkit` command does once its arguments are parsed (cli.py parses and dispatches):
+train a stage, run the pipeline, make preference pairs, generate, evaluate, build the tiny model."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-from pathlib import Path
+import os
 
 import torch
+from transformers.utils import logging as hf_logging
 
-from rlhfkit.config import ModelConfig
+from rlhfkit.atomic import atomic_write_text
+from rlhfkit.config import (
+    ModelConfig,
+    PipelineConfig,
+    PPOConfig,
+    PrefsConfig,
+    RMConfig,
+    SFTConfig,
+    load_config,
+)
 from rlhfkit.data import load_rows, render_prompt, tokenize_sft
+from rlhfkit.data.labelling import format_summary, make_preferences
+from rlhfkit.data.sources import is_builtin
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.evaluate.compare import EvalSettings, compare_policies
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
 from rlhfkit.evaluate.loss import held_out_loss
-from rlhfkit.evaluate.text import is_builtin
+from rlhfkit.evaluate.report import best_of_n_table, fmt, gain_line, headline_table
 from rlhfkit.models import load_causal_lm
+from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
+from rlhfkit.trainers.pipeline import run_pipeline, split_overrides
+from rlhfkit.trainers.ppo import train_ppo
+from rlhfkit.trainers.rm import train_rm
+from rlhfkit.trainers.sft import train_sft
 
 
 def _load(name: str):
@@ -61,7 +80,6 @@ def eval_command(args) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        from rlhfkit.atomic import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     return 0
@@ -70,10 +88,6 @@ def eval_command(args) -> int:
 def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]:
     """The pipeline's evaluation for any models: --samples-per-prompt samples per prompt at --temperature, RM score,
     KL to --reference, win rates against it, best-of-n from it reranked by --reward."""
-    from rlhfkit.errors import RlhfkitError
-    from rlhfkit.evaluate.compare import EvalSettings, compare_policies
-    from rlhfkit.evaluate.report import best_of_n_table, fmt, gain_line, headline_table
-    from rlhfkit.rewards import load_reward
 
     if args.reference is not None and args.reference not in args.model:
         raise RlhfkitError(f"--reference {args.reference} must be one of the --model values ({', '.join(args.model)})")
@@ -102,12 +116,47 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:120]
 
 
-def bench_command(rest: list[str]) -> int:
-    """Run the repository's benchmarks/run.py. The benchmarks stay out of the package: TRL, what
-    they compare against, must never become a dependency of rlhfkit."""
-    runner = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
-    if not runner.is_file():
-        print("rlhfkit bench: the benchmark runner is part of the source repository, not the package: "
-              "in a checkout, run `python benchmarks/run.py` (see docs/benchmarks.md)", file=sys.stderr)
-        return 2
-    return subprocess.call([sys.executable, str(runner), *rest])
+STAGES = {
+    "sft": (train_sft, SFTConfig, "model"),
+    "rm": (train_rm, RMConfig, "reward model"),
+    "ppo": (train_ppo, PPOConfig, "policy"),
+}
+
+
+def stage_command(args) -> int:
+    train, config_class, what = STAGES[args.command]
+    cfg = load_config(config_class, args.config, args.overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"rlhfkit {args.command}: done; {what} in {result.final}")
+    return 0
+
+
+def pipeline_command(args) -> int:
+    cfg = load_config(PipelineConfig, args.config, split_overrides(args.overrides)[0])
+    report = run_pipeline(cfg, args.config, args.overrides, overwrite=args.overwrite)
+    print(f"rlhfkit pipeline: done; report in {report}")
+    return 0
+
+
+def prefs_command(args) -> int:
+    cfg = load_config(PrefsConfig, args.config, args.overrides)
+    summary = make_preferences(cfg)
+    print(f"rlhfkit data prefs: wrote {cfg.out}: {format_summary(summary)}")
+    return 0
+
+
+def tiny_model_command(args) -> int:
+    print(f"rlhfkit tiny-model: wrote {build_tiny_model(args.out, seed=args.seed)}")
+    return 0
+
+
+COMMANDS = {**dict.fromkeys(STAGES, stage_command), "pipeline": pipeline_command, "data": prefs_command,
+            "generate": generate_command, "eval": eval_command, "tiny-model": tiny_model_command}
+
+
+def quiet_libraries() -> None:
+    """Our own progress bar and one-line messages are the interface; transformers' per-load bars
+    ("Loading weights", "Writing model shards") would bury them."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -1,6 +1,6 @@
 import torch
 
-from rlhfkit.trainers.common import build_optimizer, warmup_cosine
+from rlhfkit.trainers.optim import build_optimizer, warmup_cosine
 
 
 def test_optimizer_groups_decay_and_head_lr():
@@ -24,7 +24,7 @@ def test_warmup_then_cosine_to_the_floor():
 def test_resume_truncates_every_step_log_and_drops_a_line_cut_by_a_kill(tmp_path):
     import json
 
-    from rlhfkit.trainers.common import truncate_logs
+    from rlhfkit.trainers.checkpoints import truncate_logs
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (0, 4, 8, 12))
                                             + '{"step": 16, "lo')

@@ -1,4 +1,4 @@
-"""Non-finite guard (trainers/common.py NonFiniteGuard) in every loop: a NaN/inf loss or gradient
+"""Non-finite guard (trainers/guard.py NonFiniteGuard) in every loop: a NaN/inf loss or gradient
 skips the optimizer step and is counted; K in a row stop the run with one line naming the step and
 the likely cause; no checkpoint or final/ is written from a poisoned state."""
 
@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from rlhfkit.config import PPOConfig, RMConfig, SFTConfig, load_config
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.run import metrics as M
-from rlhfkit.trainers.common import NonFiniteGuard
+from rlhfkit.trainers.guard import NonFiniteGuard
 
 REPO = Path(__file__).parents[2]
 SFT_QUICK = ["train.batch_size=4", "train.eval_every=100", "train.log_every=1", "sft.eval_generate=0",

@@ -63,7 +63,7 @@ def test_builtin_prefs_are_labelled_by_the_noisy_judge(tmp_path, tiny_dir):
     import json
 
     from rlhfkit.config import PrefsConfig
-    from rlhfkit.trainers.prefs import make_preferences
+    from rlhfkit.data.labelling import make_preferences
 
     out = tmp_path / "prefs.jsonl"
     summary = make_preferences(PrefsConfig(model="tiny", n_prompts=24, max_new_tokens=8, out=str(out)))

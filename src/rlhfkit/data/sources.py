@@ -9,13 +9,19 @@ import json
 from pathlib import Path
 
 from rlhfkit.errors import DataError
+from rlhfkit.tasks import task_rows
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
+def is_builtin(source: str) -> bool:
+    """A `builtin:<task>` source: the offline task suite, whose held-out rows a gold judge can score."""
+    return source.startswith("builtin:")
+
+
 def load_rows(source: str, split: str = "train", builtin_size: int | None = None, builtin_noise: float = 0.0) -> list[dict]:
     """Rows as dicts. `split` applies to builtin:/hf: sources unless the source names its own."""
-    if source.startswith("builtin:"):
+    if is_builtin(source):
         rows = _builtin(source, split, builtin_size, builtin_noise)
     elif source.startswith("hf:"):
         rows = _hub(source, split)
@@ -27,7 +33,6 @@ def load_rows(source: str, split: str = "train", builtin_size: int | None = None
 
 
 def _builtin(source: str, split: str, size: int | None, noise: float) -> list[dict]:
-    from rlhfkit.tasks import task_rows
 
     _, task, *rest = source.split(":")
     split = rest[0] if rest else split

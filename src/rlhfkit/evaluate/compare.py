@@ -17,6 +17,7 @@ import torch
 from rlhfkit.evaluate.text import bleu
 from rlhfkit.ops import masked_sum
 from rlhfkit.rollout.ppo import decode_responses, row_noise, sample_prompts, score
+from rlhfkit.tasks import gold_score
 
 
 @dataclass
@@ -78,7 +79,6 @@ def sample_policy(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
 
 def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, batch_size: int = 64) -> None:
     if gold:
-        from rlhfkit.tasks import gold_score
 
         samples.gold = [gold_score(p, r, finished=f) for p, r, f in zip(samples.prompts, samples.responses, samples.finished)]
     if reward_fn is not None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from rlhfkit.data import prompt_and_completion
 from rlhfkit.evaluate.text import bleu
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
+from rlhfkit.tasks import gold_score
 
 
 def prompts_and_references(rows: list[dict], source: str, template: str, tokenizer) -> tuple[list[str], list[list[str]]]:
     """Rendered prompts and their reference answers (all wordings where the row has several)."""
-    from rlhfkit.data import prompt_and_completion
 
     prompts, references = [], []
     for i, row in enumerate(rows):
@@ -33,7 +34,6 @@ def completion_metrics(model, tokenizer, prompts: list[str], references: list[li
         for p, r, f, refs in zip(prompts, completions.texts, completions.finished, references)
     ]
     if gold:
-        from rlhfkit.tasks import gold_score
 
         scores = [gold_score(p, r, finished=f) for p, r, f in zip(prompts, completions.texts, completions.finished)]
         metrics[M.GOLD_SCORE] = sum(scores) / len(scores)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rlhfkit.atomic import atomic_write_text
 from rlhfkit.evaluate.compare import EvalResult
 from rlhfkit.run import metrics as M
 
@@ -78,7 +79,6 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
                  facts: list[str], labels: dict[str, str], show: int = 6, frontier: tuple[str, ...] = ()) -> Path:
     """Write out_dir/report.md and out_dir/plots/*.png; `labels` maps policy names to table labels;
     `frontier` names the policies drawn on the gold-against-√KL plot beside best-of-n."""
-    from rlhfkit.atomic import atomic_write_text
 
     out_dir = Path(out_dir)
     plots = plot_all(out_dir / "plots", result, metrics, frontier, labels)

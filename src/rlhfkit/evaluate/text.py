@@ -12,6 +12,3 @@ def bleu(hypotheses: list[str], references: list[list[str]]) -> float:
     streams = [[refs[min(i, len(refs) - 1)] for refs in references] for i in range(width)]
     return sacrebleu.corpus_bleu(hypotheses, streams).score
 
-
-def is_builtin(source: str) -> bool:
-    return source.startswith("builtin:")

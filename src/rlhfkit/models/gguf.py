@@ -13,7 +13,7 @@ import torch
 
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.errors import ModelError
-from rlhfkit.models.load import load_error
+from rlhfkit.models.errors import load_error
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32):

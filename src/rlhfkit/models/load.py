@@ -13,16 +13,13 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.errors import ModelError
 from rlhfkit.models import assets
+from rlhfkit.models.errors import LOAD_ERRORS, load_error
+from rlhfkit.models.gguf import export_gguf
 from rlhfkit.models.lora import add_lora
-
-# What a damaged or foreign weights file raises inside from_pretrained: safetensors' own error for
-# a truncated header, ValueError/RuntimeError for shapes that do not fit, OSError for missing files.
-LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, SafetensorError)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,8 +57,6 @@ def _exported_gguf(path: Path) -> Path:
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
     out = assets.cache_dir() / f"gguf-{path.stem}-{key}"
     if not (out / "config.json").is_file():
-        from rlhfkit.models.gguf import export_gguf
-
         print(f"rlhfkit: exporting {path.name} to {out} (once) ...", flush=True)
         export_gguf(path, out)
     return out
@@ -80,30 +75,6 @@ def load_tokenizer(location: str, trust_remote_code: bool = False, padding_side:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
-
-
-def load_error(e: BaseException, location: str | Path | None = None) -> str:
-    """One line for a from_pretrained failure: its type and first line, and for a damaged
-    safetensors file (whose error does not say which) the file's name."""
-    if "trust_remote_code" in str(e):
-        return "it ships its own Python code, which runs only with model.trust_remote_code=true: set it only for code you trust"
-    first = (str(e).splitlines() or [""])[0][:200]
-    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
-    if isinstance(e, SafetensorError) and location is not None:
-        damaged = [p.name for p in sorted(Path(location).glob("*.safetensors")) if not _safetensors_ok(p)]
-        if damaged:
-            text = f"{', '.join(damaged)} is damaged or truncated; {text}"
-    return text
-
-
-def _safetensors_ok(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt"):
-            return True
-    except (SafetensorError, OSError):
-        return False
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

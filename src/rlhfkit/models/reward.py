@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.config import ModelConfig
-from rlhfkit.models.load import load_causal_lm
+from rlhfkit.errors import ModelError
+from rlhfkit.models.load import LOAD_ERRORS, load_causal_lm, load_error, load_tokenizer, resolve_model_path
 from rlhfkit.models.lora import add_lora
 
 
@@ -49,8 +50,6 @@ def load_reward_model(location: str, trust_remote_code: bool = False):
     """A saved reward model (final/ of an rm stage), frozen, for scoring."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhfkit.errors import ModelError
-    from rlhfkit.models.load import LOAD_ERRORS, load_error, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(location)
     try:

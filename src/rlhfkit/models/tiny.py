@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit.atomic import atomic_dir
+from rlhfkit.data.templates import render_example
+from rlhfkit.tasks import corpus, task_rows
 
 EOS = "<|endoftext|>"
 
@@ -47,8 +49,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, shape: TinyShape | None
     """Train the tokenizer, initialise GPT-2 weights from `seed`, save both to `out_dir` atomically."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from rlhfkit.data.templates import render_example
-    from rlhfkit.tasks import corpus, task_rows
 
     shape = shape or TinyShape()
     # Both splits, rendered in the seed's template, so "Human:"/"Assistant:" and every held-out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.data.collate import left_pad
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.ops import logprobs_from_logits
 
@@ -176,7 +177,6 @@ def row_noise(seed: int, rows: range, steps: int) -> torch.Tensor:
 def sample_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
                    top_k: int = 0, repetition_penalty: float = 1.0, noise: torch.Tensor | None = None) -> Rollout:
     """Tokenise and left-pad text prompts, then `sample`: the rollout PPO trains on and eval measures."""
-    from rlhfkit.data.collate import left_pad
 
     query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
     model.eval()

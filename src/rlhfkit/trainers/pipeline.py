@@ -15,8 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit.atomic import atomic_write_text
-from rlhfkit.config import PipelineConfig, PPOConfig, PrefsConfig, RMConfig, SFTConfig, load_config
+from rlhfkit.config import (
+    ModelConfig,
+    PipelineConfig,
+    PPOConfig,
+    PrefsConfig,
+    RMConfig,
+    SFTConfig,
+    load_config,
+)
+from rlhfkit.data import load_rows
+from rlhfkit.data.labelling import format_summary, make_preferences
+from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
+from rlhfkit.evaluate.compare import EvalSettings, compare_policies, eval_sample_count
+from rlhfkit.evaluate.completions import prompts_and_references
+from rlhfkit.evaluate.report import write_report
+from rlhfkit.models import load_causal_lm
+from rlhfkit.rewards import load_reward
+from rlhfkit.run.logger import read_metrics
+from rlhfkit.trainers.ppo import train_ppo
+from rlhfkit.trainers.rm import train_rm
+from rlhfkit.trainers.sft import train_sft
+from rlhfkit.trainers.stage import progress_bar
 
 STAGES = ("sft", "prefs", "rm", "ppo")
 
@@ -70,10 +91,6 @@ def run_pipeline(cfg: PipelineConfig, config_path: str | Path | None = None, ove
                  overwrite: bool = False) -> Path:
     """Run (or continue) every stage, evaluate, and return the path of report.md. `cfg` already holds
     the pipeline's own overrides; `overrides` may still hold stage-prefixed ones (`sft.train.lr=...`)."""
-    from rlhfkit.trainers.ppo import train_ppo
-    from rlhfkit.trainers.prefs import format_summary, make_preferences
-    from rlhfkit.trainers.rm import train_rm
-    from rlhfkit.trainers.sft import train_sft
 
     staged = split_overrides(list(overrides))[1]
     plan = plan_pipeline(cfg, config_path, staged)
@@ -126,16 +143,6 @@ def run_pipeline(cfg: PipelineConfig, config_path: str | Path | None = None, ove
 
 def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
     """Base, SFT and PPO policies sampled on held-out prompts, best-of-n from SFT, then report.md."""
-    from rlhfkit.config import ModelConfig
-    from rlhfkit.data import load_rows
-    from rlhfkit.evaluate.compare import EvalSettings, compare_policies, eval_sample_count
-    from rlhfkit.evaluate.completions import prompts_and_references
-    from rlhfkit.evaluate.report import write_report
-    from rlhfkit.evaluate.text import is_builtin
-    from rlhfkit.models import load_causal_lm
-    from rlhfkit.rewards import load_reward
-    from rlhfkit.run.logger import read_metrics
-    from rlhfkit.trainers.common import progress_bar
 
     source = plan.ppo.data.eval_source or plan.ppo.data.source
     rows = load_rows(source, "test")[: cfg.eval.prompts]

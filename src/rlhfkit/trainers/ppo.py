@@ -18,12 +18,14 @@ from rlhfkit.config import ModelConfig, PPOConfig
 from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
+from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.compare import add_scores, paired_gain, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.evaluate.health import health_warnings
-from rlhfkit.evaluate.text import is_builtin
 from rlhfkit.models import load_causal_lm
+from rlhfkit.models.load import disable_dropout
+from rlhfkit.models.reward import load_reward_model
 from rlhfkit.ops import (
     adaptive_kl_coef,
     entropy_from_logits,
@@ -44,20 +46,12 @@ from rlhfkit.ops import (
 from rlhfkit.rewards import is_function_reward, load_reward, reward_normalisation, same_tokenizer
 from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, sample_prompts, score
 from rlhfkit.run import metrics as M
-from rlhfkit.trainers.common import (
-    NonFiniteGuard,
-    RunResult,
-    build_optimizer,
-    finish,
-    gather_rows,
-    guarded_step,
-    progress_bar,
-    reduce_sum,
-    restore_training_state,
-    save_final,
-    save_training_state,
-    start_stage,
-)
+from rlhfkit.trainers.checkpoints import restore_training_state, save_training_state
+from rlhfkit.trainers.collectives import gather_rows, reduce_sum
+from rlhfkit.trainers.final import save_final
+from rlhfkit.trainers.guard import NonFiniteGuard, guarded_step
+from rlhfkit.trainers.optim import build_optimizer
+from rlhfkit.trainers.stage import RunResult, finish, progress_bar, start_stage
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -121,8 +115,6 @@ def load_ptx_data(cfg: PPOConfig, tokenizer, world: int) -> TokenizedSFT | None:
 
 def load_critic(cfg: PPOConfig, policy_tokenizer):
     """(value model, its tokenizer, (mean, std)): the RM in ppo.reward, trainable, dropout off."""
-    from rlhfkit.models.load import disable_dropout
-    from rlhfkit.models.reward import load_reward_model
 
     p = cfg.ppo
     if is_function_reward(p.reward):

@@ -20,16 +20,10 @@ from rlhfkit.ops import bradley_terry_loss
 from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
-from rlhfkit.trainers.common import (
-    RunResult,
-    accumulate_and_step,
-    finish,
-    prepare_training,
-    progress_bar,
-    save_final,
-    save_training_state,
-    start_stage,
-)
+from rlhfkit.trainers.checkpoints import save_training_state
+from rlhfkit.trainers.final import save_final
+from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
+from rlhfkit.trainers.stage import RunResult, finish, progress_bar, start_stage
 
 
 def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:

@@ -12,22 +12,16 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.data import collate_sft, load_rows, split_off_eval, tokenize_sft
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, completion_tokens
+from rlhfkit.data.sources import is_builtin
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
 from rlhfkit.evaluate.loss import held_out_loss
-from rlhfkit.evaluate.text import is_builtin
 from rlhfkit.models import load_causal_lm
 from rlhfkit.ops import masked_nll
 from rlhfkit.run import metrics as M
-from rlhfkit.trainers.common import (
-    RunResult,
-    accumulate_and_step,
-    finish,
-    prepare_training,
-    progress_bar,
-    save_final,
-    save_training_state,
-    start_stage,
-)
+from rlhfkit.trainers.checkpoints import save_training_state
+from rlhfkit.trainers.final import save_final
+from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
+from rlhfkit.trainers.stage import RunResult, finish, progress_bar, start_stage
 
 
 def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT, list[dict]]:

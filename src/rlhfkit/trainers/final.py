@@ -1,0 +1,79 @@
+"""A stage's final/: a from_pretrained()-loadable folder written atomically, then pushed to the hub
+if asked (offline, a one-line message; nothing local is lost)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from rlhfkit.atomic import atomic_dir
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.load import resolve_model_path
+from rlhfkit.trainers.context import StageContext
+from rlhfkit.trainers.guard import check_finite_weights
+
+
+def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
+               extra_files: dict[str, str | bytes] | None = None,
+               extra_models: dict[str, tuple] | None = None) -> Path:
+    """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked);
+    `extra_models` {name: (model, tokenizer)} become from_pretrained() folders final/<name>/."""
+    final = ctx.out / "final"
+    unwrapped = ctx.accelerator.unwrap_model(model)
+    with torch.no_grad():
+        check_finite_weights(unwrapped.named_parameters(), f"{ctx.stage} final/", ctx.cfg.train.lr)
+    if ctx.is_main:
+        try:
+            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models, _adapter_base(ctx.cfg))
+        except OSError as e:
+            raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
+                               "then rerun with --resume") from None
+        if ctx.cfg.run.push_to_hub:
+            push_to_hub(final, ctx.cfg.run.push_to_hub)
+    ctx.accelerator.wait_for_everyone()
+    return final
+
+
+def _adapter_base(cfg) -> str | None:
+    """The folder this stage's model was loaded from. A LoRA adapter trained on a merged LoRA SFT
+    model must name the SFT run, not the original base peft records: otherwise loading final/
+    silently gives base + adapter without the SFT weights (the seed's "reference is the base" trap)."""
+    model = getattr(cfg, "model", None)
+    return str(Path(resolve_model_path(model.name, model.tiny_seed)).resolve()) if model is not None else None
+
+
+def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None,
+                 extra_models: dict | None = None, adapter_base: str | None = None) -> None:
+    with atomic_dir(final) as tmp:
+        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        adapter_config = tmp / "adapter_config.json"
+        if adapter_base is not None and adapter_config.is_file():
+            config = json.loads(adapter_config.read_text())
+            config["base_model_name_or_path"] = adapter_base
+            adapter_config.write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(tmp)
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        for name, (extra_model, extra_tokenizer) in (extra_models or {}).items():
+            extra_model.save_pretrained(tmp / name, safe_serialization=True)
+            extra_tokenizer.save_pretrained(tmp / name)
+        if save_merged and hasattr(unwrapped, "merge_and_unload"):
+            merged = copy.deepcopy(unwrapped).merge_and_unload()
+            merged.save_pretrained(tmp / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "merged")
+
+
+def push_to_hub(folder: Path, repo_id: str) -> None:
+    """Upload after everything is saved locally; offline this is one line, not a crash."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+        print(f"rlhfkit: pushed {folder} to the hub as {repo_id}", flush=True)
+    except Exception as e:  # noqa: BLE001 - any failure here must not lose the local result
+        print(f"rlhfkit: push_to_hub {repo_id} failed ({type(e).__name__}); {folder} is saved locally", flush=True)
