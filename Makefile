@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 # Benchmarks against TRL (docs/benchmarks.md). TRL lives in its own venv (TRL_VENV), never in .venv.
-TRL_VENV ?= /work/trl-venv
+TRL_VENV ?= .bench/trl-venv
 
 bench-setup:
 	benchmarks/setup_trl.sh $(TRL_VENV)

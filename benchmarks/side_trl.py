@@ -1,8 +1,8 @@
 """TRL's side of one measurement, run with the TRL venv's python (never imported by rlhfkit).
 
-    /work/trl-venv/bin/python benchmarks/side_trl.py --assets DIR --shape gpt2-tiny --stage sft --steps 12
+    .bench/trl-venv/bin/python benchmarks/side_trl.py --assets DIR --shape gpt2-tiny --stage sft --steps 12
 
-Same method as /work/shared/baselines/trl/trl_bench.py: a TrainerCallback timestamps every step's
+Same method as the TRL baseline's trl_bench.py (baselines/trl in the team's shared folder): a TrainerCallback timestamps every step's
 end; fp32 and no gradient checkpointing set explicitly (TRL 1.x defaults to bf16 + checkpointing).
 PPO needs trl 1.12.0 (removed in 1.13), side-installed and put first on PYTHONPATH by the runner.
 """

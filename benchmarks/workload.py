@@ -1,7 +1,7 @@
 """The benchmark workload, shared by the runner and both measuring sides (rlhfkit and TRL).
 
 Standard library only: the TRL side runs in its own venv, where rlhfkit is not installed.
-Method as in /work/shared/baselines/trl (so numbers compare with it): one stage per fresh process,
+Method as in the TRL baseline (baselines/trl in the team's shared folder, so numbers compare with it): one stage per fresh process,
 fp32, no gradient checkpointing, steady-state time from the end of warm-up step 2 to the end of
 the last step, peak RSS = ru_maxrss of the whole process (model load and data prep included).
 """

@@ -1,10 +1,11 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Tests never touch the user's cache: the tiny model is built once per session into a temp cache.
-_CACHE = Path(os.environ.get("RLHFKIT_TEST_CACHE", "/tmp/rlhfkit-test-cache"))
+_CACHE = Path(os.environ.get("RLHFKIT_TEST_CACHE", Path(tempfile.gettempdir()) / "rlhfkit-test-cache"))
 os.environ["RLHFKIT_CACHE"] = str(_CACHE)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

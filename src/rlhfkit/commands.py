@@ -11,7 +11,6 @@ from transformers.utils import logging as hf_logging
 
 from rlhfkit.atomic import atomic_write_text
 from rlhfkit.config import (
-    ModelConfig,
     PipelineConfig,
     PPOConfig,
     PrefsConfig,
@@ -23,13 +22,12 @@ from rlhfkit.data import load_rows, render_prompt, tokenize_sft
 from rlhfkit.data.labelling import format_summary, make_preferences
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.evaluate.compare import EvalSettings, compare_policies
+from rlhfkit.evaluate.compare import EvalSettings
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
 from rlhfkit.evaluate.loss import held_out_loss
+from rlhfkit.evaluate.policies import evaluate_policies, load_policy
 from rlhfkit.evaluate.report import best_of_n_table, fmt, gain_line, headline_table
-from rlhfkit.models import load_causal_lm
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.pipeline import run_pipeline, split_overrides
@@ -39,7 +37,7 @@ from rlhfkit.trainers.sft import train_sft
 
 
 def _load(name: str):
-    return load_causal_lm(ModelConfig(name=name, lora=False), trainable=False)
+    return load_policy(name)
 
 
 def generate_command(args) -> int:
@@ -76,7 +74,7 @@ def eval_command(args) -> int:
         cells = [_cell(prompts[i])] + [_cell(completions[name][i]) for name in args.model]
         lines.append("| " + " | ".join(cells) + " |")
     if args.reward or args.reference:
-        lines += ["", *sampled_comparison(args, rows, prompts, references, gold)]
+        lines += ["", *sampled_comparison(args)]
     text = "\n".join(lines)
     print(text)
     if args.out:
@@ -85,7 +83,7 @@ def eval_command(args) -> int:
     return 0
 
 
-def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]:
+def sampled_comparison(args) -> list[str]:
     """The pipeline's evaluation for any models: --samples-per-prompt samples per prompt at --temperature, RM score,
     KL to --reference, win rates against it, best-of-n from it reranked by --reward."""
 
@@ -97,11 +95,11 @@ def sampled_comparison(args, rows, prompts, references, gold: bool) -> list[str]
         raise RlhfkitError(f"--best-of-n {args.best_of_n!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
     if args.samples_per_prompt < 1:
         raise RlhfkitError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")
-    reward_fn = load_reward(args.reward, normalize=True) if args.reward else None
-    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns, seed=args.seed,
-                            samples_per_prompt=args.samples_per_prompt)
-    policies = {name: _load(name) for name in args.model}
-    result = compare_policies(policies, args.reference, prompts, references, settings, gold, reward_fn)
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns,
+                            seed=args.seed, samples_per_prompt=args.samples_per_prompt)
+    models = {name: name for name in args.model}
+    result = evaluate_policies(models, args.reference, args.data, args.n, "human_assistant", settings,
+                               reward=args.reward, normalize_reward=True)
     lines = [f"Sampled at T = {args.temperature}, {args.samples_per_prompt} sample(s) per prompt:", "",
              *headline_table(result, {}, first_column="model")]
     for pair, rates in result.win_rates.items():

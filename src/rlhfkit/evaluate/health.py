@@ -42,7 +42,7 @@ def health_warnings(history: list[dict], window: int = 5) -> list[str]:
             f"ratio-first: the probability ratio on the first minibatch is {ratio:.5f}, not 1: the update's forward "
             "differs from the rollout's (dropout on? set model.disable_dropout=true; or different padding)."
         )
-    vf = [r["ppo/vf_loss"] for r in history if "ppo/vf_loss" in r]
+    vf = [r[M.PPO_VF_LOSS] for r in history if M.PPO_VF_LOSS in r]
     if len(vf) > 2 and vf[-1] > 10 * max(vf[0], 1e-3) and vf[-1] > 1.0:
         warnings.append(
             f"value-loss: value loss {vf[-1]:.3g} is over 10x its start ({vf[0]:.3g}); lower train.lr or "

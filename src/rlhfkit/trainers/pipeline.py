@@ -16,7 +16,6 @@ from pathlib import Path
 
 from rlhfkit.atomic import atomic_write_text
 from rlhfkit.config import (
-    ModelConfig,
     PipelineConfig,
     PPOConfig,
     PrefsConfig,
@@ -24,20 +23,15 @@ from rlhfkit.config import (
     SFTConfig,
     load_config,
 )
-from rlhfkit.data import load_rows
 from rlhfkit.data.labelling import format_summary, make_preferences
-from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.compare import EvalSettings, compare_policies, eval_sample_count
-from rlhfkit.evaluate.completions import prompts_and_references
+from rlhfkit.evaluate.compare import EvalSettings
+from rlhfkit.evaluate.policies import evaluate_policies
 from rlhfkit.evaluate.report import write_report
-from rlhfkit.models import load_causal_lm
-from rlhfkit.rewards import load_reward
 from rlhfkit.run.logger import read_metrics
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.rm import train_rm
 from rlhfkit.trainers.sft import train_sft
-from rlhfkit.trainers.stage import progress_bar
 
 STAGES = ("sft", "prefs", "rm", "ppo")
 
@@ -145,31 +139,25 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
     """Base, SFT and PPO policies sampled on held-out prompts, best-of-n from SFT, then report.md."""
 
     source = plan.ppo.data.eval_source or plan.ppo.data.source
-    rows = load_rows(source, "test")[: cfg.eval.prompts]
-    names = {"base": plan.sft.model.name, "sft": str(plan.root / "sft"), "ppo": str(plan.root / "ppo")}
-    policies = {name: load_causal_lm(ModelConfig(name=path, lora=False), trainable=False) for name, path in names.items()}
-    tokenizer = policies["sft"][1]
-    prompts, references = prompts_and_references(rows, source, plan.ppo.data.template, tokenizer)
     settings = EvalSettings(max_new_tokens=plan.ppo.rollout.max_new_tokens, temperature=plan.ppo.rollout.temperature,
                             best_of_n=cfg.eval.best_of_n, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
                             samples_per_prompt=cfg.eval.samples_per_prompt)
-    reward_fn = load_reward(str(plan.root / "rm"), normalize=plan.ppo.ppo.normalize_reward)
-    bar = progress_bar(eval_sample_count(len(prompts), len(policies), settings, "sft", reward_fn), 0, "eval samples",
-                       plan.ppo.run.progress)
-    result = compare_policies(policies, "sft", prompts, references, settings, gold=is_builtin(source),
-                              reward_fn=reward_fn, progress=bar)
-    bar.close()
+    models = {"base": plan.sft.model.name, "sft": str(plan.root / "sft"), "ppo": str(plan.root / "ppo")}
+    result = evaluate_policies(models, "sft", source, cfg.eval.prompts, plan.ppo.data.template, settings,
+                               reward=str(plan.root / "rm"), normalize_reward=plan.ppo.ppo.normalize_reward,
+                               progress=plan.ppo.run.progress)
+    prompts = result.n_prompts
     metrics = {s: read_metrics(plan.root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo")
                if (plan.root / s / "metrics.jsonl").is_file()}
     atomic_write_text(plan.root / "eval.json", json.dumps({
-        "prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt, "source": source,
+        "prompts": prompts, "samples_per_prompt": settings.samples_per_prompt, "source": source,
         "temperature": settings.temperature,
         "metrics": result.metrics, "win_rates": result.win_rates,
         "gold_gains": {pair: {"mean": m, "stderr": se} for pair, (m, se) in result.gold_gains.items()},
         "best_of_n": result.best_of_n}, indent=1))
     prefs = json.loads((plan.root / "prefs.json").read_text()) if (plan.root / "prefs.json").is_file() else {}
     facts = [
-        f"Base model `{plan.sft.model.name}`; SFT, RM and PPO in `{plan.root}/`; held-out prompts: {len(prompts)} "
+        f"Base model `{plan.sft.model.name}`; SFT, RM and PPO in `{plan.root}/`; held-out prompts: {prompts} "
         f"from `{source}` (test split), {_samples(settings.samples_per_prompt)} each per policy at T = "
         f"{settings.temperature} (the same random numbers for every policy), "
         f"at most {settings.max_new_tokens} new tokens.",

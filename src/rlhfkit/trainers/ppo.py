@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save
@@ -46,12 +48,14 @@ from rlhfkit.ops import (
 from rlhfkit.rewards import is_function_reward, load_reward, reward_normalisation, same_tokenizer
 from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, sample_prompts, score
 from rlhfkit.run import metrics as M
+from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import restore_training_state, save_training_state
-from rlhfkit.trainers.collectives import gather_rows, reduce_sum
+from rlhfkit.trainers.collectives import Shard, check_replicas_agree
+from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.final import save_final
-from rlhfkit.trainers.guard import NonFiniteGuard, guarded_step
+from rlhfkit.trainers.guard import guarded_step
 from rlhfkit.trainers.optim import build_optimizer
-from rlhfkit.trainers.stage import RunResult, finish, progress_bar, start_stage
+from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -145,133 +149,197 @@ def check_sampling(cfg: PPOConfig) -> None:
                           "§6.1): set rollout.repetition_penalty=1 (or rollout.allow_mismatched_sampling=true)")
 
 
-def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
-    r, p = cfg.rollout, cfg.ppo
-    check_sampling(cfg)
-    ctx = start_stage(cfg, "ppo", resume, overwrite)
-    rank, world = ctx.accelerator.process_index, ctx.accelerator.num_processes
+@dataclass
+class PPOSetup:
+    """Everything the loop needs that is built once: models, optimizer, reward, prompts."""
+
+    net: PolicyWithValue
+    """Samples and scores (no DDP wrapper: generation and no-grad passes need no gradient sync)."""
+    model: torch.nn.Module
+    """`net` as accelerate prepared it (DDP-wrapped with several processes): runs the update."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    tokenizer: object
+    reference: torch.nn.Module | None
+    """A frozen copy of the SFT policy for full fine-tuning; None with LoRA (adapter disabled)."""
+    reward_fn: Callable
+    prompts: list[str]
+    eval_rows: list[dict]
+    ptx: TokenizedSFT | None
+    critic_tokenizer: object
+    start: int
+    """First iteration to run (> 0 after --resume)."""
+    kl_coef: float
+
+
+def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
+    """Load the policy (and its reference and critic), the reward, the prompts and the optimizer;
+    restore the latest checkpoint under --resume."""
+    r, p, world = cfg.rollout, cfg.ppo, ctx.accelerator.num_processes
     if (r.batch_size * world) % p.minibatches:
         across = f" (x {world} processes: a global batch of {r.batch_size * world})" if world > 1 else ""
-        raise ConfigError(f"rollout.batch_size={r.batch_size}{across} must be divisible by ppo.minibatches={p.minibatches}")
+        raise ConfigError(f"rollout.batch_size={r.batch_size}{across} must be divisible by "
+                          f"ppo.minibatches={p.minibatches}")
     policy, tokenizer = load_causal_lm(cfg.model)
     # Full fine-tuning needs a frozen copy as the reference; LoRA reuses the base (adapter disabled).
     reference = None if cfg.model.lora else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}),
                                                            trainable=False)[0]
-    critic, critic_tokenizer, critic_norm = load_critic(cfg, tokenizer) if p.critic == "reward_model" else (None,) * 3
-    net = PolicyWithValue(policy, policy.config.get_text_config().hidden_size, critic, critic_norm or (0.0, 1.0))
+    critic, critic_tokenizer, critic_norm = (load_critic(cfg, tokenizer) if p.critic == "reward_model"
+                                             else (None, None, (0.0, 1.0)))
+    net = PolicyWithValue(policy, policy.config.get_text_config().hidden_size, critic, critic_norm)
     reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer)
     prompts, eval_rows = load_prompts(cfg, tokenizer, r.batch_size * world)
     ptx = load_ptx_data(cfg, tokenizer, world)
     critic_lr = p.critic_lr or (cfg.train.lr if critic is not None else None)
-    optimizer = build_optimizer(net, cfg.train.lr, cfg.train.weight_decay, "critic." if critic else "value_head", critic_lr)
+    optimizer = build_optimizer(net, cfg.train.lr, cfg.train.weight_decay, "critic." if critic else "value_head",
+                                critic_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    # `model` (DDP-wrapped with several processes) runs the update; `net` samples and scores.
     model, optimizer = ctx.accelerator.prepare(net, optimizer)
     start, extras = restore_training_state(ctx, model, optimizer, scheduler) if resume else (0, {})
-    ctx.open_run()
-    kl_coef = extras.get("kl_coef", p.kl_coef)
+    return PPOSetup(net, model, optimizer, scheduler, tokenizer, reference, reward_fn, prompts, eval_rows, ptx,
+                    critic_tokenizer, start, extras.get("kl_coef", p.kl_coef))
 
-    history: list[dict] = []
-    last_warned: dict[str, int] = {}
-    bar = progress_bar(p.iterations, start, "ppo", ctx.is_main and cfg.run.progress)
-    for iteration in range(start, p.iterations):
-        # The run's first gold/score is measured before any update: the starting (SFT) policy's.
-        first_eval = eval_rows and iteration == start and ctx.is_main
-        if first_eval:
-            gold_first = held_out_gold(net.policy, tokenizer, eval_rows, cfg)  # per prompt: the paired baseline
+
+def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
+    r, p = cfg.rollout, cfg.ppo
+    check_sampling(cfg)
+    ctx = start_stage(cfg, "ppo", resume, overwrite)
+    s = setup_ppo(cfg, ctx, resume)
+    ctx.open_run()
+    shard = Shard(ctx.accelerator, r.batch_size)
+    gold = HeldOutGold(s.net.policy, s.tokenizer, s.eval_rows, cfg, enabled=ctx.is_main)
+    health = HealthReport(p.health_window, ctx, enabled=ctx.is_main)
+    kl_coef = s.kl_coef
+    bar = progress_bar(p.iterations, s.start, "ppo", ctx.is_main and cfg.run.progress)
+    for iteration in range(s.start, p.iterations):
+        gold.baseline_before(iteration == s.start)  # the starting (SFT) policy's, before any update
         started = time.perf_counter()
         # 1. rollout: prompts and each row's sampling noise are pure functions of (seed, iteration,
         # global row), so resume needs no data state and N processes x b sample what 1 x N*b does.
-        seed = cfg.train.seed * 1_000_003 + iteration
-        mine = range(rank * r.batch_size, (rank + 1) * r.batch_size)
-        batch_prompts = random.Random(seed).sample(prompts, r.batch_size * world)[mine.start : mine.stop]
-        rollout = make_rollout(net, tokenizer, batch_prompts, row_noise(seed, mine, r.max_new_tokens), cfg)
+        prompts, noise = rollout_prompts(s.prompts, cfg, iteration, shard)
+        rollout = make_rollout(s.net, s.tokenizer, prompts, noise, cfg)
         # 2. score: old log-probs + values, reference log-probs, reward
         with torch.no_grad():
-            old = net(rollout, r.temperature)
-            with reference_context(net, cfg.model.lora):
-                ref = score(reference or net.policy, rollout, r.temperature)
-        mask = rollout.response_mask
-        responses = decode_responses(tokenizer, rollout)
-        raw_scores = reward_fn(batch_prompts, responses, rollout.token_rows())
+            old = s.net(rollout, r.temperature)
+            with reference_context(s.net, cfg.model.lora):
+                ref = score(s.reference or s.net.policy, rollout, r.temperature)
+        raw_scores = s.reward_fn(prompts, decode_responses(s.tokenizer, rollout), rollout.token_rows())
         scores = (raw_scores + p.no_eos_penalty * (~rollout.finished).float()).clamp(-p.reward_clip, p.reward_clip)
         # 3. KL-shaped per-token rewards
+        mask = rollout.response_mask
         rewards = kl_shaped_rewards(scores, old["logprobs"], ref["logprobs"], mask, kl_coef)
         # 4. GAE, then advantages whitened with the statistics of the whole (all processes') batch
         advantages, returns = gae(rewards, old["values"], mask, p.gamma, p.lam)
-        everyone = lambda t: gather_rows(ctx, t)  # noqa: E731 - (B_global, ...) in global row order
-        all_mask = everyone(mask)
         if p.whiten_advantages:
-            advantages = masked_whiten(advantages, mask, stats_from=(everyone(advantages), all_mask))
-        # 5. PPO epochs over minibatches (of the global batch; each process trains on its rows of each)
-        update = ppo_update(ctx, model, optimizer, scheduler, rollout, old, advantages, returns, all_mask, ptx, cfg,
-                            iteration, ctx.guard)
-        # 6. diagnostics (design §2 names), over the global batch
-        k1_local = masked_sum(kl_k1(old["logprobs"], ref["logprobs"]), mask, dim=-1)  # (b,) sequence KLs
-        exact_local = exact_kl(old["logits"], ref["logits"], mask, r.temperature, p.kl_exact_rows)
-        # k1 on the same rows as the exact KL (each process's first rows), to test the estimator for bias
-        k1_rows, exact_rows = everyone(k1_local[: exact_local.shape[0]]), everyone(exact_local)
-        stats = {
-            **update,
-            M.PPO_KL_K1: everyone(k1_local).mean().item(),
-            M.PPO_KL_K3: everyone(masked_sum(kl_k3(old["logprobs"], ref["logprobs"]), mask, dim=-1)).mean().item(),
-            M.PPO_KL_EXACT: exact_rows.mean().item(),
-            M.PPO_ENTROPY: masked_mean(everyone(entropy_from_logits(old["logits"], r.temperature)), all_mask).item(),
-            M.PPO_VALUE_EXPLAINED_VAR: explained_variance(everyone(old["values"]), everyone(returns), all_mask).item(),
-            M.PPO_REWARD_RM: everyone(raw_scores).mean().item(),
-            M.PPO_REWARD_TOTAL: masked_sum(everyone(rewards), all_mask, dim=-1).mean().item(),
-            M.PPO_KL_COEF: kl_coef,
-            M.PPO_RESPONSE_LEN: all_mask.sum(-1).float().mean().item(),
-            M.PPO_EOS_RATE: everyone(rollout.finished.float()).mean().item(),
-            M.SKIPPED_STEPS: ctx.guard.skipped,
-            M.PPO_SECONDS: time.perf_counter() - started,
-        }
-        if exact_rows.shape[0] >= 2:
-            stats[M.PPO_KL_K1_Z] = k1_exact_z(k1_rows, exact_rows).item()
+            advantages = masked_whiten(advantages, mask, stats_from=(shard.gather(advantages), shard.gather(mask)))
+        # 5. PPO epochs over minibatches of the global batch
+        update = ppo_update(ctx, s, shard, rollout, old, advantages, returns, cfg, iteration)
+        # 6. diagnostics over the global batch, the KL controller, held-out gold
+        stats = {**update, **diagnostics(shard, rollout, old, ref, raw_scores, rewards, returns, cfg),
+                 M.PPO_KL_COEF: kl_coef, M.SKIPPED_STEPS: ctx.guard.skipped,
+                 M.PPO_SECONDS: time.perf_counter() - started}
         if p.target_kl is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, r.batch_size * world)
+            kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, shard.global_size)
         done = iteration + 1
-        if first_eval:
-            stats[M.GOLD_SCORE] = sum(gold_first) / len(gold_first)
-        elif eval_rows and ctx.is_main and (done % p.eval_every == 0 or done == p.iterations):
-            gold = held_out_gold(net.policy, tokenizer, eval_rows, cfg)
-            stats[M.GOLD_SCORE] = sum(gold) / len(gold)
-            stats[M.GOLD_GAIN_STDERR] = paired_gain(gold, gold_first, k=1)[1]
+        stats.update(gold.at(done, due=done % p.eval_every == 0 or done == p.iterations))
         ctx.logger.log(done, stats)
         # 7. health check: symptoms -> warnings naming the cause and the config key (rank 0 reports)
-        history.append(stats)
-        for warning in health_warnings(history, p.health_window) if ctx.is_main else []:
-            kind = warning.split(":", 1)[0]
-            # A lasting symptom is repeated every health_window iterations, not every iteration.
-            if done - last_warned.get(kind, -p.health_window) >= p.health_window:
-                last_warned[kind] = done
-                bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
-                ctx.logger.log(done, {M.HEALTH_WARNING: warning})
+        health.check(done, stats, bar)
         bar.update(1)
         bar.set_postfix(reward=f"{stats[M.PPO_REWARD_RM]:.3f}", kl=f"{stats[M.PPO_KL_K1]:.3f}", refresh=False)
         if done % cfg.train.save_every == 0 and done < p.iterations:
-            save_training_state(ctx, done, model, optimizer, scheduler, extra={"kl_coef": kl_coef})
+            save_training_state(ctx, done, s.model, s.optimizer, s.scheduler, extra={"kl_coef": kl_coef})
     bar.close()
-    check_replicas_agree(ctx, net)
-    if critic is None:
-        value_head = save({k: v.contiguous() for k, v in net.value_head.state_dict().items()})
-        final = save_final(ctx, net.policy, tokenizer, extra_files={"value_head.safetensors": value_head})
-    else:
-        final = save_final(ctx, net.policy, tokenizer, extra_models={"critic": (net.critic, critic_tokenizer)})
-    return finish(ctx, final)
+    check_replicas_agree(ctx.accelerator, s.net, "ppo")
+    return finish(ctx, save_ppo_final(ctx, s))
 
 
-def check_replicas_agree(ctx, net: torch.nn.Module) -> None:
-    """Every process must end with the same weights (DDP keeps them equal); fail loudly if not."""
-    if ctx.accelerator.num_processes == 1:
-        return
-    total = sum(p.detach().double().abs().sum() for p in net.parameters() if p.requires_grad)
-    totals = gather_rows(ctx, total.view(1))
-    if (totals - totals[0]).abs().max() > 1e-9 * totals[0].abs():
-        raise RuntimeError(f"ppo: processes ended with different weights (|w| sums {totals.tolist()})")
-    if ctx.is_main:
-        print(f"rlhfkit: ppo: {len(totals)} processes agree on the trained weights (|w| sum {totals[0].item():.6f})",
-              flush=True)
+def rollout_prompts(prompts: list[str], cfg: PPOConfig, iteration: int, shard: Shard) -> tuple[list[str], torch.Tensor]:
+    """(this process's prompts, their sampling noise) for `iteration`: rows shard.rows() of the
+    global batch, which is a seeded draw of shard.global_size prompts."""
+    seed = cfg.train.seed * 1_000_003 + iteration
+    mine = shard.rows()
+    batch = random.Random(seed).sample(prompts, shard.global_size)[mine.start : mine.stop]
+    return batch, row_noise(seed, mine, cfg.rollout.max_new_tokens)
+
+
+def diagnostics(shard: Shard, rollout: Rollout, old: dict, ref: dict, raw_scores: torch.Tensor,
+                rewards: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig) -> dict[str, float]:
+    """design §2's per-iteration metrics, over the global batch (every process's rows)."""
+    mask, all_mask, temperature = rollout.response_mask, shard.gather(rollout.response_mask), cfg.rollout.temperature
+    k1 = masked_sum(kl_k1(old["logprobs"], ref["logprobs"]), mask, dim=-1)  # (b,) sequence KLs
+    exact = exact_kl(old["logits"], ref["logits"], mask, temperature, cfg.ppo.kl_exact_rows)
+    # k1 on the same rows as the exact KL (each process's first rows), to test the estimator for bias
+    k1_rows, exact_rows = shard.gather(k1[: exact.shape[0]]), shard.gather(exact)
+    stats = {
+        M.PPO_KL_K1: shard.gather(k1).mean().item(),
+        M.PPO_KL_K3: shard.gather(masked_sum(kl_k3(old["logprobs"], ref["logprobs"]), mask, dim=-1)).mean().item(),
+        M.PPO_KL_EXACT: exact_rows.mean().item(),
+        M.PPO_ENTROPY: masked_mean(shard.gather(entropy_from_logits(old["logits"], temperature)), all_mask).item(),
+        M.PPO_VALUE_EXPLAINED_VAR: explained_variance(shard.gather(old["values"]), shard.gather(returns),
+                                                      all_mask).item(),
+        M.PPO_REWARD_RM: shard.gather(raw_scores).mean().item(),
+        M.PPO_REWARD_TOTAL: masked_sum(shard.gather(rewards), all_mask, dim=-1).mean().item(),
+        M.PPO_RESPONSE_LEN: all_mask.sum(-1).float().mean().item(),
+        M.PPO_EOS_RATE: shard.gather(rollout.finished.float()).mean().item(),
+    }
+    if exact_rows.shape[0] >= 2:
+        stats[M.PPO_KL_K1_Z] = k1_exact_z(k1_rows, exact_rows).item()
+    return stats
+
+
+class HeldOutGold:
+    """gold/score on the held-out prompts every ppo.eval_every iterations (rank 0; built-in tasks):
+    the first eval, before any update, is the paired baseline of every later one."""
+
+    def __init__(self, policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, enabled: bool):
+        self.policy, self.tokenizer, self.eval_rows, self.cfg = policy, tokenizer, eval_rows, cfg
+        self.enabled = enabled and bool(eval_rows)
+        self.first: list[float] | None = None
+        self.pending_first = False
+
+    def baseline_before(self, first_iteration: bool) -> None:
+        if self.enabled and first_iteration:
+            self.first = held_out_gold(self.policy, self.tokenizer, self.eval_rows, self.cfg)
+            self.pending_first = True
+
+    def at(self, done: int, due: bool) -> dict[str, float]:
+        if not self.enabled:
+            return {}
+        if self.pending_first:
+            self.pending_first = False
+            return {M.GOLD_SCORE: sum(self.first) / len(self.first)}
+        if not due:
+            return {}
+        gold = held_out_gold(self.policy, self.tokenizer, self.eval_rows, self.cfg)
+        return {M.GOLD_SCORE: sum(gold) / len(gold), M.GOLD_GAIN_STDERR: paired_gain(gold, self.first, k=1)[1]}
+
+
+class HealthReport:
+    """Runs the health check on the history so far; a lasting symptom is repeated every
+    health_window iterations, not every iteration."""
+
+    def __init__(self, window: int, ctx: StageContext, enabled: bool):
+        self.window, self.ctx, self.enabled = window, ctx, enabled
+        self.history: list[dict] = []
+        self.last_warned: dict[str, int] = {}
+
+    def check(self, done: int, stats: dict, bar) -> None:
+        self.history.append(stats)
+        for warning in health_warnings(self.history, self.window) if self.enabled else []:
+            kind = warning.split(":", 1)[0]
+            if done - self.last_warned.get(kind, -self.window) >= self.window:
+                self.last_warned[kind] = done
+                bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
+                self.ctx.logger.log(done, {M.HEALTH_WARNING: warning})
+
+
+def save_ppo_final(ctx: StageContext, s: PPOSetup):
+    """final/: the policy, plus its value head (value_head.safetensors) or critic (final/critic/)."""
+    if s.net.critic is None:
+        value_head = save({k: v.contiguous() for k, v in s.net.value_head.state_dict().items()})
+        return save_final(ctx, s.net.policy, s.tokenizer, extra_files={"value_head.safetensors": value_head})
+    return save_final(ctx, s.net.policy, s.tokenizer, extra_models={"critic": (s.net.critic, s.critic_tokenizer)})
 
 
 def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], noise: torch.Tensor, cfg: PPOConfig) -> Rollout:
@@ -280,9 +348,10 @@ def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], noise: t
                           repetition_penalty=r.repetition_penalty, noise=noise)
 
 
-def ptx_minibatch(ctx, ptx: TokenizedSFT, step: int, cfg: PPOConfig, pad_token_id: int) -> tuple[dict, float]:
+def ptx_minibatch(shard: Shard, ptx: TokenizedSFT, step: int, cfg: PPOConfig, pad_token_id: int) -> tuple[dict, float]:
     """(this process's SFT batch for minibatch update `step`, its share of the global batch's tokens)."""
-    rank, world, size = ctx.accelerator.process_index, ctx.accelerator.num_processes, cfg.ppo.ptx_batch_size
+    acc, size = shard.accelerator, cfg.ppo.ptx_batch_size
+    rank, world = acc.process_index, acc.num_processes
     lengths = tuple(len(ids) for ids in ptx.input_ids)
     indices = global_batch_at(step, lengths, size * world, cfg.train.seed, group_by_length=False)
     ids = micro_batch(indices, 0, rank, world, size)
@@ -291,68 +360,83 @@ def ptx_minibatch(ctx, ptx: TokenizedSFT, step: int, cfg: PPOConfig, pad_token_i
     return batch, share
 
 
-def ppo_update(ctx, model, optimizer, scheduler, rollout: Rollout, old: dict, advantages: torch.Tensor,
-               returns: torch.Tensor, all_mask: torch.Tensor, ptx: TokenizedSFT | None, cfg: PPOConfig,
-               iteration: int, guard: NonFiniteGuard) -> dict[str, float]:
-    """ppo.epochs passes over the global batch, each in a fresh random order of ppo.minibatches
-    minibatches. A process trains on its own rows of each minibatch, its loss weighted by its share
-    of the minibatch's tokens (x processes, undoing DDP's gradient average), so every step is the
-    token mean over the whole minibatch whatever the number of processes."""
-    p, acc = cfg.ppo, ctx.accelerator
-    rank, world = acc.process_index, acc.num_processes
-    local = rollout.query_ids.shape[0]
-    batch = local * world
-    size = batch // p.minibatches
+def minibatch_order(global_size: int, cfg: PPOConfig, iteration: int) -> list[torch.Tensor]:
+    """Global row indices of each minibatch update: ppo.epochs fresh random orders of the batch,
+    each cut into ppo.minibatches chunks; a pure function of (seed, iteration)."""
+    size = global_size // cfg.ppo.minibatches
     generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + iteration)
-    orders = [torch.randperm(batch, generator=generator) for _ in range(p.epochs)]
-    chunks = [order[start : start + size] for order in orders for start in range(0, batch, size)]
-    model.train()
+    orders = [torch.randperm(global_size, generator=generator) for _ in range(cfg.ppo.epochs)]
+    return [order[start : start + size] for order in orders for start in range(0, global_size, size)]
+
+
+def ppo_update(ctx: StageContext, s: PPOSetup, shard: Shard, rollout: Rollout, old: dict,
+               advantages: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig, iteration: int) -> dict[str, float]:
+    """ppo.epochs passes over the global batch in minibatches. A process trains on its own rows of
+    each minibatch, its loss weighted by its share of the minibatch's tokens (x processes, undoing
+    DDP's gradient average), so every step is the token mean over the whole minibatch whatever the
+    number of processes."""
+    p, acc = cfg.ppo, ctx.accelerator
+    all_mask = shard.gather(rollout.response_mask)
+    chunks = minibatch_order(shard.global_size, cfg, iteration)
+    s.model.train()
     totals: dict[str, list[float]] = {}
-    ratio_first = None
-    pad_token_id = acc.unwrap_model(model).policy.config.pad_token_id
     for update, chunk in enumerate(chunks):
-        rows = chunk[(chunk >= rank * local) & (chunk < (rank + 1) * local)] - rank * local
+        rows = shard.mine(chunk)
         # A process with no rows in this minibatch still joins the gradient sum: one row, weight 0.
         index = rows if len(rows) else torch.tensor([0])
         part = rollout.rows(index)
         share = part.response_mask.sum().item() / max(all_mask[chunk].sum().item(), 1) if len(rows) else 0.0
         ptx_batch, ptx_share = (None, 0.0)
-        if ptx is not None:
-            ptx_batch, ptx_share = ptx_minibatch(ctx, ptx, iteration * len(chunks) + update, cfg, pad_token_id)
-        new = model(part, cfg.rollout.temperature, ptx_batch)
-        pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old["logprobs"][index], advantages[index],
-                                            part.response_mask, p.clip_range)
-        vf_loss, vf_stats = ppo_value_loss(new["values"], old["values"][index], returns[index], part.response_mask,
-                                           p.value_clip_range)
-        loss = (pg_loss + p.vf_coef * vf_loss) * share * world
-        if ptx is not None:
-            # PPO-ptx (Ouyang et al. 2022, eq. 2): + gamma * E_pretrain[-log pi(x)].
-            loss = loss + p.ptx_coef * new["ptx_loss"] * ptx_share * world
-        optimizer.zero_grad(set_to_none=True)
+        if s.ptx is not None:
+            step = iteration * len(chunks) + update
+            ptx_batch, ptx_share = ptx_minibatch(shard, s.ptx, step, cfg, s.net.policy.config.pad_token_id)
+        new = s.model(part, cfg.rollout.temperature, ptx_batch)
+        loss, local_stats, ratio_max = minibatch_loss(new, old, advantages, returns, index, part, cfg, share,
+                                                      ptx_share, acc.num_processes)
+        s.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)  # global: after DDP's sum
-        # Minibatch statistics as token means over the whole minibatch (all processes).
-        local_stats = {k: v.float() * share for k, v in {**pg_stats, **vf_stats}.items() if k != "ratio_max"}
-        local_stats["loss"] = loss.detach().float() / world
-        if ptx is not None:
-            local_stats["ptx_loss"] = new["ptx_loss"].detach().float() * ptx_share
-        summed = reduce_sum(ctx, torch.stack(list(local_stats.values())))
-        step_stats = dict(zip(local_stats, summed.tolist()))
+        grad_norm = acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)  # global: after DDP's sum
+        step_stats = dict(zip(local_stats, shard.sum(torch.stack(list(local_stats.values()))).tolist()))
         # The global loss and gradient norm: every process makes the same skip decision.
-        guarded_step(guard, optimizer, scheduler, step_stats.pop("loss"), float(grad_norm), iteration + 1)
-        step_stats["ratio_max"] = gather_rows(ctx, (pg_stats["ratio_max"] * bool(len(rows))).view(1)).max().item()
-        if ratio_first is None:
-            # Before any update the new and old policies are the same weights on the same inputs.
-            ratio_first = step_stats["ratio_mean"]
+        guarded_step(ctx.guard, s.optimizer, s.scheduler, step_stats.pop("loss"), float(grad_norm), iteration + 1)
+        step_stats["ratio_max"] = shard.gather((ratio_max * bool(len(rows))).view(1)).max().item()
         for key, value in step_stats.items():
             totals.setdefault(key, []).append(value)
         if p.approx_kl_stop is not None and step_stats["approx_kl"] > p.approx_kl_stop:
             break  # the same decision on every process: approx_kl is the global one
+    return update_metrics(totals, s.ptx is not None)
+
+
+def minibatch_loss(new: dict, old: dict, advantages: torch.Tensor, returns: torch.Tensor, index: torch.Tensor,
+                   part: Rollout, cfg: PPOConfig, share: float, ptx_share: float,
+                   world: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """(this process's loss, its statistics weighted to be summed over processes, its largest
+    ratio). `share`: the process's share of the minibatch's response tokens (of ptx tokens)."""
+    p = cfg.ppo
+    pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old["logprobs"][index], advantages[index],
+                                        part.response_mask, p.clip_range)
+    vf_loss, vf_stats = ppo_value_loss(new["values"], old["values"][index], returns[index], part.response_mask,
+                                       p.value_clip_range)
+    loss = (pg_loss + p.vf_coef * vf_loss) * share * world
+    if "ptx_loss" in new:
+        # PPO-ptx (Ouyang et al. 2022, eq. 2): + gamma * E_pretrain[-log pi(x)].
+        loss = loss + p.ptx_coef * new["ptx_loss"] * ptx_share * world
+    # Minibatch statistics as token means over the whole minibatch (all processes).
+    stats = {k: v.float() * share for k, v in {**pg_stats, **vf_stats}.items() if k != "ratio_max"}
+    stats["loss"] = loss.detach().float() / world
+    if "ptx_loss" in new:
+        stats["ptx_loss"] = new["ptx_loss"].detach().float() * ptx_share
+    return loss, stats, pg_stats["ratio_max"]
+
+
+def update_metrics(totals: dict[str, list[float]], ptx: bool) -> dict[str, float]:
+    """Per-iteration metrics from the minibatch updates' statistics."""
     mean = {k: sum(v) / len(v) for k, v in totals.items()}
-    out = {M.PPO_RATIO_FIRST: ratio_first, M.PPO_CLIPFRAC: mean["clipfrac"], M.PPO_APPROX_KL: mean["approx_kl"],
-           "ppo/pg_loss": mean["pg_loss"], "ppo/vf_loss": mean["vf_loss"], "ppo/ratio_max": max(totals["ratio_max"]),
-           "ppo/minibatch_updates": len(totals["pg_loss"])}
-    if ptx is not None:
+    # Before the first update the new and old policies are the same weights on the same inputs.
+    out = {M.PPO_RATIO_FIRST: totals["ratio_mean"][0], M.PPO_CLIPFRAC: mean["clipfrac"],
+           M.PPO_APPROX_KL: mean["approx_kl"], M.PPO_PG_LOSS: mean["pg_loss"], M.PPO_VF_LOSS: mean["vf_loss"],
+           M.PPO_RATIO_MAX: max(totals["ratio_max"]), M.PPO_MINIBATCH_UPDATES: len(totals["pg_loss"])}
+    if ptx:
         out[M.PPO_PTX_LOSS] = mean["ptx_loss"]
     return out
 

@@ -20,10 +20,11 @@ from rlhfkit.ops import bradley_terry_loss
 from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
+from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
-from rlhfkit.trainers.stage import RunResult, finish, progress_bar, start_stage
+from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
 def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:
@@ -119,7 +120,7 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
             ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,
-                                  "pairs_per_s": pairs_per_s, M.SKIPPED_STEPS: ctx.guard.skipped})
+                                  M.RM_PAIRS_PER_S: pairs_per_s, M.SKIPPED_STEPS: ctx.guard.skipped})
         if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:
@@ -132,7 +133,7 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     stats = reward_stats(cfg, merged, tokenizer, train_pairs) if ctx.is_main else {}
     final = save_final(ctx, merged, tokenizer, extra_files={REWARD_STATS: json.dumps(stats, indent=1)})
     if ctx.is_main:
-        ctx.logger.log(t.max_steps, {"rm/reward_mean": stats["mean"], "rm/reward_std": stats["std"]})
+        ctx.logger.log(t.max_steps, {M.RM_REWARD_MEAN: stats["mean"], M.RM_REWARD_STD: stats["std"]})
     return finish(ctx, final)
 
 

@@ -18,10 +18,11 @@ from rlhfkit.evaluate.loss import held_out_loss
 from rlhfkit.models import load_causal_lm
 from rlhfkit.ops import masked_nll
 from rlhfkit.run import metrics as M
+from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
-from rlhfkit.trainers.stage import RunResult, finish, progress_bar, start_stage
+from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
 def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT, list[dict]]:

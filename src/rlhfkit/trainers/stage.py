@@ -5,13 +5,11 @@ ends here."""
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.logger import read_metrics
@@ -63,10 +61,3 @@ def finish(ctx: StageContext, final: Path) -> RunResult:
     ctx.logger.close()
     metrics = read_metrics(ctx.out / "metrics.jsonl") if (ctx.out / "metrics.jsonl").is_file() else []
     return RunResult(ctx.out, final, metrics)
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    """tqdm with loss and throughput in its postfix; redrawn rarely when output is a log file."""
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
-                mininterval=0.2 if interactive else 10.0)
