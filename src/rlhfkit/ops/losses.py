@@ -16,6 +16,9 @@ from .kl import kl_k3
 from .logprobs import _check_mask, logprobs_from_logits, masked_mean, masked_var
 
 __all__ = [
+    "aggregate_loss",
+    "aggregation_count",
+    "AGGREGATIONS",
     "masked_nll",
     "bradley_terry_loss",
     "ppo_policy_loss",
@@ -30,6 +33,93 @@ def _masked_max(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Max over valid entries; 0 for an empty mask."""
     biggest = torch.where(m, x, float("-inf")).amax()
     return torch.where(m.any(), biggest, torch.zeros_like(biggest))
+
+
+# ---------------------------------------------------------------- loss aggregation
+
+# How a per-token loss becomes a scalar, by config string. GRPO (Shao et al. 2024, eq. 3) averages
+# tokens within a row, then rows; DAPO (Yu et al. 2025, §3.3) averages all tokens of the batch, so a
+# long answer is not down-weighted per token; Dr. GRPO (Liu et al. 2025) sums a row's tokens,
+# then averages rows (up to its constant 1 / max-length, a learning-rate scale).
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+
+
+def _check_aggregation(mode: str, total: float | None) -> None:
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {list(AGGREGATIONS)}")
+    if isinstance(total, (int, float)) and not total > 0:
+        raise ValueError(f"total must be > 0 (a global token or row count), got {total}")
+
+
+def aggregation_count(mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """The denominator `aggregate_loss` divides by when `total` is None: the number of valid tokens
+    ("token-mean") or of rows with at least one valid token (the "seq-" modes).
+
+    Shapes: mask (B, T) -> scalar float32 tensor. With several processes, sum this over processes
+    (all-reduce) and pass the result as `total` to each process's `aggregate_loss`.
+    """
+    _check_aggregation(mode, None)
+    m = mask if mask.dtype == torch.bool else mask != 0
+    valid = m if mode == "token-mean" else m.any(dim=-1)
+    return valid.sum().to(torch.float32)
+
+
+def aggregate_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", total: float | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss to the scalar to call `.backward()` on.
+
+        "token-mean":          sum_{b,t} m[b,t] x[b,t] / N_tokens
+        "seq-mean-token-sum":  sum_b ( sum_t m[b,t] x[b,t] ) / N_rows
+        "seq-mean-token-mean": sum_b ( sum_t m[b,t] x[b,t] / sum_t m[b,t] ) / N_rows
+
+    N_tokens = number of valid tokens, N_rows = number of rows with at least one valid token
+    (`aggregation_count`; an all-padding row, e.g. a filler row of a process with no data, changes
+    nothing). `total` replaces that denominator: pass the count of the *global* batch (summed over
+    processes) and each process's result is its share, so the sum over processes equals the loss
+    of the whole batch, and so does the DDP gradient sum. Shapes: per_token, mask (B, T) -> scalar
+    in per_token's dtype (the sums run in at least float32). An empty mask gives 0; garbage under
+    the mask is ignored, with a zero gradient there. With mode "token-mean" and no `total` this
+    is exactly `masked_mean(per_token, mask)`.
+    """
+    _check_aggregation(mode, total)
+    m = _check_mask(per_token, mask)
+    if mode == "token-mean" and total is None:
+        return masked_mean(per_token, m)
+    acc = torch.promote_types(per_token.dtype, torch.float32)
+    xs = torch.where(m, per_token.to(acc), 0.0)  # garbage out before any sum
+    if mode == "token-mean":
+        numerator = xs.sum()
+    else:
+        row_sums = xs.sum(dim=-1)  # (B,)
+        if mode == "seq-mean-token-mean":
+            row_sums = row_sums / m.sum(dim=-1).clamp(min=1).to(acc)  # an empty row stays 0
+        numerator = row_sums.sum()
+    denominator = aggregation_count(m, mode).clamp(min=1) if total is None else total
+    return (numerator / denominator).to(per_token.dtype)
+
+
+def aggregate_loss_reference(
+    per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", total: float | None = None
+) -> torch.Tensor:
+    """Naive reference: Python loops over rows and tokens in float64; empty -> 0."""
+    rows, masks = per_token.double().tolist(), mask.tolist()
+    tokens, row_terms = [], []
+    for row, row_mask in zip(rows, masks):
+        vals = [x for x, valid in zip(row, row_mask) if valid]
+        tokens += vals
+        if vals:
+            row_terms.append(sum(vals) if mode == "seq-mean-token-sum" else sum(vals) / len(vals))
+    items = tokens if mode == "token-mean" else row_terms
+    count = total if total is not None else len(items)
+    return torch.tensor(sum(items) / count if count else 0.0, dtype=torch.float64)
+
+
+def aggregation_count_reference(mask: torch.Tensor, mode: str) -> float:
+    """Naive reference: count valid tokens, or rows with any valid token, by loops."""
+    if mode == "token-mean":
+        return float(sum(1 for row in mask.tolist() for v in row if v))
+    return float(sum(1 for row in mask.tolist() if any(row)))
 
 
 # ---------------------------------------------------------------- SFT
@@ -153,19 +243,33 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float = 0.2,
+    *,
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+    aggregation: str = "token-mean",
+    total: float | None = None,
 ) -> tuple[torch.Tensor, Stats]:
-    """PPO clipped surrogate policy loss (Schulman et al. 2017, eq. 7), negated for descent.
+    """PPO clipped surrogate policy loss (Schulman et al. 2017, eq. 7), negated for descent, with
+    DAPO's asymmetric clip range (Yu et al. 2025, §3.1 "clip-higher") as an option.
 
         ratio   = exp(logprobs - old_logprobs)
-        pg_loss = masked_mean( max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) )
+        pg_loss = aggregate( max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high)) )
 
     Shapes: logprobs, old_logprobs, advantages, mask (B, T) -> scalar loss. `old_logprobs` and
-    `advantages` are treated as constants (detached here). eps = `clip_range` > 0.
+    `advantages` are treated as constants (detached here). eps_low = `clip_low`, eps_high =
+    `clip_high`, each defaulting to `clip_range`; all > 0. A larger eps_high lets unlikely tokens
+    with A > 0 grow further per update, which DAPO uses against entropy collapse. `aggregation`
+    and `total` are those of `aggregate_loss`; the defaults ("token-mean", None) give
+    masked_mean, and `ppo_policy_loss(new, old, adv, mask, clip_range)` computes exactly what it
+    did before these options existed.
 
-    stats:
+    stats (token means over the valid tokens, whatever the aggregation):
       "pg_loss"    detached loss.
       "clipfrac"   fraction of valid tokens where the clipped branch is strictly larger, i.e. the
-                   token gets no gradient: -A*clip(ratio) > -A*ratio.
+                   token gets no gradient: -A*clip(ratio) > -A*ratio. Counts both sides.
+      "clipfrac_low", "clipfrac_high"  only when `clip_low` or `clip_high` is given: the part of
+                   clipfrac with ratio < 1 - eps_low (A < 0) and with ratio > 1 + eps_high (A > 0);
+                   they sum to clipfrac.
       "approx_kl"  masked_mean of k3 = (ratio - 1) - log(ratio): an unbiased, per-token
                    non-negative estimate of KL(pi_old || pi) on tokens sampled from pi_old (as in
                    CleanRL; TRL logs k2 = 0.5 * (log ratio)^2 instead). Used for early stopping.
@@ -174,6 +278,12 @@ def ppo_policy_loss(
     """
     if not clip_range > 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    _check_aggregation(aggregation, total)
+    low = clip_range if clip_low is None else clip_low
+    high = clip_range if clip_high is None else clip_high
     m = _check_mask(logprobs, mask)
     for name, t in (("old_logprobs", old_logprobs), ("advantages", advantages)):
         if t.shape != logprobs.shape:
@@ -186,17 +296,22 @@ def ppo_policy_loss(
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(pg_losses, pg_losses_clipped), m)
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - low, 1.0 + high)
+    loss = aggregate_loss(torch.maximum(pg_losses, pg_losses_clipped), m, aggregation, total)
 
     with torch.no_grad():
+        clipped = pg_losses_clipped > pg_losses
         stats = {
             "pg_loss": loss.detach(),
-            "clipfrac": masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m),
+            "clipfrac": masked_mean(clipped.to(ratio.dtype), m),
             "approx_kl": masked_mean(kl_k3(old_logprobs, logprobs.detach()), m),
             "ratio_mean": masked_mean(ratio.detach(), m),
             "ratio_max": _masked_max(ratio.detach(), m),
         }
+        if clip_low is not None or clip_high is not None:
+            # The clipped branch wins only outside the range: below it for A < 0, above for A > 0.
+            stats["clipfrac_low"] = masked_mean((clipped & (ratio < 1.0)).to(ratio.dtype), m)
+            stats["clipfrac_high"] = masked_mean((clipped & (ratio > 1.0)).to(ratio.dtype), m)
     return loss, stats
 
 
@@ -206,20 +321,39 @@ def ppo_policy_loss_reference(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float = 0.2,
-) -> tuple[float, float]:
-    """Naive reference: a loop over valid tokens in Python floats -> (pg_loss, clipfrac)."""
-    losses, clipped = [], []
-    flat = [t.double().flatten().tolist() for t in (logprobs, old_logprobs, advantages)]
-    for lp, old_lp, a, valid in zip(*flat, mask.flatten().tolist()):
-        if not valid:
-            continue
-        ratio = math.exp(lp - old_lp)
-        unclipped = -a * ratio
-        clipped_branch = -a * min(max(ratio, 1.0 - clip_range), 1.0 + clip_range)
-        losses.append(max(unclipped, clipped_branch))
-        clipped.append(1.0 if clipped_branch > unclipped else 0.0)
-    n = len(losses)
-    return (sum(losses) / n, sum(clipped) / n) if n else (0.0, 0.0)
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+    aggregation: str = "token-mean",
+    total: float | None = None,
+    per_side: bool = False,
+) -> tuple[float, ...]:
+    """Naive reference: a loop over valid tokens in Python floats -> (pg_loss, clipfrac), or
+    (pg_loss, clipfrac, clipfrac_low, clipfrac_high) with `per_side`."""
+    low = clip_range if clip_low is None else clip_low
+    high = clip_range if clip_high is None else clip_high
+    B, T = logprobs.shape
+    per_token = [[0.0] * T for _ in range(B)]
+    sides = []  # one of "none", "low", "high" per valid token
+    rows = [t.double().tolist() for t in (logprobs, old_logprobs, advantages)]
+    for b in range(B):
+        for t in range(T):
+            if not mask[b, t]:
+                continue
+            lp, old_lp, a = rows[0][b][t], rows[1][b][t], rows[2][b][t]
+            ratio = math.exp(lp - old_lp)
+            unclipped = -a * ratio
+            clipped_branch = -a * min(max(ratio, 1.0 - low), 1.0 + high)
+            per_token[b][t] = max(unclipped, clipped_branch)
+            if clipped_branch > unclipped:
+                sides.append("low" if ratio < 1.0 else "high")
+            else:
+                sides.append("none")
+    per_token_t = torch.tensor(per_token, dtype=torch.float64).reshape(logprobs.shape)
+    loss = aggregate_loss_reference(per_token_t, mask, aggregation, total).item()
+    n = len(sides)
+    fractions = [sum(s in kinds for s in sides) / n if n else 0.0
+                 for kinds in (("low", "high"), ("low",), ("high",))]
+    return (loss, *fractions) if per_side else (loss, fractions[0])
 
 
 def ppo_value_loss(
