@@ -1,4 +1,4 @@
-"""Pure tensor math for RLHF: log-probs, KL, GAE and losses. Imports torch only.
+"""Pure tensor math for RLHF: log-probs, KL, GAE and losses (RM, PPO, DPO family). Imports torch only.
 
 Every function states its formula and shapes in its docstring and has a naive `*_reference`
 implementation beside it in its module, which the tests compare against. Masks are 0/1
@@ -22,6 +22,7 @@ from .losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from .preference import PREFERENCE_LOSSES, dpo_loss, sequence_logps, simpo_loss
 from .shaping import adaptive_kl_coef, kl_shaped_rewards
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "kl_shaped_rewards",
     "KL_ESTIMATORS",
     "bradley_terry_loss",
+    "dpo_loss",
+    "PREFERENCE_LOSSES",
     "entropy_from_logits",
     "explained_variance",
     "gae",
@@ -47,4 +50,6 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "sequence_kl",
+    "sequence_logps",
+    "simpo_loss",
 ]
