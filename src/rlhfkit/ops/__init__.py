@@ -1,5 +1,5 @@
-"""Pure tensor math for RLHF: log-probs, KL, advantages (GAE and critic-free estimators) and losses.
-Imports torch only.
+"""Pure tensor math for RLHF: log-probs, KL, advantages (GAE and critic-free estimators) and losses
+(SFT, RM, PPO, the DPO family). Imports torch only.
 
 Every function states its formula and shapes in its docstring and has a naive `*_reference`
 implementation beside it in its module, which the tests compare against. Masks are 0/1
@@ -36,6 +36,7 @@ from .losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from .preference import PREFERENCE_LOSSES, dpo_loss, sequence_logps, simpo_loss
 from .shaping import adaptive_kl_coef, kl_shaped_rewards
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "kl_shaped_rewards",
     "KL_ESTIMATORS",
     "bradley_terry_loss",
+    "dpo_loss",
+    "PREFERENCE_LOSSES",
     "entropy_from_logits",
     "explained_variance",
     "gae",
@@ -76,4 +79,6 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "sequence_kl",
+    "sequence_logps",
+    "simpo_loss",
 ]
