@@ -1,8 +1,25 @@
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
-from rlhfkit.config import SFTConfig, load_config, save_config
+from rlhfkit.config import (
+    PipelineConfig,
+    PPOConfig,
+    PrefsConfig,
+    RMConfig,
+    SFTConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from rlhfkit.errors import ConfigError
+
+REPO = Path(__file__).parents[1]
+YAML_CLASSES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "prefs": PrefsConfig,
+                "pipeline": PipelineConfig}
+SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
 
 
 def write(tmp_path, text):
@@ -64,15 +81,78 @@ def test_saved_config_round_trips(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["lr"] == 5e-5
 
 
-@pytest.mark.parametrize("name", ["tiny", "smollm2", "gpt2-alpaca"])
-def test_shipped_recipes_load(name):
-    from pathlib import Path
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])
+def test_every_shipped_yaml_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(YAML_CLASSES[path.stem], path)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(YAML_CLASSES[path.stem], tmp_path / "config.yaml") == cfg
 
-    from rlhfkit.config import PPOConfig, PrefsConfig, RMConfig
 
-    folder = Path(__file__).parents[1] / "configs" / name
-    load_config(SFTConfig, folder / "sft.yaml")
-    load_config(RMConfig, folder / "rm.yaml")
-    load_config(PPOConfig, folder / "ppo.yaml")
-    if (folder / "prefs.yaml").exists():
-        load_config(PrefsConfig, folder / "prefs.yaml")
+# ----------------------------------------------------------------------------- bounds
+
+
+def leaves(cfg) -> dict:
+    """dotted key -> value of every non-section field."""
+    out = {}
+    for key, value in config_to_dict(cfg).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in leaves(getattr(cfg, key)).items()})
+        else:
+            out[key] = value
+    return out
+
+
+# The lower bounds that config.py's MINIMUMS table held before bounds moved onto the fields
+# (issue #14): (config, key, bound, strict). Each must still be enforced.
+MINIMUMS_BEFORE = [
+    *[(SFTConfig, f"train.{k}", b, False) for k, b in [
+        ("lr", 0), ("weight_decay", 0), ("warmup_steps", 0), ("max_steps", 0), ("batch_size", 1),
+        ("grad_accum", 1), ("log_every", 1), ("eval_every", 1), ("save_every", 1), ("keep_last", 0),
+        ("threads", 1), ("max_nonfinite_steps", 1)]],
+    (SFTConfig, "train.max_grad_norm", 0, True),
+    *[(SFTConfig, f"data.{k}", b, False) for k, b in [
+        ("max_length", 1), ("eval_size", 0), ("builtin_size", 1), ("eval_fraction", 0),
+        ("max_train_rows", 1)]],
+    (SFTConfig, "model.lora_r", 1, False),
+    (PPOConfig, "rollout.batch_size", 1, False), (PPOConfig, "rollout.max_new_tokens", 1, False),
+    (PPOConfig, "rollout.temperature", 0, True),
+    *[(PPOConfig, f"ppo.{k}", b, False) for k, b in [
+        ("iterations", 0), ("epochs", 1), ("minibatches", 1), ("eval_every", 1), ("health_window", 1)]],
+    *[(PrefsConfig, k, 1, False) for k in ("n_prompts", "batch_size", "max_new_tokens")],
+    *[(PipelineConfig, f"eval.{k}", 1, False) for k in ("prompts", "samples_per_prompt", "batch_size")],
+]
+
+
+@pytest.mark.parametrize("cls, key, bound, strict", MINIMUMS_BEFORE,
+                         ids=[f"{c.__name__}-{k}" for c, k, *_ in MINIMUMS_BEFORE])
+def test_bounds_of_before_issue_14_are_still_enforced(cls, key, bound, strict):
+    below, op = (bound, ">") if strict else (bound - 1, ">=")
+    with pytest.raises(ConfigError, match=rf"^defaults: {re.escape(key)} must be {op} {bound}, got "):
+        load_config(cls, None, [f"{key}={below}"])
+    load_config(cls, None, [f"{key}={bound + 1}"])
+
+
+@pytest.mark.parametrize("cls, override, message", [
+    (SFTConfig, "data.builtin_noise=1.5", "data.builtin_noise must be <= 1, got 1.5"),
+    (SFTConfig, "data.eval_fraction=2", "data.eval_fraction must be <= 1, got 2.0"),
+    (SFTConfig, "model.lora_dropout=-0.1", "model.lora_dropout must be >= 0, got -0.1"),
+    (RMConfig, "rm.norm_samples=1", "rm.norm_samples must be >= 2, got 1"),
+    (PPOConfig, "ppo.gamma=1.5", "ppo.gamma must be <= 1, got 1.5"),
+    (PPOConfig, "ppo.clip_range=0", "ppo.clip_range must be > 0, got 0.0"),
+    (PPOConfig, "ppo.target_kl=0", "ppo.target_kl must be > 0, got 0.0"),
+    (PPOConfig, "rollout.top_k=-1", "rollout.top_k must be >= 0, got -1"),
+    (PrefsConfig, "temperature=0", "temperature must be > 0, got 0.0"),
+    (PipelineConfig, "eval.best_of_n=[1,0]", "eval.best_of_n[1] must be >= 1, got 0"),
+])
+def test_bounds_added_with_issue_14(cls, override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(cls, None, [override])
+    assert str(e.value) == f"defaults: {message}"
+
+
+@pytest.mark.parametrize("cls", YAML_CLASSES.values(), ids=YAML_CLASSES)
+def test_defaults_load_and_round_trip(cls, tmp_path):
+    # Every default must satisfy its own bound, and a default config.yaml must load back as it was.
+    cfg = load_config(cls)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(cls, tmp_path / "config.yaml") == cfg == cls()
