@@ -1,10 +1,12 @@
 import re
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rlhfkit.config import (
+    STAGE_CONFIGS,
     PipelineConfig,
     PPOConfig,
     PrefsConfig,
@@ -88,6 +90,26 @@ def test_every_shipped_yaml_loads_and_round_trips(path, tmp_path):
     assert load_config(YAML_CLASSES[path.stem], tmp_path / "config.yaml") == cfg
 
 
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem == "pipeline"], ids=lambda p: p.parent.name)
+def test_shipped_pipelines_wire_their_stages_without_a_rejected_key(path):
+    # The wiring sets model paths, the pairs file, the RM and run.name/dir through load_config, each
+    # different from the stage's default: a wired key in a stage's NO_EFFECT would fail here.
+    from rlhfkit.trainers.pipeline import plan_pipeline
+
+    plan = plan_pipeline(load_config(PipelineConfig, path), path, {})
+    assert plan.ppo.ppo.reward == str(plan.root / "rm") and plan.rm.model.name == str(plan.root / "sft")
+
+
+def test_pipeline_stage_override_with_no_effect_names_the_stage_file():
+    from rlhfkit.trainers.pipeline import plan_pipeline
+
+    path = REPO / "configs" / "tiny" / "pipeline.yaml"
+    with pytest.raises(ConfigError) as e:
+        plan_pipeline(load_config(PipelineConfig, path), path, {"ppo": ["train.max_steps=100"]})
+    assert str(e.value) == (f"{path.parent / 'ppo.yaml'}: train.max_steps=100 has no effect in the ppo stage "
+                            "(its length is ppo.iterations); remove it")
+
+
 # ----------------------------------------------------------------------------- bounds
 
 
@@ -156,3 +178,79 @@ def test_defaults_load_and_round_trip(cls, tmp_path):
     cfg = load_config(cls)
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(cls, tmp_path / "config.yaml") == cfg == cls()
+
+
+def test_a_section_keeps_the_stage_defaults_of_the_keys_it_does_not_set():
+    rm = load_config(RMConfig, None, ["data.source=p.jsonl", "train.max_steps=5"])
+    assert (rm.train.lr, rm.train.batch_size, rm.data.max_length) == (1e-4, 8, 128)
+    ppo = load_config(PPOConfig, None, ["train.lr=1e-3"])
+    assert (ppo.train.max_steps, ppo.train.log_every, ppo.train.save_every) == (0, 1, 20)
+
+
+# ----------------------------------------------------------------------------- keys a stage never reads
+
+
+def other_value(cls, key):
+    """A valid value of `key` that differs from `cls`'s default."""
+    *path, name = key.split(".")
+    section = cls
+    for part in path:
+        section = typing.get_type_hints(section)[part]
+    hint = typing.get_type_hints(section)[name]
+    default = leaves(cls())[key]
+    if typing.get_origin(hint) is typing.Literal:
+        return next(choice for choice in typing.get_args(hint) if choice != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default / 2 if default else 0.5
+    return "other"
+
+
+NO_EFFECT = [(cls, key) for cls in STAGE_CONFIGS.values() for key in cls.NO_EFFECT]
+
+
+def test_no_effect_keys_name_fields_of_their_stage():
+    for cls in STAGE_CONFIGS.values():
+        assert set(cls.NO_EFFECT) <= set(leaves(cls())), cls.__name__
+
+
+@pytest.mark.parametrize("cls, key", NO_EFFECT, ids=[f"{c.STAGE}-{k}" for c, k in NO_EFFECT])
+def test_a_key_the_stage_never_reads_is_rejected_unless_it_is_the_default(cls, key, tmp_path):
+    value = other_value(cls, key)
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    with pytest.raises(ConfigError) as e:
+        load_config(cls, None, [f"{key}={shown}"])
+    reason = cls.NO_EFFECT[key]
+    assert str(e.value) == (f"defaults: {key}={shown} has no effect in the {cls.STAGE} stage ({reason}); "
+                            "remove it")
+    # The default itself, written out (as in a run's resolved config.yaml), loads.
+    section, name = key.rsplit(".", 1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({section: {name: leaves(cls())[key]}}))
+    assert load_config(cls, path) == cls()
+
+
+def test_sft_packing_is_not_implemented():
+    assert load_config(SFTConfig, None, ["sft.packing=false"]).sft.packing is False
+    with pytest.raises(ConfigError, match=r"^defaults: sft.packing=true has no effect in the sft stage "
+                                          r"\(not implemented\); remove it$"):
+        load_config(SFTConfig, None, ["sft.packing=true"])
+
+
+def test_ppo_file_setting_train_max_steps_names_file_key_and_stage(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 1.0e-5\n  max_steps: 100\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(PPOConfig, path)
+    assert str(e.value) == (f"{path}: train.max_steps=100 has no effect in the ppo stage (its length is "
+                            "ppo.iterations); remove it")
+
+
+@pytest.mark.parametrize("cls", STAGE_CONFIGS.values(), ids=STAGE_CONFIGS)
+def test_a_resolved_config_with_every_key_loads_back(cls, tmp_path):
+    # What a run writes as config.yaml: every key, the unread ones at the stage's default.
+    cfg = load_config(cls, None, ["train.seed=3", "model.lora=false", "train.lr=1e-3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(cls, tmp_path / "config.yaml") == cfg

@@ -1,19 +1,21 @@
 """Dataclass configs per stage, loaded from YAML plus dotted `key=value` overrides.
 
-Every field is documented once, here. Loading checks types (including `Literal` choices) and the
-bounds declared on the fields (`at_least`, `fraction`), and names the closest valid key for a typo,
-so a bad config fails before any model is loaded.
+Every field is documented once, here. Loading checks types (including `Literal` choices), the
+bounds declared on the fields (`at_least`, `fraction`) and the keys a stage never reads (its
+`NO_EFFECT`), and names the closest valid key for a typo, so a bad config fails before any model
+is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -66,7 +68,8 @@ class ModelConfig:
     """Hub id (`gpt2`), local HF folder, a `.gguf` file, a run folder's stage (`runs/x/sft`),
     or a built-in asset: `tiny` (GPT-2 built locally) or `smollm2` (SmolLM2-135M-Instruct)."""
     gguf_file: str | None = None
-    """GGUF file name inside `name` when `name` is a folder holding one."""
+    """Not implemented (rejected when set): put the `.gguf` file's path in `name`. Kept so that
+    config.yaml files of earlier runs, which list it, still load."""
     tokenizer: str | None = None
     """Tokenizer location when it differs from `name`."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -84,6 +87,12 @@ class ModelConfig:
     is refused with an error. Turn it on only for a model whose code you have read and trust."""
     tiny_seed: int = 0
     """Seed of the locally built tiny model when `name` is `tiny`."""
+
+
+# ModelConfig keys that no stage reads; every stage's NO_EFFECT lists them.
+MODEL_NO_EFFECT: dict[str, str] = {
+    "model.gguf_file": "not implemented: put the .gguf file's path in model.name",
+}
 
 
 @dataclass
@@ -151,7 +160,8 @@ class RunConfig:
 @dataclass
 class SFTSection:
     packing: bool = False
-    """Concatenate examples into full-length rows (no padding waste)."""
+    """Concatenate examples into full-length rows (no padding waste). Not implemented: `true` is
+    rejected (SFTConfig.NO_EFFECT)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
     save_merged: bool = False
@@ -163,6 +173,11 @@ class SFTSection:
 
 @dataclass
 class SFTConfig:
+    # Keys this stage reads nowhere, with why. load_config rejects any value but this class's
+    # default, so a run's resolved config.yaml (every key, defaults included) still loads.
+    STAGE: ClassVar[str] = "sft"
+    NO_EFFECT: ClassVar[dict[str, str]] = {**MODEL_NO_EFFECT, "sft.packing": "not implemented"}
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -191,6 +206,16 @@ class RMSection:
 
 @dataclass
 class RMConfig:
+    # Keys this stage reads nowhere, with why (as SFTConfig.NO_EFFECT).
+    STAGE: ClassVar[str] = "rm"
+    NO_EFFECT: ClassVar[dict[str, str]] = {
+        **MODEL_NO_EFFECT,
+        **dict.fromkeys(("data.builtin_size", "data.builtin_noise"),
+                        "it reads preference pairs, which builtin: tasks do not have; make them with "
+                        "`rlhfkit data prefs`"),
+        "data.template": "preference prompts are used as written",
+    }
+
     model: ModelConfig = field(default_factory=ModelConfig)
     """The SFT model (e.g. runs/<name>/sft); its trunk gets a scalar head."""
     data: DataConfig = field(default_factory=lambda: DataConfig(source="", max_length=128))
@@ -294,6 +319,20 @@ class PPOSection:
 
 @dataclass
 class PPOConfig:
+    # Keys this stage reads nowhere, with why (as SFTConfig.NO_EFFECT).
+    STAGE: ClassVar[str] = "ppo"
+    NO_EFFECT: ClassVar[dict[str, str]] = {
+        **MODEL_NO_EFFECT,
+        "train.warmup_steps": "it runs a constant learning rate",
+        "train.max_steps": "its length is ppo.iterations",
+        "train.batch_size": "its batch is rollout.batch_size, split into ppo.minibatches",
+        "train.grad_accum": "each minibatch is one optimizer step",
+        "train.log_every": "it logs every iteration",
+        "train.eval_every": "its eval interval is ppo.eval_every",
+        **dict.fromkeys(("data.eval_fraction", "data.eval_size"),
+                        "its held-out prompts are a builtin: task's test split, ppo.eval_prompts of them"),
+    }
+
     model: ModelConfig = field(default_factory=ModelConfig)
     """The SFT policy (e.g. runs/<name>/sft). With LoRA the reference is this model with the adapter off."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -304,7 +343,7 @@ class PPOConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
+STAGE_CONFIGS: dict[str, type] = {cls.STAGE: cls for cls in (SFTConfig, RMConfig, PPOConfig)}
 
 
 @dataclass
@@ -344,7 +383,7 @@ class PipelineConfig:
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Any:
     """Defaults <- YAML file <- `key=value` overrides, type-checked into an instance of `cls`, then
-    checked against the bounds declared on the fields."""
+    checked against the stage's NO_EFFECT keys and the bounds declared on the fields."""
     raw: dict = {}
     where = "defaults"
     if path is not None:
@@ -356,8 +395,21 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
         _set_dotted(raw, key.strip(), _parse_scalar(value))
     cfg = _build(cls, raw, prefix="", where=where, root=cls)
+    _check_no_effect(cfg, where)
     _check_bounds(cfg, where)
     return cfg
+
+
+def _check_no_effect(cfg: Any, where: str) -> None:
+    """Reject a key of the stage's NO_EFFECT that differs from the stage's default: a setting the
+    stage would silently ignore."""
+    default = type(cfg)()
+    for key, reason in getattr(cfg, "NO_EFFECT", {}).items():
+        value = _get_dotted(cfg, key)
+        if value != _get_dotted(default, key):
+            shown = json.dumps(value) if isinstance(value, bool) or value is None else value
+            raise ConfigError(f"{where}: {key}={shown} has no effect in the {cfg.STAGE} stage ({reason}); "
+                              "remove it")
 
 
 def _check_bounds(cfg: Any, where: str, prefix: str = "") -> None:
@@ -376,6 +428,12 @@ def _check_bounds(cfg: Any, where: str, prefix: str = "") -> None:
             if broken:
                 key = f"{prefix}{f.name}" + ("" if i is None else f"[{i}]")
                 raise ConfigError(f"{where}: {key} must be {broken}, got {item!r}")
+
+
+def _get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -430,7 +488,11 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-def _build(cls: type, raw: dict, prefix: str, where: str, root: type) -> Any:
+def _build(cls: type, raw: dict, prefix: str, where: str, root: type, base: Any = None) -> Any:
+    """`base` (default: cls()) with the keys in `raw` replaced. A section starts from its parent's
+    default for it, so a stage's own defaults (PPO's train.max_steps=0, RM's data.max_length=128)
+    survive a YAML section or override that sets other keys of it."""
+    base = cls() if base is None else base
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -444,10 +506,11 @@ def _build(cls: type, raw: dict, prefix: str, where: str, root: type) -> Any:
             continue
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, raw[f.name] or {}, f"{prefix}{f.name}.", where, root)
+            section = getattr(base, f.name)
+            kwargs[f.name] = _build(hint, raw[f.name] or {}, f"{prefix}{f.name}.", where, root, section)
         else:
             kwargs[f.name] = _check(raw[f.name], hint, f"{prefix}{f.name}", where)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
