@@ -18,6 +18,7 @@ from rlhfkit.cli import main
 
 REPO = Path(__file__).parents[1]
 PREFS = REPO / "tests" / "fixtures" / "prefs.jsonl"
+TINY_PIPELINE = REPO / "configs" / "tiny" / "pipeline.yaml"
 QUIET = ["run.report_to=[]", "run.progress=false"]
 SFT = ["sft", "sft.eval_generate=0", "data.builtin_size=64", "data.eval_size=8", "train.batch_size=4",
        "train.max_steps=2", "model.lora=true", "model.lora_r=4", *QUIET]
@@ -223,6 +224,19 @@ CASES = [
          patch=lambda mp: mp.setattr("rlhfkit.trainers.final.atomic_dir", _failing_atomic_dir), new_files=True),
     Case("full disk while appending to metrics.jsonl", lambda t: [*SFT], "metrics.jsonl: No space left on device",
          patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False), new_files=True),
+    # --- config keys a stage never reads (its NO_EFFECT) and bounds declared on the fields
+    Case("PPO config sets a key PPO never reads", lambda t: ["ppo", "--config", f"{t}/cfg.yaml"],
+         "cfg.yaml: train.max_steps=100 has no effect in the ppo stage (its length is ppo.iterations)",
+         yaml_file("train:\n  lr: 1.0e-5\n  max_steps: 100\n")),
+    Case("sft.packing (not implemented)", lambda t: [*SFT, "sft.packing=true"],
+         "sft.packing=true has no effect in the sft stage (not implemented); remove it"),
+    Case("RM data key RM never reads", lambda t: [*RM, "data.template=chat"],
+         "data.template=chat has no effect in the rm stage (preference prompts are used as written)"),
+    Case("pipeline stage override PPO never reads", lambda t: ["pipeline", "--config", str(TINY_PIPELINE),
+                                                               f"dir={t}/runs", "ppo.train.warmup_steps=0"],
+         "ppo.yaml: train.warmup_steps=0 has no effect in the ppo stage (it runs a constant learning rate)"),
+    Case("probability above 1", lambda t: [*SFT, "data.builtin_noise=1.5"],
+         "data.builtin_noise must be <= 1, got 1.5"),
 ]
 
 

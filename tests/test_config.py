@@ -1,8 +1,27 @@
+import re
+import typing
+from pathlib import Path
+
 import pytest
 import yaml
 
-from rlhfkit.config import SFTConfig, load_config, save_config
+from rlhfkit.config import (
+    STAGE_CONFIGS,
+    PipelineConfig,
+    PPOConfig,
+    PrefsConfig,
+    RMConfig,
+    SFTConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from rlhfkit.errors import ConfigError
+
+REPO = Path(__file__).parents[1]
+YAML_CLASSES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "prefs": PrefsConfig,
+                "pipeline": PipelineConfig}
+SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
 
 
 def write(tmp_path, text):
@@ -64,15 +83,174 @@ def test_saved_config_round_trips(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["lr"] == 5e-5
 
 
-@pytest.mark.parametrize("name", ["tiny", "smollm2", "gpt2-alpaca"])
-def test_shipped_recipes_load(name):
-    from pathlib import Path
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])
+def test_every_shipped_yaml_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(YAML_CLASSES[path.stem], path)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(YAML_CLASSES[path.stem], tmp_path / "config.yaml") == cfg
 
-    from rlhfkit.config import PPOConfig, PrefsConfig, RMConfig
 
-    folder = Path(__file__).parents[1] / "configs" / name
-    load_config(SFTConfig, folder / "sft.yaml")
-    load_config(RMConfig, folder / "rm.yaml")
-    load_config(PPOConfig, folder / "ppo.yaml")
-    if (folder / "prefs.yaml").exists():
-        load_config(PrefsConfig, folder / "prefs.yaml")
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem == "pipeline"], ids=lambda p: p.parent.name)
+def test_shipped_pipelines_wire_their_stages_without_a_rejected_key(path):
+    # The wiring sets model paths, the pairs file, the RM and run.name/dir through load_config, each
+    # different from the stage's default: a wired key in a stage's NO_EFFECT would fail here.
+    from rlhfkit.trainers.pipeline import plan_pipeline
+
+    plan = plan_pipeline(load_config(PipelineConfig, path), path, {})
+    assert plan.ppo.ppo.reward == str(plan.root / "rm") and plan.rm.model.name == str(plan.root / "sft")
+
+
+def test_pipeline_stage_override_with_no_effect_names_the_stage_file():
+    from rlhfkit.trainers.pipeline import plan_pipeline
+
+    path = REPO / "configs" / "tiny" / "pipeline.yaml"
+    with pytest.raises(ConfigError) as e:
+        plan_pipeline(load_config(PipelineConfig, path), path, {"ppo": ["train.max_steps=100"]})
+    assert str(e.value) == (f"{path.parent / 'ppo.yaml'}: train.max_steps=100 has no effect in the ppo stage "
+                            "(its length is ppo.iterations); remove it")
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+def leaves(cfg) -> dict:
+    """dotted key -> value of every non-section field."""
+    out = {}
+    for key, value in config_to_dict(cfg).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in leaves(getattr(cfg, key)).items()})
+        else:
+            out[key] = value
+    return out
+
+
+# The lower bounds that config.py's MINIMUMS table held before bounds moved onto the fields
+# (issue #14): (config, key, bound, strict). Each must still be enforced.
+MINIMUMS_BEFORE = [
+    *[(SFTConfig, f"train.{k}", b, False) for k, b in [
+        ("lr", 0), ("weight_decay", 0), ("warmup_steps", 0), ("max_steps", 0), ("batch_size", 1),
+        ("grad_accum", 1), ("log_every", 1), ("eval_every", 1), ("save_every", 1), ("keep_last", 0),
+        ("threads", 1), ("max_nonfinite_steps", 1)]],
+    (SFTConfig, "train.max_grad_norm", 0, True),
+    *[(SFTConfig, f"data.{k}", b, False) for k, b in [
+        ("max_length", 1), ("eval_size", 0), ("builtin_size", 1), ("eval_fraction", 0),
+        ("max_train_rows", 1)]],
+    (SFTConfig, "model.lora_r", 1, False),
+    (PPOConfig, "rollout.batch_size", 1, False), (PPOConfig, "rollout.max_new_tokens", 1, False),
+    (PPOConfig, "rollout.temperature", 0, True),
+    *[(PPOConfig, f"ppo.{k}", b, False) for k, b in [
+        ("iterations", 0), ("epochs", 1), ("minibatches", 1), ("eval_every", 1), ("health_window", 1)]],
+    *[(PrefsConfig, k, 1, False) for k in ("n_prompts", "batch_size", "max_new_tokens")],
+    *[(PipelineConfig, f"eval.{k}", 1, False) for k in ("prompts", "samples_per_prompt", "batch_size")],
+]
+
+
+@pytest.mark.parametrize("cls, key, bound, strict", MINIMUMS_BEFORE,
+                         ids=[f"{c.__name__}-{k}" for c, k, *_ in MINIMUMS_BEFORE])
+def test_bounds_of_before_issue_14_are_still_enforced(cls, key, bound, strict):
+    below, op = (bound, ">") if strict else (bound - 1, ">=")
+    with pytest.raises(ConfigError, match=rf"^defaults: {re.escape(key)} must be {op} {bound}, got "):
+        load_config(cls, None, [f"{key}={below}"])
+    load_config(cls, None, [f"{key}={bound + 1}"])
+
+
+@pytest.mark.parametrize("cls, override, message", [
+    (SFTConfig, "data.builtin_noise=1.5", "data.builtin_noise must be <= 1, got 1.5"),
+    (SFTConfig, "data.eval_fraction=2", "data.eval_fraction must be <= 1, got 2.0"),
+    (SFTConfig, "model.lora_dropout=-0.1", "model.lora_dropout must be >= 0, got -0.1"),
+    (RMConfig, "rm.norm_samples=1", "rm.norm_samples must be >= 2, got 1"),
+    (PPOConfig, "ppo.gamma=1.5", "ppo.gamma must be <= 1, got 1.5"),
+    (PPOConfig, "ppo.clip_range=0", "ppo.clip_range must be > 0, got 0.0"),
+    (PPOConfig, "ppo.target_kl=0", "ppo.target_kl must be > 0, got 0.0"),
+    (PPOConfig, "rollout.top_k=-1", "rollout.top_k must be >= 0, got -1"),
+    (PrefsConfig, "temperature=0", "temperature must be > 0, got 0.0"),
+    (PipelineConfig, "eval.best_of_n=[1,0]", "eval.best_of_n[1] must be >= 1, got 0"),
+])
+def test_bounds_added_with_issue_14(cls, override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(cls, None, [override])
+    assert str(e.value) == f"defaults: {message}"
+
+
+@pytest.mark.parametrize("cls", YAML_CLASSES.values(), ids=YAML_CLASSES)
+def test_defaults_load_and_round_trip(cls, tmp_path):
+    # Every default must satisfy its own bound, and a default config.yaml must load back as it was.
+    cfg = load_config(cls)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(cls, tmp_path / "config.yaml") == cfg == cls()
+
+
+def test_a_section_keeps_the_stage_defaults_of_the_keys_it_does_not_set():
+    rm = load_config(RMConfig, None, ["data.source=p.jsonl", "train.max_steps=5"])
+    assert (rm.train.lr, rm.train.batch_size, rm.data.max_length) == (1e-4, 8, 128)
+    ppo = load_config(PPOConfig, None, ["train.lr=1e-3"])
+    assert (ppo.train.max_steps, ppo.train.log_every, ppo.train.save_every) == (0, 1, 20)
+
+
+# ----------------------------------------------------------------------------- keys a stage never reads
+
+
+def other_value(cls, key):
+    """A valid value of `key` that differs from `cls`'s default."""
+    *path, name = key.split(".")
+    section = cls
+    for part in path:
+        section = typing.get_type_hints(section)[part]
+    hint = typing.get_type_hints(section)[name]
+    default = leaves(cls())[key]
+    if typing.get_origin(hint) is typing.Literal:
+        return next(choice for choice in typing.get_args(hint) if choice != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default / 2 if default else 0.5
+    return "other"
+
+
+NO_EFFECT = [(cls, key) for cls in STAGE_CONFIGS.values() for key in cls.NO_EFFECT]
+
+
+def test_no_effect_keys_name_fields_of_their_stage():
+    for cls in STAGE_CONFIGS.values():
+        assert set(cls.NO_EFFECT) <= set(leaves(cls())), cls.__name__
+
+
+@pytest.mark.parametrize("cls, key", NO_EFFECT, ids=[f"{c.STAGE}-{k}" for c, k in NO_EFFECT])
+def test_a_key_the_stage_never_reads_is_rejected_unless_it_is_the_default(cls, key, tmp_path):
+    value = other_value(cls, key)
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    with pytest.raises(ConfigError) as e:
+        load_config(cls, None, [f"{key}={shown}"])
+    reason = cls.NO_EFFECT[key]
+    assert str(e.value) == (f"defaults: {key}={shown} has no effect in the {cls.STAGE} stage ({reason}); "
+                            "remove it")
+    # The default itself, written out (as in a run's resolved config.yaml), loads.
+    section, name = key.rsplit(".", 1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({section: {name: leaves(cls())[key]}}))
+    assert load_config(cls, path) == cls()
+
+
+def test_sft_packing_is_not_implemented():
+    assert load_config(SFTConfig, None, ["sft.packing=false"]).sft.packing is False
+    with pytest.raises(ConfigError, match=r"^defaults: sft.packing=true has no effect in the sft stage "
+                                          r"\(not implemented\); remove it$"):
+        load_config(SFTConfig, None, ["sft.packing=true"])
+
+
+def test_ppo_file_setting_train_max_steps_names_file_key_and_stage(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 1.0e-5\n  max_steps: 100\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(PPOConfig, path)
+    assert str(e.value) == (f"{path}: train.max_steps=100 has no effect in the ppo stage (its length is "
+                            "ppo.iterations); remove it")
+
+
+@pytest.mark.parametrize("cls", STAGE_CONFIGS.values(), ids=STAGE_CONFIGS)
+def test_a_resolved_config_with_every_key_loads_back(cls, tmp_path):
+    # What a run writes as config.yaml: every key, the unread ones at the stage's default.
+    cfg = load_config(cls, None, ["train.seed=3", "model.lora=false", "train.lr=1e-3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(cls, tmp_path / "config.yaml") == cfg

@@ -1,22 +1,63 @@
 """Dataclass configs per stage, loaded from YAML plus dotted `key=value` overrides.
 
-Every field is documented once, here. Loading checks types (including `Literal` choices) and
-names the closest valid key for a typo, so a bad config fails before any model is loaded.
+Every field is documented once, here. Loading checks types (including `Literal` choices), the
+bounds declared on the fields (`at_least`, `fraction`) and the keys a stage never reads (its
+`NO_EFFECT`), and names the closest valid key for a typo, so a bad config fails before any model
+is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from rlhfkit.errors import ConfigError
+
+# ----------------------------------------------------------------------------- bounds on fields
+
+BOUND = "rlhfkit.bound"
+"""Field metadata key of a `Bound`."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Allowed values of a numeric field, checked at load time: a zero batch or save interval would
+    otherwise surface as a ZeroDivisionError deep in a training loop."""
+
+    low: float
+    strict: bool = False
+    """`> low` instead of `>= low`."""
+    high: float | None = None
+
+    def broken(self, value: float) -> str | None:
+        """The limit `value` breaks (`>= 1`, `<= 1`), or None when it is allowed."""
+        if value < self.low or (self.strict and value == self.low):
+            return f"{'>' if self.strict else '>='} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"<= {self.high:g}"
+        return None
+
+
+def at_least(default: Any, bound: float, strict: bool = False) -> Any:
+    """A field whose value (each item, for a list; None is always allowed) must be >= bound, or
+    > bound when strict."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={BOUND: Bound(bound, strict)})
+    return field(default=default, metadata={BOUND: Bound(bound, strict)})
+
+
+def fraction(default: float) -> Any:
+    """A field that must lie in [0, 1]: a probability or a share of rows."""
+    return field(default=default, metadata={BOUND: Bound(0.0, high=1.0)})
+
 
 # ----------------------------------------------------------------------------- shared sections
 
@@ -27,15 +68,16 @@ class ModelConfig:
     """Hub id (`gpt2`), local HF folder, a `.gguf` file, a run folder's stage (`runs/x/sft`),
     or a built-in asset: `tiny` (GPT-2 built locally) or `smollm2` (SmolLM2-135M-Instruct)."""
     gguf_file: str | None = None
-    """GGUF file name inside `name` when `name` is a folder holding one."""
+    """Not implemented (rejected when set): put the `.gguf` file's path in `name`. Kept so that
+    config.yaml files of earlier runs, which list it, still load."""
     tokenizer: str | None = None
     """Tokenizer location when it differs from `name`."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: bool = True
     """Train a LoRA adapter (base frozen) instead of all weights."""
-    lora_r: int = 16
+    lora_r: int = at_least(16, 1)
     lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora_dropout: float = fraction(0.0)
     lora_target_modules: list[str] | None = None
     """None picks per-architecture defaults (models/lora.py)."""
     disable_dropout: bool = True
@@ -47,23 +89,29 @@ class ModelConfig:
     """Seed of the locally built tiny model when `name` is `tiny`."""
 
 
+# ModelConfig keys that no stage reads; every stage's NO_EFFECT lists them.
+MODEL_NO_EFFECT: dict[str, str] = {
+    "model.gguf_file": "not implemented: put the .gguf file's path in model.name",
+}
+
+
 @dataclass
 class DataConfig:
     source: str = "builtin:default"
     """`builtin:<task>`, `hf:<name>[:split]`, or a local .json/.jsonl/.parquet file."""
     eval_source: str | None = None
     """Held-out data; None uses the source's test split (builtin) or `eval_fraction` of it."""
-    eval_fraction: float = 0.05
-    eval_size: int = 64
+    eval_fraction: float = fraction(0.05)
+    eval_size: int = at_least(64, 0)
     """Held-out rows used for eval loss and generation metrics."""
-    max_train_rows: int | None = None
-    builtin_size: int = 2000
+    max_train_rows: int | None = at_least(None, 1)
+    builtin_size: int = at_least(2000, 1)
     """Rows drawn from a `builtin:` task's train split."""
-    builtin_noise: float = 0.0
+    builtin_noise: float = fraction(0.0)
     """Fraction of deliberately imperfect demonstrations in `builtin:` data."""
     template: Literal["human_assistant", "chat"] = "human_assistant"
     """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template."""
-    max_length: int = 256
+    max_length: int = at_least(256, 1)
     """Tokens per example, prompt plus completion."""
     truncation: Literal["drop", "error", "truncate_prompt"] = "drop"
     """Rows longer than max_length: drop them (counted and reported), stop with an error, or cut
@@ -73,23 +121,23 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    max_steps: int = 200
+    lr: float = at_least(3e-4, 0)
+    weight_decay: float = at_least(0.0, 0)
+    warmup_steps: int = at_least(10, 0)
+    max_steps: int = at_least(200, 0)
     """Optimizer steps."""
-    batch_size: int = 16
+    batch_size: int = at_least(16, 1)
     """Per-process micro-batch."""
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    log_every: int = 10
-    eval_every: int = 50
-    save_every: int = 100
-    keep_last: int = 2
+    grad_accum: int = at_least(1, 1)
+    max_grad_norm: float = at_least(1.0, 0, strict=True)
+    log_every: int = at_least(10, 1)
+    eval_every: int = at_least(50, 1)
+    save_every: int = at_least(100, 1)
+    keep_last: int = at_least(2, 0)
     """Checkpoints kept in checkpoints/ (oldest deleted first); 0 keeps every one."""
-    threads: int | None = None
+    threads: int | None = at_least(None, 1)
     """torch intra-op threads; None leaves torch's default."""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = at_least(5, 1)
     """Optimizer steps in a row whose loss or gradient norm is NaN/inf that are skipped (counted as
     train/skipped_steps) before the run stops with an error; the weights stay at the last good step."""
 
@@ -112,18 +160,24 @@ class RunConfig:
 @dataclass
 class SFTSection:
     packing: bool = False
-    """Concatenate examples into full-length rows (no padding waste)."""
+    """Concatenate examples into full-length rows (no padding waste). Not implemented: `true` is
+    rejected (SFTConfig.NO_EFFECT)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
     save_merged: bool = False
     """Also write final/merged/: the LoRA adapter folded into the base weights."""
-    eval_generate: int = 32
+    eval_generate: int = at_least(32, 0)
     """Held-out prompts to complete greedily at each eval (gold score / BLEU); 0 turns it off."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = at_least(48, 1)
 
 
 @dataclass
 class SFTConfig:
+    # Keys this stage reads nowhere, with why. load_config rejects any value but this class's
+    # default, so a run's resolved config.yaml (every key, defaults included) still loads.
+    STAGE: ClassVar[str] = "sft"
+    NO_EFFECT: ClassVar[dict[str, str]] = {**MODEL_NO_EFFECT, "sft.packing": "not implemented"}
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -139,18 +193,29 @@ class RMSection:
     """Keep only prompts with exactly one Human turn (the seed's filter for Dahoas/rm-static)."""
     margin: float = 0.0
     """Required reward gap in the Bradley-Terry loss: -log sigmoid(r_c - r_r - margin)."""
-    center_coef: float = 0.0
+    center_coef: float = at_least(0.0, 0)
     """Weight of mean((r_c + r_r)^2), which keeps rewards centred at 0 (Eisenstein et al. 2023)."""
-    head_lr: float | None = None
+    head_lr: float | None = at_least(None, 0)
     """Learning rate of the new scalar head (zero-initialised); None uses train.lr."""
-    norm_samples: int = 64
-    """SFT samples on train prompts scored after training to store the reward mean/std PPO uses."""
-    max_new_tokens: int = 32
+    norm_samples: int = at_least(64, 2)
+    """SFT samples on train prompts scored after training to store the reward mean/std PPO uses
+    (a std needs two)."""
+    max_new_tokens: int = at_least(32, 1)
     """Length of those samples."""
 
 
 @dataclass
 class RMConfig:
+    # Keys this stage reads nowhere, with why (as SFTConfig.NO_EFFECT).
+    STAGE: ClassVar[str] = "rm"
+    NO_EFFECT: ClassVar[dict[str, str]] = {
+        **MODEL_NO_EFFECT,
+        **dict.fromkeys(("data.builtin_size", "data.builtin_noise"),
+                        "it reads preference pairs, which builtin: tasks do not have; make them with "
+                        "`rlhfkit data prefs`"),
+        "data.template": "preference prompts are used as written",
+    }
+
     model: ModelConfig = field(default_factory=ModelConfig)
     """The SFT model (e.g. runs/<name>/sft); its trunk gets a scalar head."""
     data: DataConfig = field(default_factory=lambda: DataConfig(source="", max_length=128))
@@ -169,13 +234,13 @@ class PrefsConfig:
     """The policy to sample from (normally the SFT stage's folder)."""
     task: str = "default"
     split: Literal["train", "test"] = "train"
-    n_prompts: int = 1000
-    temperature: float = 1.0
+    n_prompts: int = at_least(1000, 1)
+    temperature: float = at_least(1.0, 0, strict=True)
     """Sampling temperature of the two responses."""
-    noise_temperature: float = 0.6
+    noise_temperature: float = at_least(0.6, 0)
     """Bradley-Terry temperature of the labeller: 0 = the noiseless judge; larger = noisier labels."""
-    max_new_tokens: int = 32
-    batch_size: int = 64
+    max_new_tokens: int = at_least(32, 1)
+    batch_size: int = at_least(64, 1)
     """Prompts sampled per generate call."""
     drop_gold_ties: bool = True
     """Skip pairs the judge scores equal: their label would be a coin flip that no RM can learn."""
@@ -185,16 +250,16 @@ class PrefsConfig:
 
 @dataclass
 class RolloutSection:
-    batch_size: int = 32
+    batch_size: int = at_least(32, 1)
     """Prompts sampled per PPO iteration and process (like train.batch_size): N processes x b sample
     and train on exactly what 1 process x N*b does; the iteration's global batch is b x processes."""
-    max_new_tokens: int = 32
-    temperature: float = 1.0
+    max_new_tokens: int = at_least(32, 1)
+    temperature: float = at_least(1.0, 0, strict=True)
     """Sampling temperature; every scoring pass divides logits by the same T (design §6.1)."""
-    top_k: int = 0
+    top_k: int = at_least(0, 0)
     """0 = no warping. Any other value samples from a distribution the log-probs do not describe,
     so it is refused unless `allow_mismatched_sampling` (which exists to reproduce the seed's bug)."""
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = at_least(1.0, 0, strict=True)
     """1 = none. Like top_k, a warp the log-probs do not describe (the seed sampled with 1.2): refused
     unless `allow_mismatched_sampling`."""
     allow_mismatched_sampling: bool = False
@@ -205,55 +270,69 @@ class PPOSection:
     reward: str = "runs/default/rm"
     """A reward-model stage folder (its final/ and reward_stats.json) or `module:function`
     taking (prompts, responses) -> list[float], e.g. `rlhfkit.tasks:gold_scores`."""
-    iterations: int = 100
-    epochs: int = 2
+    iterations: int = at_least(100, 0)
+    epochs: int = at_least(2, 1)
     """Passes over each rollout batch."""
-    minibatches: int = 2
+    minibatches: int = at_least(2, 1)
     """Minibatches per epoch, over the global batch (rollout.batch_size x processes must divide by it)."""
-    clip_range: float = 0.2
-    value_clip_range: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    kl_coef: float = 0.05
-    target_kl: float | None = None
+    clip_range: float = at_least(0.2, 0, strict=True)
+    value_clip_range: float = at_least(0.2, 0, strict=True)
+    vf_coef: float = at_least(0.1, 0)
+    gamma: float = fraction(1.0)
+    lam: float = fraction(0.95)
+    kl_coef: float = at_least(0.05, 0)
+    target_kl: float | None = at_least(None, 0, strict=True)
     """Sequence KL (nats) the adaptive controller steers to; None keeps kl_coef fixed."""
-    kl_horizon: int = 10000
+    kl_horizon: int = at_least(10000, 1)
     whiten_advantages: bool = True
-    approx_kl_stop: float | None = None
+    approx_kl_stop: float | None = at_least(None, 0)
     """Stop this iteration's epochs once a minibatch's approx KL exceeds this."""
     no_eos_penalty: float = -1.0
     """Added to the (normalised) score of a response that hit max_new_tokens without EOS."""
-    reward_clip: float = 5.0
+    reward_clip: float = at_least(5.0, 0, strict=True)
     """Normalised scores are clipped to [-reward_clip, reward_clip]."""
     normalize_reward: bool = True
     """RM scores only: (score - mean) / std with the stats measured on SFT samples (saved by rm)."""
-    eval_every: int = 10
-    eval_prompts: int = 64
+    eval_every: int = at_least(10, 1)
+    eval_prompts: int = at_least(64, 0)
     """Held-out prompts sampled once each at rollout.temperature (the same noise every eval) for gold/score
     (built-in tasks) at each eval."""
-    kl_exact_rows: int = 8
+    kl_exact_rows: int = at_least(8, 0)
     """Rows of each batch (per process) whose exact KL is computed from full next-token distributions."""
-    health_window: int = 5
+    health_window: int = at_least(5, 1)
     critic: Literal["head", "reward_model"] = "head"
     """`head`: a zero-initialised value head on the policy's trunk (one forward for both).
     `reward_model`: a separate, trainable value model initialised from the RM in `ppo.reward` (its
     trunk and scalar head, read at every token; needs an RM on the policy's tokenizer); saved in
     final/critic/."""
-    critic_lr: float | None = None
+    critic_lr: float | None = at_least(None, 0)
     """Learning rate of the value head or critic (its own optimizer group); None uses train.lr."""
-    ptx_coef: float = 0.0
+    ptx_coef: float = at_least(0.0, 0)
     """PPO-ptx (Ouyang et al. 2022, eq. 2): weight of the SFT next-token loss mixed into every
     minibatch loss, to keep the policy's SFT skills; 0 turns it off."""
     ptx_source: str | None = None
     """SFT rows (prompt/completion or Alpaca schema; same forms as data.source) for the ptx loss;
     None uses data.source's rows and their completions."""
-    ptx_batch_size: int = 8
+    ptx_batch_size: int = at_least(8, 1)
     """SFT examples per minibatch update and process for the ptx loss."""
 
 
 @dataclass
 class PPOConfig:
+    # Keys this stage reads nowhere, with why (as SFTConfig.NO_EFFECT).
+    STAGE: ClassVar[str] = "ppo"
+    NO_EFFECT: ClassVar[dict[str, str]] = {
+        **MODEL_NO_EFFECT,
+        "train.warmup_steps": "it runs a constant learning rate",
+        "train.max_steps": "its length is ppo.iterations",
+        "train.batch_size": "its batch is rollout.batch_size, split into ppo.minibatches",
+        "train.grad_accum": "each minibatch is one optimizer step",
+        "train.log_every": "it logs every iteration",
+        "train.eval_every": "its eval interval is ppo.eval_every",
+        **dict.fromkeys(("data.eval_fraction", "data.eval_size"),
+                        "its held-out prompts are a builtin: task's test split, ppo.eval_prompts of them"),
+    }
+
     model: ModelConfig = field(default_factory=ModelConfig)
     """The SFT policy (e.g. runs/<name>/sft). With LoRA the reference is this model with the adapter off."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -264,20 +343,20 @@ class PPOConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
+STAGE_CONFIGS: dict[str, type] = {cls.STAGE: cls for cls in (SFTConfig, RMConfig, PPOConfig)}
 
 
 @dataclass
 class EvalSection:
-    prompts: int = 64
+    prompts: int = at_least(64, 1)
     """Held-out prompts (the test split of the PPO stage's built-in task) for the final comparison."""
-    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    best_of_n: list[int] = at_least([1, 2, 4, 8, 16], 1)
     """Best-of-n from the SFT policy reranked by the RM; max(best_of_n) samples are drawn per prompt."""
-    batch_size: int = 64
-    show: int = 6
+    batch_size: int = at_least(64, 1)
+    show: int = at_least(6, 0)
     """Side-by-side completions in the report."""
     seed: int = 0
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = at_least(1, 1)
     """Samples per held-out prompt and policy for the headline means and win rates (a held-out split
     can have only ~100 prompts; more draws shrink the standard error)."""
 
@@ -299,29 +378,12 @@ class PipelineConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
 
-# Lower bounds checked at load time: (bound, strict). A zero batch or save interval would
-# otherwise surface as a ZeroDivisionError deep in a training loop.
-MINIMUMS: dict[str, tuple[float, bool]] = {
-    "train.lr": (0, False), "train.weight_decay": (0, False), "train.warmup_steps": (0, False),
-    "train.max_steps": (0, False), "train.batch_size": (1, False), "train.grad_accum": (1, False),
-    "train.max_grad_norm": (0, True), "train.log_every": (1, False), "train.eval_every": (1, False),
-    "train.save_every": (1, False), "train.keep_last": (0, False), "train.threads": (1, False),
-    "train.max_nonfinite_steps": (1, False),
-    "data.max_length": (1, False), "data.eval_size": (0, False), "data.builtin_size": (1, False),
-    "data.eval_fraction": (0, False), "data.max_train_rows": (1, False),
-    "model.lora_r": (1, False),
-    "rollout.batch_size": (1, False), "rollout.max_new_tokens": (1, False), "rollout.temperature": (0, True),
-    "ppo.iterations": (0, False), "ppo.epochs": (1, False), "ppo.minibatches": (1, False),
-    "ppo.eval_every": (1, False), "ppo.health_window": (1, False),
-    "n_prompts": (1, False), "batch_size": (1, False), "max_new_tokens": (1, False),
-    "eval.prompts": (1, False), "eval.samples_per_prompt": (1, False), "eval.batch_size": (1, False),
-}
-
 # ----------------------------------------------------------------------------- loading
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Any:
-    """Defaults <- YAML file <- `key=value` overrides, type-checked into an instance of `cls`."""
+    """Defaults <- YAML file <- `key=value` overrides, type-checked into an instance of `cls`, then
+    checked against the stage's NO_EFFECT keys and the bounds declared on the fields."""
     raw: dict = {}
     where = "defaults"
     if path is not None:
@@ -333,19 +395,45 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
         _set_dotted(raw, key.strip(), _parse_scalar(value))
     cfg = _build(cls, raw, prefix="", where=where, root=cls)
-    _check_minimums(cfg, where)
+    _check_no_effect(cfg, where)
+    _check_bounds(cfg, where)
     return cfg
 
 
-def _check_minimums(cfg: Any, where: str) -> None:
-    for key, (bound, strict) in MINIMUMS.items():
-        node = cfg
-        for part in key.split("."):
-            node = getattr(node, part, None)
-        if node is None:
-            continue  # not a field of this config, or an Optional left unset
-        if node < bound or (strict and node == bound):
-            raise ConfigError(f"{where}: {key} must be {'>' if strict else '>='} {bound:g}, got {node!r}")
+def _check_no_effect(cfg: Any, where: str) -> None:
+    """Reject a key of the stage's NO_EFFECT that differs from the stage's default: a setting the
+    stage would silently ignore."""
+    default = type(cfg)()
+    for key, reason in getattr(cfg, "NO_EFFECT", {}).items():
+        value = _get_dotted(cfg, key)
+        if value != _get_dotted(default, key):
+            shown = json.dumps(value) if isinstance(value, bool) or value is None else value
+            raise ConfigError(f"{where}: {key}={shown} has no effect in the {cfg.STAGE} stage ({reason}); "
+                              "remove it")
+
+
+def _check_bounds(cfg: Any, where: str, prefix: str = "") -> None:
+    """Walk the config tree and check every field declared with a Bound (at_least, fraction)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, where, f"{prefix}{f.name}.")
+            continue
+        bound = f.metadata.get(BOUND)
+        if bound is None or value is None:
+            continue  # no bound declared, or an Optional left unset
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            broken = bound.broken(item)
+            if broken:
+                key = f"{prefix}{f.name}" + ("" if i is None else f"[{i}]")
+                raise ConfigError(f"{where}: {key} must be {broken}, got {item!r}")
+
+
+def _get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -400,7 +488,11 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-def _build(cls: type, raw: dict, prefix: str, where: str, root: type) -> Any:
+def _build(cls: type, raw: dict, prefix: str, where: str, root: type, base: Any = None) -> Any:
+    """`base` (default: cls()) with the keys in `raw` replaced. A section starts from its parent's
+    default for it, so a stage's own defaults (PPO's train.max_steps=0, RM's data.max_length=128)
+    survive a YAML section or override that sets other keys of it."""
+    base = cls() if base is None else base
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -414,10 +506,11 @@ def _build(cls: type, raw: dict, prefix: str, where: str, root: type) -> Any:
             continue
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, raw[f.name] or {}, f"{prefix}{f.name}.", where, root)
+            section = getattr(base, f.name)
+            kwargs[f.name] = _build(hint, raw[f.name] or {}, f"{prefix}{f.name}.", where, root, section)
         else:
             kwargs[f.name] = _check(raw[f.name], hint, f"{prefix}{f.name}", where)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
