@@ -97,6 +97,13 @@ def prior_sft(tmp: Path, fx: dict, keep_final: bool = True, damage: str | None =
         truncate(out / damage)
 
 
+def stage_moved_alone(tmp: Path, fx: dict) -> None:
+    """A LoRA stage trained on the SFT stage of its run, copied somewhere without that SFT stage."""
+    final = tmp / "moved" / "ppo" / "final"
+    shutil.copytree(fx["prior"] / "final", final)
+    write(final / "rlhfkit_base.json", json.dumps({"base": "../../sft/final"}))
+
+
 def tiny_copy(tmp: Path, fx: dict) -> None:
     shutil.copytree(fx["tiny"], tmp / "model")
     truncate(tmp / "model" / "model.safetensors")
@@ -200,6 +207,9 @@ CASES = [
          gguf_truncated),
     Case("generate with a missing model", lambda t: ["generate", "--model", f"{t}/nope", "--prompt", "hi"],
          "nope: model path does not exist"),
+    Case("stage moved without the stage it was trained on",
+         lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],
+         "ppo/final/rlhfkit_base.json: base ../../sft/final: ", stage_moved_alone),
     Case("eval on a missing data file", lambda t: ["eval", "--model", "tiny", "--data", f"{t}/nope.jsonl"],
          "nope.jsonl: data file does not exist"),
     # --- rewards
