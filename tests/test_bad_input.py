@@ -207,9 +207,6 @@ CASES = [
          gguf_truncated),
     Case("generate with a missing model", lambda t: ["generate", "--model", f"{t}/nope", "--prompt", "hi"],
          "nope: model path does not exist"),
-    Case("stage moved without the stage it was trained on",
-         lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],
-         "ppo/final/rlhfkit_base.json: base ../../sft/final: ", stage_moved_alone),
     Case("eval on a missing data file", lambda t: ["eval", "--model", "tiny", "--data", f"{t}/nope.jsonl"],
          "nope.jsonl: data file does not exist"),
     # --- rewards
@@ -233,6 +230,10 @@ CASES = [
          patch=lambda mp: mp.setattr("rlhfkit.trainers.final.atomic_dir", _failing_atomic_dir), new_files=True),
     Case("full disk while appending to metrics.jsonl", lambda t: [*SFT], "metrics.jsonl: No space left on device",
          patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False), new_files=True),
+    # --- moved run folders
+    Case("stage moved without the stage it was trained on",
+         lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],
+         "ppo/final/rlhfkit_base.json: base ../../sft/final: ", stage_moved_alone),
 ]
 
 
