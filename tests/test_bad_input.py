@@ -98,6 +98,13 @@ def prior_sft(tmp: Path, fx: dict, keep_final: bool = True, damage: str | None =
         truncate(out / damage)
 
 
+def stage_moved_alone(tmp: Path, fx: dict) -> None:
+    """A LoRA stage trained on the SFT stage of its run, copied somewhere without that SFT stage."""
+    final = tmp / "moved" / "ppo" / "final"
+    shutil.copytree(fx["prior"] / "final", final)
+    write(final / "rlhfkit_base.json", json.dumps({"base": "../../sft/final"}))
+
+
 def tiny_copy(tmp: Path, fx: dict) -> None:
     shutil.copytree(fx["tiny"], tmp / "model")
     truncate(tmp / "model" / "model.safetensors")
@@ -237,6 +244,10 @@ CASES = [
          "ppo.yaml: train.warmup_steps=0 has no effect in the ppo stage (it runs a constant learning rate)"),
     Case("probability above 1", lambda t: [*SFT, "data.builtin_noise=1.5"],
          "data.builtin_noise must be <= 1, got 1.5"),
+    # --- moved run folders
+    Case("stage moved without the stage it was trained on",
+         lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],
+         "ppo/final/rlhfkit_base.json: base ../../sft/final: ", stage_moved_alone),
 ]
 
 

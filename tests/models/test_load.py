@@ -1,4 +1,6 @@
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ import torch
 from rlhfkit.config import ModelConfig
 from rlhfkit.errors import ModelError
 from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhfkit.models.load import BASE_RECORD, base_reference
 from rlhfkit.models.lora import default_target_modules
 from rlhfkit.models.tiny import TinyShape, build_tiny_model
 
@@ -109,3 +112,43 @@ def test_smollm2_exports_from_gguf_and_generates():
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 2
     out = generate(model, tokenizer, ["Human: What is 2 plus 3?\n\nAssistant:"], max_new_tokens=8)
     assert out.texts[0]
+
+
+def test_base_reference_survives_a_move(tmp_path, tiny_dir, monkeypatch):
+    """An adapter in runs/x/<stage>/final names a base of the same run relative to itself, a built-in
+    or hub id by name, anything else by absolute path; peft's field stays an absolute path or hub id."""
+    monkeypatch.chdir(tmp_path)
+    final = tmp_path / "runs" / "x" / "ppo" / "final"
+    shutil.copytree(tiny_dir, tmp_path / "runs" / "x" / "sft" / "final")
+    assert base_reference("runs/x/sft", 0, final) == (str(tmp_path / "runs" / "x" / "sft" / "final"),
+                                                      {"base": "../../sft/final"})
+    outside = str(tiny_dir.resolve())
+    assert base_reference(str(tiny_dir), 0, final) == (outside, {"base": outside})
+    assert base_reference("tiny", 0, final) == (str(tiny_dir.resolve()), {"base": "tiny", "tiny_seed": 0})
+    assert base_reference("gpt2", 0, final) == ("gpt2", {"base": "gpt2"})  # was <cwd>/gpt2, which never loads
+
+
+def test_adapter_base_resolves_from_the_record_relative_to_the_adapter(tmp_path, tiny_dir, monkeypatch):
+    run = tmp_path / "moved"
+    shutil.copytree(tiny_dir, run / "sft" / "final")
+    adapter, _ = load_causal_lm(ModelConfig(name="tiny", lora=True, lora_r=4))
+    adapter.save_pretrained(run / "ppo" / "final")
+    config_file = run / "ppo" / "final" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "old-place")}))
+    (run / "ppo" / "final" / BASE_RECORD).write_text(json.dumps({"base": "../../sft/final"}))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # relative to the adapter folder, not to the working directory
+    assert load_causal_lm(ModelConfig(name=str(run / "ppo"), lora=False))[0].config.model_type == "gpt2"
+    shutil.rmtree(run / "sft")
+    missing = (r"ppo/final/rlhfkit_base.json: base \.\./\.\./sft/final: .*moved/sft/final: "
+               r"model path does not exist; .*move or copy the whole run folder")
+    with pytest.raises(ModelError, match=missing):
+        load_causal_lm(ModelConfig(name=str(run / "ppo"), lora=False))
+    # An adapter without the record (peft's own, or an older rlhfkit's): peft's field, as peft reads it.
+    (run / "ppo" / "final" / BASE_RECORD).unlink()
+    config_file.write_text(json.dumps({**config, "base_model_name_or_path": str(tiny_dir)}))
+    assert load_causal_lm(ModelConfig(name=str(run / "ppo"), lora=False))[0].config.model_type == "gpt2"
+    (run / "ppo" / "final" / BASE_RECORD).write_text("[1, 2]")
+    with pytest.raises(ModelError, match=r"rlhfkit_base.json: expected \{\"base\": <model>\}"):
+        load_causal_lm(ModelConfig(name=str(run / "ppo"), lora=False))

@@ -3,12 +3,17 @@
 `model.name` may be a built-in asset (`tiny`, `smollm2`), a local HF folder, a stage folder of
 a run (its `final/` is used), a LoRA adapter folder (merged into its base, so that "the
 reference" of a later stage is this model and not silently the base), a `.gguf` file, or a hub id.
+
+A LoRA stage's final/ names its base in `rlhfkit_base.json` so that a run folder can be moved or
+copied to another machine (`base_reference`): a base inside the same run folder by a path relative
+to final/, a built-in by name, a hub id as itself, anything else by its absolute path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from rlhfkit.models.lora import add_lora
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BASE_RECORD = "rlhfkit_base.json"
 
 
 def resolve_model_path(name: str, tiny_seed: int = 0) -> str:
@@ -128,12 +134,64 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
 
 
+def base_reference(name: str, tiny_seed: int, adapter_dir: Path) -> tuple[str, dict]:
+    """How the adapter saved into `adapter_dir` (a stage's final/) names the model `name` it was
+    trained on: (peft's `base_model_name_or_path`, rlhfkit's record for BASE_RECORD).
+
+    The record is what rlhfkit loads from, and it resolves wherever the run folder is: a base inside
+    the same run folder (a LoRA SFT stage under a LoRA PPO stage) as a path relative to `adapter_dir`
+    (`../../sft/final`), a built-in by name (rebuilt or found in this machine's cache), a hub id as
+    is, any other local model by its absolute path (it must exist there on the machine that loads).
+
+    peft's field keeps peft's meaning: the absolute path on this machine at training time (or the hub
+    id). It cannot be relative too: peft and transformers resolve it against the working directory.
+    So `from_pretrained(final)` without rlhfkit works in place when the base is a full model. After a
+    move it names the old place, which may be gone or (for a copy) hold whatever lies there later:
+    pass the base yourself, `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base>),
+    final)`, with <base> the folder the record names (for a chain, the merged SFT model, which is what
+    `load_causal_lm(ModelConfig(name=<run>/sft, lora=False))` returns), or load through rlhfkit.
+    """
+    location = resolve_model_path(name, tiny_seed)
+    here = str(Path(location).resolve())
+    if name == "tiny":
+        return here, {"base": name, "tiny_seed": tiny_seed}
+    if name in assets.BUILTIN_MODELS:
+        return here, {"base": name}
+    if not Path(location).exists():
+        return name, {"base": name}  # a hub id
+    # A .gguf is recorded as itself, not as this machine's export of it into the cache.
+    local = (Path(name).expanduser() if Path(name).suffix == ".gguf" else Path(location)).resolve()
+    adapter_dir = adapter_dir.resolve()
+    run_dir = adapter_dir.parents[1]  # runs/<name>/ of runs/<name>/<stage>/final
+    if local.is_relative_to(run_dir):
+        return here, {"base": os.path.relpath(local, adapter_dir)}
+    return here, {"base": str(local)}
+
+
 def _adapter_base(path: Path) -> str:
-    config = json.loads((path / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ModelError(f"{path}/adapter_config.json: no base_model_name_or_path to load the adapter onto")
-    return resolve_model_path(base)
+    """Where the base of the adapter in `path` is on this machine: from BASE_RECORD, else (an adapter
+    rlhfkit did not write, or wrote before the record existed) from peft's base_model_name_or_path."""
+    record_file = path / BASE_RECORD
+    if record_file.is_file():
+        try:
+            record = json.loads(record_file.read_text())
+            base, seed = record["base"], int(record.get("tiny_seed", 0))
+        except (ValueError, KeyError, TypeError) as e:
+            what = f"{type(e).__name__}: {e}"
+            raise ModelError(f'{record_file}: expected {{"base": <model>}} ({what})') from None
+    else:
+        record_file = path / "adapter_config.json"
+        base, seed = json.loads(record_file.read_text()).get("base_model_name_or_path"), 0
+    if not isinstance(base, str) or not base:
+        raise ModelError(f"{record_file}: no base model to load the adapter onto")
+    # base_reference writes a path relative to this folder, not to the working directory.
+    relative = base.startswith(".") and record_file.name == BASE_RECORD
+    try:
+        return resolve_model_path(str((path / base).resolve()) if relative else base, seed)
+    except ModelError as e:
+        hint = ("; the stages of a run folder name each other by relative paths: "
+                "move or copy the whole run folder")
+        raise ModelError(f"{record_file}: base {base}: {e}{hint if relative else ''}") from None
 
 
 def _load_merged_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool):

@@ -1,5 +1,7 @@
 """A stage's final/: a from_pretrained()-loadable folder written atomically, then pushed to the hub
-if asked (offline, a one-line message; nothing local is lost)."""
+if asked (offline, a one-line message; nothing local is lost). A LoRA stage's final/ also names its
+base in rlhfkit_base.json, in a form that survives moving the run folder (models/load.py:
+base_reference, which says what a plain peft user does with a moved folder)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 from rlhfkit.atomic import atomic_dir
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.load import resolve_model_path
+from rlhfkit.models.load import BASE_RECORD, base_reference
 from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import check_finite_weights
 
@@ -27,7 +29,8 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
         check_finite_weights(unwrapped.named_parameters(), f"{ctx.stage} final/", ctx.cfg.train.lr)
     if ctx.is_main:
         try:
-            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models, _adapter_base(ctx.cfg))
+            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models,
+                         _adapter_base(ctx.cfg, final))
         except OSError as e:
             raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
                                "then rerun with --resume") from None
@@ -37,23 +40,27 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
     return final
 
 
-def _adapter_base(cfg) -> str | None:
-    """The folder this stage's model was loaded from. A LoRA adapter trained on a merged LoRA SFT
-    model must name the SFT run, not the original base peft records: otherwise loading final/
-    silently gives base + adapter without the SFT weights (the seed's "reference is the base" trap)."""
+def _adapter_base(cfg, final: Path) -> tuple[str, dict] | None:
+    """The model this stage was loaded from, as (peft's field, rlhfkit's record). A LoRA adapter trained
+    on a merged LoRA SFT model must name the SFT run, not the original base peft records: otherwise
+    loading final/ silently gives base + adapter without the SFT weights (the seed's "reference is the
+    base" trap). The record names it relative to final/, so the run folder can move."""
     model = getattr(cfg, "model", None)
-    return str(Path(resolve_model_path(model.name, model.tiny_seed)).resolve()) if model is not None else None
+    return base_reference(model.name, model.tiny_seed, final) if model is not None else None
 
 
 def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None,
-                 extra_models: dict | None = None, adapter_base: str | None = None) -> None:
+                 extra_models: dict | None = None, adapter_base: tuple[str, dict] | None = None) -> None:
     with atomic_dir(final) as tmp:
         unwrapped.save_pretrained(tmp, safe_serialization=True)
         adapter_config = tmp / "adapter_config.json"
         if adapter_base is not None and adapter_config.is_file():
+            peft_base, record = adapter_base
             config = json.loads(adapter_config.read_text())
-            config["base_model_name_or_path"] = adapter_base
+            config["base_model_name_or_path"] = peft_base
             adapter_config.write_text(json.dumps(config, indent=2))
+            # Its own file: an unknown key in adapter_config.json makes peft warn on every load.
+            (tmp / BASE_RECORD).write_text(json.dumps(record, indent=1))
         tokenizer.save_pretrained(tmp)
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
