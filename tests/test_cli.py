@@ -73,7 +73,7 @@ def test_generate_and_eval_commands(tmp_path, capsys, tiny_dir):
     assert main(["eval", "--model", "tiny", "--model", str(tiny_dir), "--n", "8", "--max-new-tokens", "4",
                  "--out", str(out)]) == 0
     table = out.read_text()
-    assert "| model | eval/loss" in table and "gold/score" in table
+    assert "| model | eval/loss" in table and "gold/score_greedy" in table
     rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 9  # name + 6 metrics
 

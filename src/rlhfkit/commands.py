@@ -65,7 +65,7 @@ def eval_command(args) -> int:
         metrics[M.EVAL_PERPLEXITY] = math.exp(min(metrics[M.EVAL_LOSS], 50.0))
         table.append((name, metrics))
         completions[name] = [s["response"] for s in samples]
-    keys = [M.EVAL_LOSS, M.EVAL_PERPLEXITY, M.EVAL_BLEU] + ([M.GOLD_SCORE] if gold else []) + [M.EVAL_EOS_RATE, M.EVAL_RESPONSE_LEN]
+    keys = [M.EVAL_LOSS, M.EVAL_PERPLEXITY, M.EVAL_BLEU] + ([M.GOLD_SCORE_GREEDY] if gold else []) + [M.EVAL_EOS_RATE, M.EVAL_RESPONSE_LEN]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += ["| " + name + " | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |" for name, m in table]
     lines += ["", f"Side by side ({args.data}, greedy, first {min(args.show, len(prompts))} prompts):", ""]

@@ -29,13 +29,14 @@ def test_overrides_are_routed_by_stage_prefix():
     assert staged["sft"] == ["train.lr=1e-4"] and staged["prefs"] == ["n_prompts=5"] and staged["ppo"] == []
 
 
-def test_best_of_n_matches_the_plain_loop_and_its_kl_is_analytic():
+def test_best_of_n_matches_the_plain_loop_and_reports_the_kl_bound_beside_its_estimate():
     generator = torch.Generator().manual_seed(0)
     gold, reward = torch.rand(40, 8, generator=generator), torch.randn(40, 8, generator=generator)
     for row in best_of_n(gold, reward, [1, 2, 4, 8]):
         expected_gold, expected_reward = best_of_n_reference(gold.tolist(), reward.tolist(), row["n"])
         assert row["gold"] == pytest.approx(expected_gold) and row["reward"] == pytest.approx(expected_reward)
-        assert row["kl"] == pytest.approx(math.log(row["n"]) - (row["n"] - 1) / row["n"])
+        assert row["kl_bound"] == pytest.approx(math.log(row["n"]) - (row["n"] - 1) / row["n"])
+        assert 0 <= row["kl"] <= row["kl_bound"] + 1e-9
     rows = best_of_n(gold, reward, [1, 8])
     assert rows[1]["reward"] > rows[0]["reward"]  # picking the max of 8 cannot lower the mean reward
     with pytest.raises(ValueError, match="n=9"):

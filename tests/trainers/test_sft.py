@@ -28,7 +28,7 @@ def test_tiny_sft_learns_the_task(tmp_path, tiny_dir):
     evals = [r for r in result.metrics if "eval/loss" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 800
     assert evals[-1]["eval/loss"] <= 0.7 * evals[0]["eval/loss"]
-    assert evals[-1]["gold/score"] > evals[0]["gold/score"] + 0.2
+    assert evals[-1]["gold/score_greedy"] > evals[0]["gold/score_greedy"] + 0.2
     assert result.last("tokens_per_s") > 0
     assert (result.final / "model.safetensors").is_file()
     assert (result.dir / "samples.jsonl").is_file()
@@ -83,5 +83,5 @@ def test_gpt2_alpaca_recipe_runs_on_an_alpaca_schema_fixture(tmp_path, tiny_dir)
     ])
     result = train_sft(cfg)
     assert result.last("eval/loss") is not None and result.last("eval/bleu") is not None
-    assert "gold/score" not in result.metrics[-1]  # Alpaca prompts have no gold judge
+    assert "gold/score_greedy" not in result.metrics[-1]  # Alpaca prompts have no gold judge
     assert (result.final / "adapter_config.json").is_file()

@@ -8,6 +8,7 @@ samples, sum_t log pi(y_t) - log pi_ref(y_t), an unbiased estimate of KL(pi || p
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 
 from rlhfkit.evaluate.text import bleu
 from rlhfkit.ops import masked_sum
+from rlhfkit.rewards import same_tokenizer
 from rlhfkit.rollout.ppo import decode_responses, row_noise, sample_prompts, score
 from rlhfkit.tasks import gold_score
 
@@ -32,6 +34,9 @@ class PolicySamples:
     reward: list[float] | None = None
     kl: list[float] | None = None
     """Per-sample sum of log-ratios to the reference policy (None when no reference was given)."""
+    token_ids: list[list[int]] | None = None
+    """Per sample: the prompt's ids, then the response's up to (not including) its EOS, in the policy's
+    tokenizer: what a reward model on that tokenizer scored during training (Rollout.token_rows)."""
 
 
 @dataclass
@@ -42,7 +47,7 @@ class EvalResult:
     win_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     """"A vs B" -> {"gold": .., "reward": ..}: P(A's sample beats B's on the same prompt), ties 1/2."""
     best_of_n: list[dict[str, float]] = field(default_factory=list)
-    """One row per n: n, gold, reward, kl (= log n - (n-1)/n, the analytic KL of best-of-n)."""
+    """One row per n: n, gold, reward, kl (estimated from the draws: best_of_n_kl), kl_bound (log n - (n-1)/n)."""
     samples_per_prompt: int = 1
     """Draws per prompt in `samples` (row-major: prompt i's are rows i*k .. i*k+k-1)."""
     gold_gains: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -60,7 +65,7 @@ def sample_policy(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
     """n samples per prompt; with `reference`, the per-sample k1 KL to it. With `noise_seed`, row g's
     sampling noise is row_noise(noise_seed, g): the same draws on every call, whatever the batching."""
     rows = [p for p in prompts for _ in range(n)]
-    out = PolicySamples(rows, [], [], [], kl=[] if reference is not None else None)
+    out = PolicySamples(rows, [], [], [], kl=[] if reference is not None else None, token_ids=[])
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         noise = None if noise_seed is None else row_noise(noise_seed, range(start, start + len(chunk)), max_new_tokens)
@@ -68,6 +73,7 @@ def sample_policy(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
         out.responses += decode_responses(tokenizer, rollout)
         out.finished += rollout.finished.tolist()
         out.lengths += rollout.response_lengths.tolist()
+        out.token_ids += rollout.token_rows()
         if reference is not None:
             logprobs = score(model, rollout, temperature)["logprobs"]
             ref_logprobs = score(reference, rollout, temperature)["logprobs"]
@@ -78,14 +84,16 @@ def sample_policy(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
 
 
 def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, batch_size: int = 64) -> None:
+    """Gold and reward scores of every sample. The reward sees the sampled ids (a reward model on the
+    policy's tokenizer scores them as in training, not a decoded and re-encoded text)."""
     if gold:
-
         samples.gold = [gold_score(p, r, finished=f) for p, r, f in zip(samples.prompts, samples.responses, samples.finished)]
     if reward_fn is not None:
         samples.reward = []
         for start in range(0, len(samples.prompts), batch_size):
             end = start + batch_size
-            samples.reward += reward_fn(samples.prompts[start:end], samples.responses[start:end]).tolist()
+            ids = samples.token_ids[start:end] if samples.token_ids is not None else None
+            samples.reward += reward_fn(samples.prompts[start:end], samples.responses[start:end], ids).tolist()
 
 
 def summarise(samples: PolicySamples, references: list[list[str]] | None) -> dict[str, float]:
@@ -123,7 +131,9 @@ def paired_gain(a: list[float], b: list[float], k: int) -> tuple[float, float]:
 def best_of_n(gold: torch.Tensor, reward: torch.Tensor, ns: list[int]) -> list[dict[str, float]]:
     """Best-of-n from (P, N) scores: per prompt keep the highest-reward sample among the first n draws.
 
-    KL(best-of-n || pi) = log n - (n - 1) / n (Stiennon et al. 2020, appendix; Gao et al. 2022).
+    Two KLs per n: `kl_bound` = log n - (n - 1) / n, which Stiennon et al. 2020 and Gao et al. 2022
+    use as the KL of best-of-n but is an upper bound (Beirami et al. 2024), far off when draws repeat
+    (a policy that often gives the same answer); `kl` = `best_of_n_kl`, its estimate from the N draws.
     """
     prompts, draws = reward.shape
     rows = []
@@ -132,7 +142,7 @@ def best_of_n(gold: torch.Tensor, reward: torch.Tensor, ns: list[int]) -> list[d
             raise ValueError(f"best-of-n: n={n} needs 1 <= n <= {draws} samples per prompt")
         pick = reward[:, :n].argmax(dim=1, keepdim=True)  # (P, 1)
         rows.append({"n": n, "gold": gold.gather(1, pick).mean().item(), "reward": reward.gather(1, pick).mean().item(),
-                     "kl": math.log(n) - (n - 1) / n})
+                     "kl": best_of_n_kl(reward, n), "kl_bound": math.log(n) - (n - 1) / n})
     return rows
 
 
@@ -144,6 +154,40 @@ def best_of_n_reference(gold: list[list[float]], reward: list[list[float]], n: i
         picked_gold.append(g[best])
         picked_reward.append(r[best])
     return sum(picked_gold) / len(gold), sum(picked_reward) / len(gold)
+
+
+def best_of_n_kl(reward: torch.Tensor, n: int) -> float:
+    """KL(best-of-n || pi) with pi the empirical distribution of each prompt's N draws (P, N), averaged
+    over prompts. Best-of-n picks a response at reward level L with probability F(L)^n - F(L-)^n
+    (F: the CDF of the reward under pi; draws with equal reward share a level in proportion to
+    their probability), so KL = sum_L q_L log(q_L / p_L). Identical responses score the same, so a
+    policy that repeats itself has few levels and a KL far below the bound log n - (n - 1) / n; with
+    N distinct draws the estimate approaches the bound as N grows."""
+    total = 0.0
+    for row in reward.double():
+        levels, counts = torch.unique(row, return_counts=True)  # sorted ascending
+        p = counts.double() / row.numel()
+        cdf = p.cumsum(0)
+        q = cdf**n - torch.cat([cdf.new_zeros(1), cdf[:-1]]) ** n
+        kept = q > 0
+        total += float((q[kept] * (q[kept] / p[kept]).log()).sum())
+    return total / reward.shape[0]
+
+
+def best_of_n_kl_reference(reward: list[list[float]], responses: list[list[str]], n: int) -> float:
+    """Brute force for `best_of_n_kl` (the test oracle): enumerate every n-tuple of draws (with
+    replacement) of each prompt, pick the first maximum as best-of-n does, and compare the picked
+    responses' distribution with the draws' own, identical responses being one outcome."""
+    total = 0.0
+    for scores, texts in zip(reward, responses):
+        size = len(scores)
+        picked: dict[str, float] = {}
+        for tuple_ in itertools.product(range(size), repeat=n):
+            best = max(range(n), key=lambda j: (scores[tuple_[j]], -j))
+            picked[texts[tuple_[best]]] = picked.get(texts[tuple_[best]], 0.0) + size**-n
+        p = {t: texts.count(t) / size for t in set(texts)}
+        total += sum(q * math.log(q / p[t]) for t, q in picked.items() if q > 0)
+    return total / len(reward)
 
 
 def _mean(values) -> float:
@@ -181,6 +225,8 @@ def compare_policies(policies: dict[str, tuple], reference: str | None, prompts:
         compare_to = ref_model if ref_model is not None and _same_vocab(model, ref_model) else None
         samples = sample_policy(model, tokenizer, prompts, settings.max_new_tokens, settings.temperature, n=k,
                                 batch_size=settings.batch_size, reference=compare_to, progress=bar)
+        if ref_model is not None and not same_tokenizer(tokenizer, policies[reference][1]):
+            samples.token_ids = None  # ids of another vocabulary: the reward reads the text instead
         add_scores(samples, gold, reward_fn, settings.batch_size)
         result.samples[name] = samples
         result.metrics[name] = summarise(samples, per_sample_references)

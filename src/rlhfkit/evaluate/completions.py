@@ -22,7 +22,7 @@ def prompts_and_references(rows: list[dict], source: str, template: str, tokeniz
 
 def completion_metrics(model, tokenizer, prompts: list[str], references: list[list[str]], max_new_tokens: int,
                        gold: bool, batch_size: int = 16) -> tuple[dict[str, float], list[dict]]:
-    """(metrics, samples) of greedy completions; gold/score only where the prompts are built-in."""
+    """(metrics, samples) of greedy completions; gold/score_greedy only where the prompts are built-in."""
     completions = generate(model, tokenizer, prompts, max_new_tokens, greedy=True, batch_size=batch_size)
     metrics = {
         M.EVAL_BLEU: bleu(completions.texts, references),
@@ -36,7 +36,7 @@ def completion_metrics(model, tokenizer, prompts: list[str], references: list[li
     if gold:
 
         scores = [gold_score(p, r, finished=f) for p, r, f in zip(prompts, completions.texts, completions.finished)]
-        metrics[M.GOLD_SCORE] = sum(scores) / len(scores)
+        metrics[M.GOLD_SCORE_GREEDY] = sum(scores) / len(scores)
         for sample, score in zip(samples, scores):
             sample["gold"] = score
     return metrics, samples

@@ -34,7 +34,7 @@ def evaluate_policies(models: dict[str, str], reference: str | None, source: str
     policies = {name: load_policy(path) for name, path in models.items()}
     tokenizer = policies[reference if reference is not None else next(iter(policies))][1]
     prompts, references = prompts_and_references(rows, source, template, tokenizer)
-    reward_fn = load_reward(reward, normalize=normalize_reward) if reward else None
+    reward_fn = load_reward(reward, normalize=normalize_reward, policy_tokenizer=tokenizer) if reward else None
     total = eval_sample_count(len(prompts), len(policies), settings, reference, reward_fn)
     bar = progress_bar(total, 0, "eval samples", progress)
     result = compare_policies(policies, reference, prompts, references, settings, gold=is_builtin(source),

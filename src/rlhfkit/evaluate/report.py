@@ -35,7 +35,7 @@ def fmt(value) -> str:
 
 def training_rows(metrics: dict[str, list[dict]]) -> list[tuple[str, str, float | None, float | None]]:
     """(stage, metric, first, last) for the training-summary table, straight from metrics.jsonl."""
-    wanted = {"sft": [M.EVAL_LOSS, M.GOLD_SCORE, M.EVAL_BLEU],
+    wanted = {"sft": [M.EVAL_LOSS, M.GOLD_SCORE_GREEDY, M.EVAL_BLEU],
               "rm": [M.RM_ACCURACY, M.RM_GOLD_AGREEMENT, M.RM_GOLD_CORRELATION, M.RM_GOLD_PAIR_CORRELATION],
               "ppo": [M.PPO_REWARD_RM, M.PPO_KL_K1, M.PPO_KL_K3, M.PPO_KL_EXACT, M.GOLD_SCORE, M.PPO_RATIO_FIRST,
                       M.PPO_RESPONSE_LEN, M.PPO_EOS_RATE]}
@@ -71,8 +71,10 @@ def gain_line(pair: str, gain: tuple[float, float], prompts: int) -> str:
 
 
 def best_of_n_table(rows: list[dict[str, float]]) -> list[str]:
-    return ["| n | gold score | RM score | KL = log n − (n−1)/n |", "|---|---|---|---|",
-            *[f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |" for r in rows]]
+    """KL: the estimate from the drawn samples (compare.best_of_n_kl) beside the usual bound."""
+    return ["| n | gold score | RM score | KL (estimate from the draws) | bound log n − (n−1)/n |", "|---|---|---|---|---|",
+            *[f"| {r['n']} | {fmt(r['gold'])} | {fmt(r['reward'])} | {fmt(r['kl'])} | {fmt(r['kl_bound'])} |"
+              for r in rows]]
 
 
 def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: dict[str, list[dict]],
@@ -152,11 +154,12 @@ def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], f
     fig, ax = plt.subplots(figsize=(7, 5))
     if result.best_of_n:
         ax.plot([math.sqrt(r["kl"]) for r in result.best_of_n], [r["gold"] for r in result.best_of_n], marker="o",
-                label="best-of-n from SFT (sampled; n = " + ", ".join(str(r["n"]) for r in result.best_of_n) + ")")
+                label="best-of-n from SFT (KL estimated from the draws; n = " + ", ".join(str(r["n"]) for r in result.best_of_n) + ")")
     # PPO's checkpoints: the held-out gold it logs every ppo.eval_every iterations is sampled at the
     # rollout temperature like the points below; its KL is k1 on that iteration's training prompts.
-    checkpoints = [(math.sqrt(max(r[M.PPO_KL_K1], 0.0)), r[M.GOLD_SCORE]) for r in metrics.get("ppo", [])
-                   if M.GOLD_SCORE in r and M.PPO_KL_K1 in r]
+    # The step-0 record (the starting policy, before any update) sits at KL 0.
+    checkpoints = [(math.sqrt(max(r.get(M.PPO_KL_K1, 0.0), 0.0)), r[M.GOLD_SCORE]) for r in metrics.get("ppo", [])
+                   if M.GOLD_SCORE in r and (M.PPO_KL_K1 in r or r.get("step") == 0)]
     if checkpoints:
         ax.plot(*zip(*checkpoints), marker=".", linestyle="--", label="PPO during training (every ppo.eval_every iterations)")
     # The base model (KL ~ tens of nats) is left out: it would squash the axis.

@@ -14,6 +14,11 @@ EVAL_BLEU = "eval/bleu"
 EVAL_EOS_RATE = "eval/eos_rate"
 EVAL_RESPONSE_LEN = "eval/response_len"
 GOLD_SCORE = "gold/score"
+"""Held-out gold score of responses SAMPLED at the rollout temperature with fixed noise (what RL
+optimises); in PPO the first one, at step 0, is the starting policy's."""
+GOLD_SCORE_GREEDY = "gold/score_greedy"
+"""Held-out gold score of GREEDY completions (SFT's evals, `rlhfkit eval`): a different number from
+gold/score, so never under its name."""
 GOLD_GAIN_STDERR = "gold/gain_stderr"
 """PPO: standard error of gold/score minus the run's first gold/score, paired by prompt (same prompts,
 same sampling noise at every eval); the health check's reward-hacking rule allows for it."""

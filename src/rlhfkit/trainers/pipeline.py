@@ -167,7 +167,7 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
         ("Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in plan.seconds.items())
          + f"; total {sum(plan.seconds.values()):.0f}" if plan.seconds else "Wall time: not recorded (no stage ran in this folder)")
         + (f" (skipped this time: {', '.join(plan.skipped)})" if plan.skipped else ""),
-        "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is analytic. Gold score in [-1, 1].",
+        "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is estimated from its draws (the bound log n − (n−1)/n beside it). Gold score in [-1, 1].",
     ]
     labels = {"base": "base", "sft": "SFT", "ppo": "PPO"}
     report = write_report(plan.root, f"rlhfkit pipeline report: {cfg.name}", result, metrics, facts, labels, cfg.eval.show,

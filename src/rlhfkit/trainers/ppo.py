@@ -169,7 +169,8 @@ class PPOSetup:
     critic_tokenizer: object
     start: int
     """First iteration to run (> 0 after --resume)."""
-    kl_coef: float
+    resumed: dict
+    """The checkpoint's loop state (KL coefficient, gold baseline, health history); {} when fresh."""
 
 
 def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
@@ -197,7 +198,7 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
     model, optimizer = ctx.accelerator.prepare(net, optimizer)
     start, extras = restore_training_state(ctx, model, optimizer, scheduler) if resume else (0, {})
     return PPOSetup(net, model, optimizer, scheduler, tokenizer, reference, reward_fn, prompts, eval_rows, ptx,
-                    critic_tokenizer, start, extras.get("kl_coef", p.kl_coef))
+                    critic_tokenizer, start, extras)
 
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
@@ -207,12 +208,12 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     s = setup_ppo(cfg, ctx, resume)
     ctx.open_run()
     shard = Shard(ctx.accelerator, r.batch_size)
-    gold = HeldOutGold(s.net.policy, s.tokenizer, s.eval_rows, cfg, enabled=ctx.is_main)
-    health = HealthReport(p.health_window, ctx, enabled=ctx.is_main)
-    kl_coef = s.kl_coef
+    gold = HeldOutGold(s.net.policy, s.tokenizer, s.eval_rows, cfg, ctx, s.resumed.get("gold_first"))
+    health = HealthReport(p.health_window, ctx, **s.resumed.get("health", {}))
+    kl_coef = s.resumed.get("kl_coef", p.kl_coef)
+    gold.baseline()  # step 0: the starting (SFT) policy's, before any update (restored on --resume)
     bar = progress_bar(p.iterations, s.start, "ppo", ctx.is_main and cfg.run.progress)
     for iteration in range(s.start, p.iterations):
-        gold.baseline_before(iteration == s.start)  # the starting (SFT) policy's, before any update
         started = time.perf_counter()
         # 1. rollout: prompts and each row's sampling noise are pure functions of (seed, iteration,
         # global row), so resume needs no data state and N processes x b sample what 1 x N*b does.
@@ -248,7 +249,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         bar.update(1)
         bar.set_postfix(reward=f"{stats[M.PPO_REWARD_RM]:.3f}", kl=f"{stats[M.PPO_KL_K1]:.3f}", refresh=False)
         if done % cfg.train.save_every == 0 and done < p.iterations:
-            save_training_state(ctx, done, s.model, s.optimizer, s.scheduler, extra={"kl_coef": kl_coef})
+            state = {"kl_coef": kl_coef, "gold_first": gold.first, "health": health.state()}
+            save_training_state(ctx, done, s.model, s.optimizer, s.scheduler, extra=state)
     bar.close()
     check_replicas_agree(ctx.accelerator, s.net, "ppo")
     return finish(ctx, save_ppo_final(ctx, s))
@@ -289,27 +291,23 @@ def diagnostics(shard: Shard, rollout: Rollout, old: dict, ref: dict, raw_scores
 
 
 class HeldOutGold:
-    """gold/score on the held-out prompts every ppo.eval_every iterations (rank 0; built-in tasks):
-    the first eval, before any update, is the paired baseline of every later one."""
+    """gold/score on the held-out prompts (rank 0; built-in tasks): at step 0, before any update, then
+    every ppo.eval_every iterations. The step-0 scores, per prompt, are the paired baseline of every
+    later eval; --resume restores them from the checkpoint rather than measuring the resumed policy."""
 
-    def __init__(self, policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, enabled: bool):
-        self.policy, self.tokenizer, self.eval_rows, self.cfg = policy, tokenizer, eval_rows, cfg
-        self.enabled = enabled and bool(eval_rows)
-        self.first: list[float] | None = None
-        self.pending_first = False
+    def __init__(self, policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, ctx: StageContext,
+                 first: list[float] | None = None):
+        self.policy, self.tokenizer, self.eval_rows, self.cfg, self.ctx = policy, tokenizer, eval_rows, cfg, ctx
+        self.enabled = ctx.is_main and bool(eval_rows)
+        self.first = first
 
-    def baseline_before(self, first_iteration: bool) -> None:
-        if self.enabled and first_iteration:
+    def baseline(self) -> None:
+        if self.enabled and self.first is None:
             self.first = held_out_gold(self.policy, self.tokenizer, self.eval_rows, self.cfg)
-            self.pending_first = True
+            self.ctx.logger.log(0, {M.GOLD_SCORE: sum(self.first) / len(self.first)})
 
     def at(self, done: int, due: bool) -> dict[str, float]:
-        if not self.enabled:
-            return {}
-        if self.pending_first:
-            self.pending_first = False
-            return {M.GOLD_SCORE: sum(self.first) / len(self.first)}
-        if not due:
+        if not (self.enabled and due):
             return {}
         gold = held_out_gold(self.policy, self.tokenizer, self.eval_rows, self.cfg)
         return {M.GOLD_SCORE: sum(gold) / len(gold), M.GOLD_GAIN_STDERR: paired_gain(gold, self.first, k=1)[1]}
@@ -317,12 +315,14 @@ class HeldOutGold:
 
 class HealthReport:
     """Runs the health check on the history so far; a lasting symptom is repeated every
-    health_window iterations, not every iteration."""
+    health_window iterations, not every iteration. The history is part of the checkpoint, so a
+    resumed run judges the same window as an uninterrupted one."""
 
-    def __init__(self, window: int, ctx: StageContext, enabled: bool):
-        self.window, self.ctx, self.enabled = window, ctx, enabled
-        self.history: list[dict] = []
-        self.last_warned: dict[str, int] = {}
+    def __init__(self, window: int, ctx: StageContext, history: list[dict] | None = None,
+                 last_warned: dict[str, int] | None = None):
+        self.window, self.ctx, self.enabled = window, ctx, ctx.is_main
+        self.history: list[dict] = list(history or [])
+        self.last_warned: dict[str, int] = dict(last_warned or {})
 
     def check(self, done: int, stats: dict, bar) -> None:
         self.history.append(stats)
@@ -332,6 +332,9 @@ class HealthReport:
                 self.last_warned[kind] = done
                 bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
                 self.ctx.logger.log(done, {M.HEALTH_WARNING: warning})
+
+    def state(self) -> dict:
+        return {"history": self.history, "last_warned": self.last_warned}
 
 
 def save_ppo_final(ctx: StageContext, s: PPOSetup):
