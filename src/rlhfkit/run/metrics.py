@@ -22,6 +22,8 @@ RM_ACCURACY = "rm/accuracy"
 RM_MARGIN = "rm/margin"
 RM_LOSS = "rm/loss"
 RM_ECE = "rm/ece"
+"""Expected calibration error on held-out pairs: pairs binned by confidence max(p, 1 - p), p = P(chosen >
+rejected); per bin |mean confidence - fraction whose predicted side is the chosen one|, weighted by pairs."""
 RM_GOLD_AGREEMENT = "rm/gold_agreement"
 RM_GOLD_CORRELATION = "rm/gold_correlation"
 """Pearson correlation of RM and gold scores over every held-out response, pooled across prompts."""
