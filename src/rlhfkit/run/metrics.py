@@ -17,6 +17,13 @@ GOLD_SCORE = "gold/score"
 GOLD_GAIN_STDERR = "gold/gain_stderr"
 """PPO: standard error of gold/score minus the run's first gold/score, paired by prompt (same prompts,
 same sampling noise at every eval); the health check's reward-hacking rule allows for it."""
+GOLD_DROP_STDERR = "gold/drop_stderr"
+"""PPO, at each held-out eval: standard error of (best eval's gold/score - this eval's), paired by prompt,
+where the best eval is the one with the highest gold/score so far (this one included: then 0)."""
+HELDOUT_REWARD_RM = "heldout/reward_rm"
+"""PPO, at each held-out eval: mean reward (as in ppo/reward_rm) of the very samples gold/score judges."""
+HELDOUT_REWARD_GAIN_STDERR = "heldout/reward_gain_stderr"
+"""PPO: standard error of heldout/reward_rm minus the run's first, paired by prompt like gold/gain_stderr."""
 
 RM_ACCURACY = "rm/accuracy"
 RM_MARGIN = "rm/margin"
@@ -35,13 +42,28 @@ advantages only use differences between responses to one prompt, which this one 
 PPO_KL_K1 = "ppo/kl_k1"
 PPO_KL_K3 = "ppo/kl_k3"
 PPO_KL_EXACT = "ppo/kl_exact"
+PPO_KL_K1_STDERR = "ppo/kl_k1_stderr"
+"""Standard error of ppo/kl_k1: sample s.d. (n - 1) of the batch's sequence k1 over sqrt(rows)."""
 PPO_KL_K1_Z = "ppo/kl_k1_z"
-"""(k1 - exact KL) in standard errors, on the rows whose exact KL is computed (ops.k1_exact_z):
-about N(0, 1) when responses are sampled from the scored distribution, whatever the KL."""
+"""(k1 - exact KL) in standard errors, on the rows whose exact KL is computed (ops.k1_exact_z): a
+t statistic with rows - 1 degrees of freedom (skewed, heavy-tailed at 4 rows), mean 0 on honest samples.
+The health check pools the next three over iterations instead."""
+PPO_KL_K1_EXACT_DIFF = "ppo/kl_k1_exact_diff"
+"""Mean over the exact-KL rows of d = sequence k1 - sequence exact KL (0 in expectation on honest samples)."""
+PPO_KL_K1_EXACT_DIFF_VAR = "ppo/kl_k1_exact_diff_var"
+"""Sample variance (n - 1) of d over the exact-KL rows (logged when there are at least 2)."""
+PPO_KL_EXACT_ROWS = "ppo/kl_exact_rows"
+"""Number of rows (all processes) with an exact KL: the n behind the two metrics above."""
 PPO_ENTROPY = "ppo/entropy"
 PPO_CLIPFRAC = "ppo/clipfrac"
 PPO_APPROX_KL = "ppo/approx_kl"
 PPO_RATIO_FIRST = "ppo/ratio_first"
+"""Mean probability ratio on the first minibatch. Its expectation is 1 for any update pass (tokens are
+sampled from the old policy), so it cannot see a mismatched forward; ppo/logratio_first can."""
+PPO_LOGRATIO_FIRST = "ppo/logratio_first"
+"""Mean |log pi_new - log pi_old| over the first minibatch's valid tokens (all processes): 0 when the
+update's forward equals the rollout's (float noise ~1e-7), ~0.05 with dropout on."""
+PPO_VF_LOSS = "ppo/vf_loss"
 PPO_VALUE_EXPLAINED_VAR = "ppo/value_explained_var"
 PPO_REWARD_RM = "ppo/reward_rm"
 PPO_REWARD_TOTAL = "ppo/reward_total"
