@@ -6,6 +6,7 @@ import pytest
 from rlhfkit.data.preferences import collate_pairs, load_preference_pairs, tokenize_pairs
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models import load_tokenizer
+from rlhfkit.models.reward import last_attended
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -171,8 +172,7 @@ def test_collate_puts_chosen_first_and_reads_at_the_last_real_token():
     batch = collate_pairs([[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]], pad_token_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0], [9, 10, 0, 0], [11, 12, 13, 14]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
-    assert batch["last_index"].tolist() == [2, 0, 1, 3]
-    last = batch["input_ids"].gather(1, batch["last_index"][:, None]).squeeze(1)
+    last = batch["input_ids"].gather(1, last_attended(batch["attention_mask"])[:, None]).squeeze(1)
     assert last.tolist() == [7, 8, 10, 14]
     with pytest.raises(ValueError, match="2 chosen but 1 rejected"):
         collate_pairs([[1], [2]], [[3]], pad_token_id=0)

@@ -8,6 +8,7 @@ import torch
 from rlhfkit.cli import main
 from rlhfkit.config import RMConfig, load_config
 from rlhfkit.data.preferences import collate_pairs
+from rlhfkit.models.reward import rewards_at_last_token
 from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.trainers.rm import train_rm
 from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
@@ -47,9 +48,8 @@ def test_saved_rm_loads_as_sequence_classifier_with_the_same_scores(tmp_path, ti
     batch = collate_pairs([[5, 6, 7, 8]], [[5, 9, 10]], pad_token_id=0)
     with torch.no_grad():
         scores = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
-        # HF pools at the rightmost non-pad token; our index is attention_mask.sum - 1: the same here.
-        hidden = reloaded.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        at_last = reloaded.score(hidden)[torch.arange(2), batch["last_index"]].squeeze(-1)
+        # No row ends with the pad id here, so HF's pooling and our mask-end read agree.
+        at_last = rewards_at_last_token(reloaded, batch["input_ids"], batch["attention_mask"])
     assert torch.allclose(scores, at_last, atol=1e-5)
 
 

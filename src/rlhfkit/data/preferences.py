@@ -197,8 +197,8 @@ def tokenize_pairs(
 
 def collate_pairs(chosen_ids: list[list[int]], rejected_ids: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """One right-padded batch of 2B rows, the B chosen then the B rejected, so one forward pass
-    scores both; `last_index` is each row's last attended position, where its reward is read."""
+    scores both (models.reward.rewards_at_last_token reads each row where its attention mask ends)."""
     if len(chosen_ids) != len(rejected_ids):
         raise ValueError(f"{len(chosen_ids)} chosen but {len(rejected_ids)} rejected sequences")
     input_ids, attention_mask = right_pad(list(chosen_ids) + list(rejected_ids), pad_token_id)  # (2B, T)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "last_index": attention_mask.sum(-1) - 1}
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

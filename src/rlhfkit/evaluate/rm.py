@@ -27,16 +27,33 @@ def score_pairs(model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int
 
 
 def calibration(probabilities: torch.Tensor, bins: int = 5) -> list[dict]:
-    """Accuracy per bin of predicted P(chosen > rejected): a calibrated RM has accuracy ~ bin centre."""
+    """Calibration table of held-out pairs from p = P(chosen > rejected); the label is always "chosen".
+
+    Each pair is binned by its confidence max(p, 1 - p) in [0.5, 1] and counts as correct when the
+    side it predicts is the chosen one (p > 0.5); at p = 0.5 the predicted side is a coin flip, so it
+    counts half. A calibrated RM has accuracy ~ confidence in every bin; reading accuracy off p alone
+    would score a model that ranks every pair backwards as well as a perfect one.
+    Rows: bin (confidence range), n, confidence (mean), accuracy (mean).
+    """
+    confidence = torch.maximum(probabilities, 1 - probabilities)
+    correct = (probabilities > 0.5).float() + 0.5 * (probabilities == 0.5).float()
     table = []
-    edges = torch.linspace(0.0, 1.0, bins + 1)
+    edges = torch.linspace(0.5, 1.0, bins + 1)
     for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (probabilities >= lo) & ((probabilities < hi) | (hi == 1.0))
+        inside = (confidence >= lo) & ((confidence < hi) | (hi == 1.0))
         if inside.any():
             table.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": int(inside.sum()),
-                          "predicted": float(probabilities[inside].mean()),
-                          "accuracy": float((probabilities[inside] > 0.5).float().mean())})
+                          "confidence": float(confidence[inside].mean()),
+                          "accuracy": float(correct[inside].mean())})
     return table
+
+
+def expected_calibration_error(table: list[dict]) -> float:
+    """ECE: the pair-weighted mean gap between confidence and accuracy over the bins of `calibration`."""
+    pairs = sum(b["n"] for b in table)
+    if not pairs:
+        return float("nan")
+    return sum(b["n"] * abs(b["confidence"] - b["accuracy"]) for b in table) / pairs
 
 
 def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int, batch_size: int) -> tuple[dict, list]:
@@ -46,8 +63,8 @@ def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int
     model.train(was_training)
     loss, stats = bradley_terry_loss(chosen, rejected)
     metrics = {M.RM_LOSS: loss.item(), M.RM_ACCURACY: stats["accuracy"].item(), M.RM_MARGIN: stats["margin"].item()}
-    probabilities = torch.sigmoid(chosen - rejected)
-    metrics[M.RM_ECE] = sum(b["n"] * abs(b["predicted"] - b["accuracy"]) for b in calibration(probabilities)) / len(chosen)
+    table = calibration(torch.sigmoid(chosen - rejected))
+    metrics[M.RM_ECE] = expected_calibration_error(table)
     families = [r.get("family") for r in rows]
     if all(families):
         # A tiny RM can be near the ceiling on some families and at chance on others (design §5).
@@ -69,7 +86,7 @@ def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int
         rm_scores, gold_scores = torch.cat([chosen, rejected]), torch.cat([gold_c, gold_r])
         metrics[M.RM_GOLD_CORRELATION] = pearson(rm_scores, gold_scores)
         metrics[M.RM_GOLD_PAIR_CORRELATION] = pair_correlation(chosen - rejected, gold_c - gold_r)
-    return metrics, calibration(probabilities)
+    return metrics, table
 
 
 def pair_correlation(rm_differences: torch.Tensor, gold_differences: torch.Tensor) -> float:

@@ -1,9 +1,10 @@
 """Reward model: the SFT model's trunk with a scalar head, as AutoModelForSequenceClassification.
 
 Built from the causal LM (a LoRA SFT adapter is merged first) so the RM starts from the policy's
-own representation, as in InstructGPT. The reward is read at the last attended token; inputs end
-with the response's last real token (no EOS), so transformers' own pooling ("rightmost token that
-is not pad") picks the same position even where pad == eos.
+own representation, as in InstructGPT. The reward is read at each row's last attended token (inputs
+end with the response's last real token, no EOS), found from the attention mask: transformers' own
+pooling reads the rightmost token that is not the pad id, which is an earlier token whenever a
+response's last real token is the pad id.
 """
 
 from __future__ import annotations
@@ -39,11 +40,37 @@ def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
     return model, tokenizer
 
 
-def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
-    """(B,) scalar rewards read at position attention_mask.sum(-1) - 1 of right-padded inputs
-    (`extra`: e.g. token_type_ids of an encoder RM, whose own pooling reads the first token)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=False, **extra)
-    return out.logits.squeeze(-1).float()  # HF pools at the rightmost non-pad token (see module doc)
+def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          **extra) -> torch.Tensor:
+    """(B,) scalar rewards read at each row's last attended position (right- or left-padded rows).
+
+    A decoder RM (a `score` head: GPT-2, Llama, ..., LoRA-wrapped or DDP-wrapped too) runs with
+    position ids counted over attended tokens and its head is applied to the final hidden state at
+    that position. An encoder RM (BERT-like; `extra` e.g. its token_type_ids) keeps its own pooling
+    of the first token.
+    """
+    head = score_head(model)
+    if head is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.squeeze(-1).float()
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): a left-padded row starts at 0
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                output_hidden_states=True, **extra)
+    # hidden_states[-1] is after the final norm (GPT-2's ln_f, Llama's norm), the input the head is
+    # trained on (tests/models/test_reward.py checks it against the model's own logits).
+    hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0]), last_attended(attention_mask)]  # (B, H)
+    return head(hidden).squeeze(-1).float()
+
+
+def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last attended position (0 for a row with none)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * (attention_mask != 0)).argmax(-1)
+
+
+def score_head(model):
+    """The scalar head of a decoder RM, or None for an encoder RM (its head reads a pooled first token).
+    Looks through DDP (`.module`) and peft, whose SEQ_CLS wrapper resolves `score` to the trained copy."""
+    return getattr(getattr(model, "module", model), "score", None)
 
 
 def load_reward_model(location: str, trust_remote_code: bool = False):
