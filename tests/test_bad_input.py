@@ -244,6 +244,9 @@ CASES = [
          "ppo.yaml: train.warmup_steps=0 has no effect in the ppo stage (it runs a constant learning rate)"),
     Case("probability above 1", lambda t: [*SFT, "data.builtin_noise=1.5"],
          "data.builtin_noise must be <= 1, got 1.5"),
+    # --- issue #15: PPO refuses LoRA dropout (its update pass would not score what the rollout sampled)
+    Case("LoRA dropout in PPO", lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "model.lora_dropout=0.1"],
+         "model.lora_dropout=0.1: PPO needs the rollout's and the update's forwards to agree"),
     # --- moved run folders
     Case("stage moved without the stage it was trained on",
          lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],

@@ -38,6 +38,7 @@ def test_ratio_is_one_before_the_update_and_the_policy_moves_but_not_the_referen
     assert len(records) == 2
     for record in records:
         assert record["ppo/ratio_first"] == pytest.approx(1.0, abs=1e-5)
+        assert record["ppo/logratio_first"] < 1e-5  # the update's forward is the rollout's
         assert record["ppo/kl_k3"] >= 0 and record["ppo/kl_exact"] >= 0
         assert abs(record["ppo/kl_k1_z"]) < 4  # honest sampling: k1 agrees with the exact KL on the same rows
     assert records[0]["ppo/kl_k1"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at the start
@@ -133,3 +134,16 @@ def test_lora_ppo_on_a_lora_sft_run_loads_back_with_the_sft_weights(tmp_path, ti
         expected, got, wrong = (m(input_ids=ids).logits for m in (by_hand, loaded, base_plus_ppo))
     assert torch.allclose(got, expected, atol=1e-5)
     assert (got - wrong).abs().max() > 1e-3  # the SFT adapter did change the model
+
+
+def test_dropout_in_the_update_pass_fires_the_ratio_warning(tmp_path, tiny_sft_dir):
+    """Issue #15 item 2: sampled from the old policy, E[ratio] = 1 whatever the update pass does, so
+    ppo/ratio_first stays ~1 with dropout on; ppo/logratio_first sees it and the health check warns."""
+    # The SFT run saved its config with dropout 0: LoRA's dropout is the one left to switch on. It acts
+    # from the second iteration (LoRA's B starts at zero, so at first the dropped path adds nothing).
+    result = train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, "model.disable_dropout=false", "model.lora=true",
+                               "model.lora_r=4", "model.lora_dropout=0.1", "ppo.iterations=2"))
+    record = [r for r in result.metrics if "ppo/logratio_first" in r][-1]
+    assert record["ppo/logratio_first"] > 1e-2
+    warnings = [r["health/warning"] for r in result.metrics if "health/warning" in r]
+    assert any(w.startswith("ratio-first:") for w in warnings), warnings

@@ -35,7 +35,7 @@ def test_resume_restores_the_gold_baseline_and_the_health_history(tmp_path, tiny
                         warnings(history, window))
     resumed = ppo.train_ppo(cfg, resume=True)
 
-    assert seen[0] == 3, "the health check must see iterations 1-2 from before the resume"
+    assert seen[0] == 4, "the health check must see the step-0 eval and iterations 1-2 from before the resume"
     gold = {r["step"]: r for r in read_metrics(resumed.dir / "metrics.jsonl") if "gold/score" in r}
     expected = {r["step"]: r for r in read_metrics(straight.dir / "metrics.jsonl") if "gold/score" in r}
     assert sorted(gold) == sorted(expected) == [0, 2, 4]  # the baseline is not measured again at step 3

@@ -22,9 +22,9 @@ from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.compare import add_scores, paired_gain, sample_policy
+from rlhfkit.evaluate.compare import add_scores, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
-from rlhfkit.evaluate.health import health_warnings
+from rlhfkit.evaluate.health import HeldOutEvals, health_warnings, kl_check_stats
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.load import disable_dropout
 from rlhfkit.models.reward import load_reward_model
@@ -137,8 +137,13 @@ def reference_context(model: PolicyWithValue, lora: bool):
     return model.policy.disable_adapter() if lora else contextlib.nullcontext()
 
 
-def check_sampling(cfg: PPOConfig) -> None:
-    r = cfg.rollout
+def check_ppo_config(cfg: PPOConfig) -> None:
+    """Refuse settings under which the update's forward cannot equal the rollout's (design §6.1-6.2)."""
+    m, r = cfg.model, cfg.rollout
+    if m.lora and m.lora_dropout > 0 and m.disable_dropout:
+        raise ConfigError(f"model.lora_dropout={m.lora_dropout:g}: PPO needs the rollout's and the update's forwards "
+                          "to agree (the probability ratio, design §6.2) and model.disable_dropout=true turns every "
+                          "other dropout off: set model.lora_dropout=0")
     if r.allow_mismatched_sampling:
         return
     if r.top_k:
@@ -203,15 +208,15 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
     r, p = cfg.rollout, cfg.ppo
-    check_sampling(cfg)
+    check_ppo_config(cfg)
     ctx = start_stage(cfg, "ppo", resume, overwrite)
     s = setup_ppo(cfg, ctx, resume)
     ctx.open_run()
     shard = Shard(ctx.accelerator, r.batch_size)
-    gold = HeldOutGold(s.net.policy, s.tokenizer, s.eval_rows, cfg, ctx, s.resumed.get("gold_first"))
+    gold = HeldOutGold(s, cfg, ctx, s.resumed.get("held_out"))
     health = HealthReport(p.health_window, ctx, **s.resumed.get("health", {}))
     kl_coef = s.resumed.get("kl_coef", p.kl_coef)
-    gold.baseline()  # step 0: the starting (SFT) policy's, before any update (restored on --resume)
+    health.record(gold.baseline())  # step 0: the starting (SFT) policy, before any update
     bar = progress_bar(p.iterations, s.start, "ppo", ctx.is_main and cfg.run.progress)
     for iteration in range(s.start, p.iterations):
         started = time.perf_counter()
@@ -242,14 +247,14 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         if p.target_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, shard.global_size)
         done = iteration + 1
-        stats.update(gold.at(done, due=done % p.eval_every == 0 or done == p.iterations))
+        stats.update(gold.at(due=done % p.eval_every == 0 or done == p.iterations))
         ctx.logger.log(done, stats)
         # 7. health check: symptoms -> warnings naming the cause and the config key (rank 0 reports)
         health.check(done, stats, bar)
         bar.update(1)
         bar.set_postfix(reward=f"{stats[M.PPO_REWARD_RM]:.3f}", kl=f"{stats[M.PPO_KL_K1]:.3f}", refresh=False)
         if done % cfg.train.save_every == 0 and done < p.iterations:
-            state = {"kl_coef": kl_coef, "gold_first": gold.first, "health": health.state()}
+            state = {"kl_coef": kl_coef, "held_out": gold.state(), "health": health.state()}
             save_training_state(ctx, done, s.model, s.optimizer, s.scheduler, extra=state)
     bar.close()
     check_replicas_agree(ctx.accelerator, s.net, "ppo")
@@ -287,30 +292,39 @@ def diagnostics(shard: Shard, rollout: Rollout, old: dict, ref: dict, raw_scores
     }
     if exact_rows.shape[0] >= 2:
         stats[M.PPO_KL_K1_Z] = k1_exact_z(k1_rows, exact_rows).item()
+    stats.update(kl_check_stats(shard.gather(k1), k1_rows, exact_rows))
     return stats
 
 
 class HeldOutGold:
-    """gold/score on the held-out prompts (rank 0; built-in tasks): at step 0, before any update, then
-    every ppo.eval_every iterations. The step-0 scores, per prompt, are the paired baseline of every
-    later eval; --resume restores them from the checkpoint rather than measuring the resumed policy."""
+    """gold/score and the RM's reward of the same held-out samples (rank 0; built-in tasks): at step 0,
+    before any update, then every ppo.eval_every iterations. Changes are paired by prompt with the
+    step-0 eval and the best one (evaluate.health.HeldOutEvals); --resume restores both from the
+    checkpoint rather than measuring the resumed policy."""
 
-    def __init__(self, policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, ctx: StageContext,
-                 first: list[float] | None = None):
-        self.policy, self.tokenizer, self.eval_rows, self.cfg, self.ctx = policy, tokenizer, eval_rows, cfg, ctx
-        self.enabled = ctx.is_main and bool(eval_rows)
-        self.first = first
+    def __init__(self, s: PPOSetup, cfg: PPOConfig, ctx: StageContext, state: dict | None = None):
+        self.s, self.cfg, self.ctx = s, cfg, ctx
+        self.enabled = ctx.is_main and bool(s.eval_rows)
+        self.tracker = HeldOutEvals(k=1)
+        self.tracker.first, self.tracker.best = (state or {}).get("first"), (state or {}).get("best")
 
-    def baseline(self) -> None:
-        if self.enabled and self.first is None:
-            self.first = held_out_gold(self.policy, self.tokenizer, self.eval_rows, self.cfg)
-            self.ctx.logger.log(0, {M.GOLD_SCORE: sum(self.first) / len(self.first)})
-
-    def at(self, done: int, due: bool) -> dict[str, float]:
-        if not (self.enabled and due):
+    def baseline(self) -> dict[str, float]:
+        """The step-0 eval (logged at step 0); {} when there is none or it was restored."""
+        if not self.enabled or self.tracker.first is not None:
             return {}
-        gold = held_out_gold(self.policy, self.tokenizer, self.eval_rows, self.cfg)
-        return {M.GOLD_SCORE: sum(gold) / len(gold), M.GOLD_GAIN_STDERR: paired_gain(gold, self.first, k=1)[1]}
+        stats = self.measure()
+        self.ctx.logger.log(0, stats)
+        return stats
+
+    def at(self, due: bool) -> dict[str, float]:
+        return self.measure() if self.enabled and due else {}
+
+    def measure(self) -> dict[str, float]:
+        gold, reward = held_out_gold(self.s.net.policy, self.s.tokenizer, self.s.eval_rows, self.cfg, self.s.reward_fn)
+        return self.tracker.stats(gold, reward)
+
+    def state(self) -> dict:
+        return {"first": self.tracker.first, "best": self.tracker.best}
 
 
 class HealthReport:
@@ -323,6 +337,11 @@ class HealthReport:
         self.window, self.ctx, self.enabled = window, ctx, ctx.is_main
         self.history: list[dict] = list(history or [])
         self.last_warned: dict[str, int] = dict(last_warned or {})
+
+    def record(self, stats: dict) -> None:
+        """Add a record the rules read without checking it (the step-0 held-out eval)."""
+        if stats:
+            self.history.append(stats)
 
     def check(self, done: int, stats: dict, bar) -> None:
         self.history.append(stats)
@@ -426,6 +445,9 @@ def minibatch_loss(new: dict, old: dict, advantages: torch.Tensor, returns: torc
         loss = loss + p.ptx_coef * new["ptx_loss"] * ptx_share * world
     # Minibatch statistics as token means over the whole minibatch (all processes).
     stats = {k: v.float() * share for k, v in {**pg_stats, **vf_stats}.items() if k != "ratio_max"}
+    # 0 exactly when the update's forward equals the rollout's (ratio_mean cannot see a mismatch).
+    logratio = (new["logprobs"] - old["logprobs"][index]).abs().detach()
+    stats["logratio_abs"] = masked_mean(logratio, part.response_mask).float() * share
     stats["loss"] = loss.detach().float() / world
     if "ptx_loss" in new:
         stats["ptx_loss"] = new["ptx_loss"].detach().float() * ptx_share
@@ -436,7 +458,8 @@ def update_metrics(totals: dict[str, list[float]], ptx: bool) -> dict[str, float
     """Per-iteration metrics from the minibatch updates' statistics."""
     mean = {k: sum(v) / len(v) for k, v in totals.items()}
     # Before the first update the new and old policies are the same weights on the same inputs.
-    out = {M.PPO_RATIO_FIRST: totals["ratio_mean"][0], M.PPO_CLIPFRAC: mean["clipfrac"],
+    out = {M.PPO_RATIO_FIRST: totals["ratio_mean"][0], M.PPO_LOGRATIO_FIRST: totals["logratio_abs"][0],
+           M.PPO_CLIPFRAC: mean["clipfrac"],
            M.PPO_APPROX_KL: mean["approx_kl"], M.PPO_PG_LOSS: mean["pg_loss"], M.PPO_VF_LOSS: mean["vf_loss"],
            M.PPO_RATIO_MAX: max(totals["ratio_max"]), M.PPO_MINIBATCH_UPDATES: len(totals["pg_loss"])}
     if ptx:
@@ -452,15 +475,17 @@ def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
     return masked_sum(per_token, mask[:rows], dim=-1)
 
 
-def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, batch_size: int = 64) -> list[float]:
-    """Gold score of one sample per held-out prompt at the rollout temperature: the policy PPO
-    optimises is the sampling distribution, and its reward is measured on samples, so gold is too
-    (greedy decoding can get worse while every sample gets better). Every eval reuses the same
+def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, reward_fn: Callable,
+                  batch_size: int = 64) -> tuple[list[float], list[float]]:
+    """(gold scores, rewards) of one sample per held-out prompt at the rollout temperature: the policy
+    PPO optimises is the sampling distribution, and its reward is measured on samples, so gold is too
+    (greedy decoding can get worse while every sample gets better). The reward scores the same
+    samples, so the health check can pair its change with gold's. Every eval reuses the same
     sampling noise (negative seeds: never a training row's), so a change between evals is the
     policy's, not the draw's."""
     prompts, _ = prompts_and_references(eval_rows, cfg.data.eval_source or cfg.data.source, cfg.data.template,
                                         tokenizer)
     samples = sample_policy(policy, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
                             batch_size=batch_size, noise_seed=-(cfg.train.seed + 1))
-    add_scores(samples, gold=True, reward_fn=None)
-    return samples.gold
+    add_scores(samples, gold=True, reward_fn=reward_fn, batch_size=batch_size)
+    return samples.gold, samples.reward
