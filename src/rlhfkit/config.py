@@ -62,7 +62,8 @@ class DataConfig:
     builtin_noise: float = 0.0
     """Fraction of deliberately imperfect demonstrations in `builtin:` data."""
     template: Literal["human_assistant", "chat"] = "human_assistant"
-    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template."""
+    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template
+    (conversational rows need it). SFT, RM and PPO must agree: the pipeline wires the sft stage's."""
     max_length: int = 256
     """Tokens per example, prompt plus completion."""
     truncation: Literal["drop", "error", "truncate_prompt"] = "drop"
@@ -133,8 +134,8 @@ class SFTConfig:
 
 @dataclass
 class RMSection:
-    format: Literal["auto", "generic", "rm-static", "hh-rlhf"] = "auto"
-    """Preference file layout; `auto` detects it from the columns."""
+    format: Literal["auto", "generic", "rm-static", "hh-rlhf", "conversational"] = "auto"
+    """Preference file layout; `auto` detects it from the columns (message lists: `conversational`)."""
     single_turn: bool = False
     """Keep only prompts with exactly one Human turn (the seed's filter for Dahoas/rm-static)."""
     margin: float = 0.0
@@ -169,6 +170,10 @@ class PrefsConfig:
     """The policy to sample from (normally the SFT stage's folder)."""
     task: str = "default"
     split: Literal["train", "test"] = "train"
+    template: Literal["human_assistant", "chat"] = "human_assistant"
+    """How prompts are rendered for sampling: the SFT model's data.template (the pipeline wires it
+    from the sft stage). `chat` writes conversational rows (message lists) that the rm stage renders
+    with the same chat template."""
     n_prompts: int = 1000
     temperature: float = 1.0
     """Sampling temperature of the two responses."""
