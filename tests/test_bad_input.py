@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.cli import main
+from tests.data.chat import tiny_chat_model
 
 REPO = Path(__file__).parents[1]
 PREFS = REPO / "tests" / "fixtures" / "prefs.jsonl"
@@ -130,6 +131,42 @@ def yaml_file(text: str | bytes):
     return data_file("cfg.yaml", text)
 
 
+def chat_model(tmp: Path, fx: dict) -> None:
+    """The tiny model with a chat template, at <tmp>/chat."""
+    tiny_chat_model(fx["tiny"], tmp / "chat")
+
+
+def rm_on_seed_format(tmp: Path, fx: dict) -> None:
+    """Where an rm stage trained with data.template=human_assistant records it: beside its score stats."""
+    stats = {"mean": 0.0, "std": 1.0, "template": "human_assistant"}
+    write(tmp / "rm" / "reward_stats.json", json.dumps(stats))
+
+
+USER, REPLY = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
+OTHER_USER, OTHER_REPLY = {"role": "user", "content": "yo"}, {"role": "assistant", "content": "hey"}
+
+
+def messages_file(bad: list):
+    """An SFT file of two conversational rows, the second one's `messages` being `bad` (row 0 is
+    held out, so the training split names row 1)."""
+    return data_file("d.jsonl", jsonl({"messages": [USER, REPLY]}, {"messages": bad}))
+
+
+def transcript_prefs(tmp: Path, fx: dict) -> None:
+    chat_model(tmp, fx)
+    not_a_transcript = "Context.\n\nHuman: a\n\nAssistant:"
+    write(tmp / "p.jsonl", jsonl({"prompt": "a", "chosen": "x", "rejected": "y"},
+                                 {"prompt": not_a_transcript, "chosen": "x", "rejected": "y"}))
+
+
+def sft_on(name: str):
+    return lambda t: [*SFT, f"data.source={t}/{name}"]
+
+
+def rm_on(name: str, *more: str):
+    return lambda t: [*RM, f"data.source={t}/{name}", *(m.replace("<tmp>", str(t)) for m in more)]
+
+
 CASES = [
     # --- data files
     Case("empty data file", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: dataset is empty",
@@ -163,6 +200,42 @@ CASES = [
     Case("PPO prompt row without instruction or prompt", lambda t: [*PPO, f"data.source={t}/d.jsonl",
                                                                    "ppo.reward=rlhfkit.tasks:gold_scores"],
          "d.jsonl: row 0: missing columns", data_file("d.jsonl", jsonl({"question": "a"}))),
+    # --- conversational data and templates
+    Case("conversational row with an empty message list", sft_on("d.jsonl"),
+         "d.jsonl: row 1: column 'messages' must be a non-empty list of {role, content} messages, got an "
+         "empty list", messages_file([])),
+    Case("message without a role", sft_on("d.jsonl"), "d.jsonl: row 1: 'messages' message 0 has no 'role'",
+         messages_file([{"content": "hi"}, REPLY])),
+    Case("message with an unknown role", sft_on("d.jsonl"),
+         "d.jsonl: row 1: 'messages' message 0 has unknown role 'bot'",
+         messages_file([{"role": "bot", "content": "hi"}, REPLY])),
+    Case("message content not a string", sft_on("d.jsonl"),
+         "d.jsonl: row 1: 'messages' message 1: 'content' must be a string, got list",
+         messages_file([USER, {"role": "assistant", "content": ["hello"]}])),
+    Case("conversation not ending with the assistant", sft_on("d.jsonl"),
+         "d.jsonl: row 1: 'messages' must end with an assistant turn, but its last message is 'user'",
+         messages_file([USER, REPLY, USER])),
+    Case("conversational rows with the seed's template", sft_on("d.jsonl"),
+         "d.jsonl: row 1: conversational rows (role/content messages) are rendered with the model's chat "
+         "template: set data.template=chat", messages_file([USER, REPLY])),
+    Case("data.template=chat on a model without a chat template", lambda t: [*SFT, "data.template=chat"],
+         "builtin:default: row 0: data.template=chat (or conversational rows) needs a chat template, and "
+         "the tokenizer"),
+    Case("conversational pair not ending with the assistant (rm)", rm_on("p.jsonl"),
+         "p.jsonl: row 1: 'rejected' must end with an assistant turn",
+         data_file("p.jsonl", jsonl({"prompt": [USER], "chosen": [REPLY], "rejected": [OTHER_REPLY]},
+                                    {"prompt": [USER], "chosen": [REPLY], "rejected": [USER]}))),
+    Case("conversational pair differing before the reply (rm)", rm_on("p.jsonl"),
+         "p.jsonl: row 0: 'chosen' and 'rejected' conversations differ before the final assistant turn",
+         data_file("p.jsonl", jsonl({"chosen": [USER, REPLY], "rejected": [OTHER_USER, REPLY]}))),
+    Case("prompt that is not a Human/Assistant transcript, data.template=chat (rm)",
+         rm_on("p.jsonl", "model.name=<tmp>/chat", "data.template=chat"),
+         "p.jsonl: row 1: prompt is not a 'Human: ...\\n\\nAssistant:' transcript, so it cannot be rendered "
+         "with data.template=chat", transcript_prefs),
+    Case("reward model trained on another template",
+         lambda t: [*PPO, f"ppo.reward={t}/rm", "data.template=chat"],
+         "rm: this reward model was trained with data.template=human_assistant but the prompts it would "
+         "score are rendered with data.template=chat", rm_on_seed_format),
     # --- configs
     Case("config is not a mapping", lambda t: ["sft", "--config", f"{t}/cfg.yaml"], "expected a mapping of sections",
          yaml_file("- a\n- b\n")),
@@ -237,8 +310,8 @@ CASES = [
          yaml_file("train:\n  lr: 1.0e-5\n  max_steps: 100\n")),
     Case("sft.packing (not implemented)", lambda t: [*SFT, "sft.packing=true"],
          "sft.packing=true has no effect in the sft stage (not implemented); remove it"),
-    Case("RM data key RM never reads", lambda t: [*RM, "data.template=chat"],
-         "data.template=chat has no effect in the rm stage (preference prompts are used as written)"),
+    Case("RM data key RM never reads", lambda t: [*RM, "data.builtin_noise=0.5"],
+         "data.builtin_noise=0.5 has no effect in the rm stage (it reads preference pairs"),
     Case("pipeline stage override PPO never reads", lambda t: ["pipeline", "--config", str(TINY_PIPELINE),
                                                                f"dir={t}/runs", "ppo.train.warmup_steps=0"],
          "ppo.yaml: train.warmup_steps=0 has no effect in the ppo stage (it runs a constant learning rate)"),

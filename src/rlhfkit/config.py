@@ -110,7 +110,8 @@ class DataConfig:
     builtin_noise: float = fraction(0.0)
     """Fraction of deliberately imperfect demonstrations in `builtin:` data."""
     template: Literal["human_assistant", "chat"] = "human_assistant"
-    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template."""
+    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template
+    (conversational rows need it). SFT, RM and PPO must agree: the pipeline wires the sft stage's."""
     max_length: int = at_least(256, 1)
     """Tokens per example, prompt plus completion."""
     truncation: Literal["drop", "error", "truncate_prompt"] = "drop"
@@ -187,8 +188,8 @@ class SFTConfig:
 
 @dataclass
 class RMSection:
-    format: Literal["auto", "generic", "rm-static", "hh-rlhf"] = "auto"
-    """Preference file layout; `auto` detects it from the columns."""
+    format: Literal["auto", "generic", "rm-static", "hh-rlhf", "conversational"] = "auto"
+    """Preference file layout; `auto` detects it from the columns (message lists: `conversational`)."""
     single_turn: bool = False
     """Keep only prompts with exactly one Human turn (the seed's filter for Dahoas/rm-static)."""
     margin: float = 0.0
@@ -213,7 +214,6 @@ class RMConfig:
         **dict.fromkeys(("data.builtin_size", "data.builtin_noise"),
                         "it reads preference pairs, which builtin: tasks do not have; make them with "
                         "`rlhfkit data prefs`"),
-        "data.template": "preference prompts are used as written",
     }
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -234,6 +234,10 @@ class PrefsConfig:
     """The policy to sample from (normally the SFT stage's folder)."""
     task: str = "default"
     split: Literal["train", "test"] = "train"
+    template: Literal["human_assistant", "chat"] = "human_assistant"
+    """How prompts are rendered for sampling: the SFT model's data.template (the pipeline wires it
+    from the sft stage). `chat` writes conversational rows (message lists) that the rm stage renders
+    with the same chat template."""
     n_prompts: int = at_least(1000, 1)
     temperature: float = at_least(1.0, 0, strict=True)
     """Sampling temperature of the two responses."""

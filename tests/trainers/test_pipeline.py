@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from rlhfkit.cli import main
+from rlhfkit.config import PipelineConfig, load_config
 from rlhfkit.evaluate.compare import best_of_n, best_of_n_reference, win_rate
 from rlhfkit.evaluate.report import fmt, training_rows
 from rlhfkit.run.logger import read_metrics
-from rlhfkit.trainers.pipeline import split_overrides
+from rlhfkit.trainers.pipeline import plan_pipeline, split_overrides
 
 CONFIG = str(Path(__file__).parents[2] / "configs" / "tiny" / "pipeline.yaml")
 SMALL = ["sft.train.max_steps=150", "sft.train.eval_every=75", "sft.sft.eval_generate=16", "prefs.n_prompts=256",
@@ -27,6 +28,15 @@ def test_overrides_are_routed_by_stage_prefix():
     own, staged = split_overrides(["sft.train.lr=1e-4", "prefs.n_prompts=5", "eval.prompts=3", "name=x", "sft=a.yaml"])
     assert own == ["eval.prompts=3", "name=x", "sft=a.yaml"]
     assert staged["sft"] == ["train.lr=1e-4"] and staged["prefs"] == ["n_prompts=5"] and staged["ppo"] == []
+
+
+@pytest.mark.parametrize("template", ["human_assistant", "chat"])
+def test_the_sft_stages_template_is_wired_to_prefs_rm_and_ppo(template):
+    # The other stages' own settings lose to the wiring: a policy is scored only in its own format.
+    staged = {"sft": [f"data.template={template}"], "rm": ["data.template=human_assistant"], "ppo": []}
+    plan = plan_pipeline(load_config(PipelineConfig, CONFIG), CONFIG, staged)
+    assert plan.sft.data.template == plan.prefs.template == template
+    assert plan.rm.data.template == plan.ppo.data.template == template
 
 
 def test_best_of_n_matches_the_plain_loop_and_reports_the_kl_bound_beside_its_estimate():

@@ -1,6 +1,6 @@
 from rlhfkit.data.sft import IGNORE, collate_sft, prompt_and_completion, tokenize_sft
 from rlhfkit.data.sources import load_rows, read_local, split_off_eval
-from rlhfkit.data.templates import render_chat_prompt, render_example, render_prompt
+from rlhfkit.data.templates import render, render_example, render_prompt
 
 __all__ = [
     "IGNORE",
@@ -8,7 +8,7 @@ __all__ = [
     "load_rows",
     "prompt_and_completion",
     "read_local",
-    "render_chat_prompt",
+    "render",
     "render_example",
     "render_prompt",
     "split_off_eval",

@@ -1,11 +1,16 @@
-"""Preference pairs (prompt, chosen, rejected) for reward-model training.
+"""Preference pairs (prompt, chosen, rejected) for reward-model training (and any stage that
+learns from pairs: the reader knows nothing of the loss).
 
-Three schemas are read, detected by their columns:
+Four schemas are read, detected by their columns:
   generic            prompt, chosen, rejected (prompt may be a bare instruction)
   Dahoas/rm-static   prompt, response, chosen, rejected (prompt "\\n\\nHuman: ...\\n\\nAssistant:")
   Anthropic/hh-rlhf  chosen, rejected, each a whole transcript ending in the assistant's reply
-Every pair comes out in the seed's format: prompt "Human: ...\\n\\nAssistant:" and the bare
-response texts, so a sequence is prompt + " " + response, as in SFT.
+  conversational     chosen, rejected as role/content message lists ending with the assistant's
+                     turn: whole conversations (UltraFeedback-binarized; a `prompt` string beside
+                     them is not needed) or, after a `prompt` message list, the reply alone (TRL)
+A pair's prompt is text in the seed's format ("Human: ...\\n\\nAssistant:") or, for
+conversational rows, the list of turns before the reply; its responses are bare texts.
+`tokenize_pairs` renders both with data.template (templates.render), as SFT and PPO do.
 """
 
 from __future__ import annotations
@@ -18,18 +23,27 @@ import torch
 from rlhfkit.data.collate import right_pad
 from rlhfkit.data.sft import fit_prompt
 from rlhfkit.data.sources import load_rows
-from rlhfkit.data.templates import ASSISTANT, render_prompt
+from rlhfkit.data.templates import (
+    ASSISTANT,
+    check_messages,
+    render,
+    render_prompt,
+    render_text,
+    require_chat,
+    turns,
+)
 from rlhfkit.errors import ConfigError, DataError
 
-FORMATS = ("auto", "generic", "rm-static", "hh-rlhf")
+FORMATS = ("auto", "generic", "rm-static", "hh-rlhf", "conversational")
 COLUMNS = {
     "generic": ("prompt", "chosen", "rejected"),
     "rm-static": ("prompt", "response", "chosen", "rejected"),
     "hh-rlhf": ("chosen", "rejected"),
+    "conversational": ("chosen", "rejected"),
 }
 SCHEMAS = (
-    "prompt, chosen, rejected (generic), prompt, response, chosen, rejected (Dahoas/rm-static) "
-    "or chosen, rejected transcripts (Anthropic/hh-rlhf)"
+    "prompt, chosen, rejected (generic), prompt, response, chosen, rejected (Dahoas/rm-static), "
+    "chosen, rejected transcripts (Anthropic/hh-rlhf) or message lists (conversational)"
 )
 TURN = "\n\nHuman:"
 
@@ -37,7 +51,8 @@ TURN = "\n\nHuman:"
 @dataclass
 class PreferenceRows:
     pairs: list[dict]
-    """{"prompt", "chosen", "rejected"} plus the row's other columns (gold scores ...)."""
+    """{"prompt", "chosen", "rejected"} plus the row's other columns (gold scores ...); the prompt is
+    text in the seed's format or, for conversational rows, a list of messages."""
     dropped_identical: int
     """Pairs whose chosen and rejected responses were the same text (no preference to learn)."""
     kept_single_turn: int | None
@@ -82,6 +97,10 @@ def load_preference_pairs(
 
 
 def detect_format(row: dict, where: str) -> str:
+    # Message lists hold dicts; a list of strings is a wrong column type, reported as such.
+    if any(isinstance(row.get(key), list) and any(isinstance(m, dict) for m in row[key])
+           for key in COLUMNS["generic"]):
+        return "conversational"
     if "prompt" in row:
         return "rm-static" if "response" in row else "generic"
     if "chosen" in row or "rejected" in row:
@@ -89,7 +108,9 @@ def detect_format(row: dict, where: str) -> str:
     raise DataError(f"{where}: missing columns; expected {SCHEMAS}, found {', '.join(sorted(row)) or 'none'}")
 
 
-def human_turns(prompt: str) -> int:
+def human_turns(prompt: str | list[dict]) -> int:
+    if isinstance(prompt, list):
+        return sum(message["role"] == "user" for message in prompt)
     # Count turn markers, not every "Human:" (a message may quote the word).
     return ("\n\n" + prompt).count(TURN)
 
@@ -102,13 +123,16 @@ def pair_of(row: dict, fmt: str, where: str) -> dict:
             f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)} "
             f"for the {fmt} format (expected {SCHEMAS})"
         )
-    for key in COLUMNS[fmt]:
+    strings = () if fmt == "conversational" else COLUMNS[fmt]  # message lists are checked turn by turn
+    for key in strings:
         if not isinstance(row[key], str):
             raise DataError(f"{where}: column '{key}' must be a string, got {type(row[key]).__name__}")
     for key, value in row.items():
         if "score" in key and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise DataError(f"{where}: column '{key}' must be a finite number, got {value!r}")
-    if fmt == "hh-rlhf":
+    if fmt == "conversational":
+        prompt, chosen, rejected = conversation_pair(row, where)
+    elif fmt == "hh-rlhf":
         prompt, chosen = split_transcript(row["chosen"], where, "chosen")
         rejected_prompt, rejected = split_transcript(row["rejected"], where, "rejected")
         if rejected_prompt != prompt:
@@ -120,6 +144,27 @@ def pair_of(row: dict, fmt: str, where: str) -> dict:
             raise DataError(f"{where}: empty '{key}' response")
     extras = {k: v for k, v in row.items() if k not in COLUMNS[fmt]}
     return {**extras, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def conversation_pair(row: dict, where: str) -> tuple[list[dict], str, str]:
+    """(turns before the reply, chosen reply, rejected reply) of a conversational row: the prompt is
+    the `prompt` message list (if any) followed by every turn of a conversation but its last."""
+    prefix = row.get("prompt")
+    if prefix is not None and not isinstance(prefix, (list, str)):
+        raise DataError(f"{where}: column 'prompt' must be a list of messages or a string, "
+                        f"got {type(prefix).__name__}")
+    # A `prompt` string beside whole conversations (UltraFeedback-binarized) repeats their first turn.
+    prefix = check_messages(prefix, where, "prompt", last=None) if isinstance(prefix, list) else []
+    chosen = check_messages(row["chosen"], where, "chosen")
+    rejected = check_messages(row["rejected"], where, "rejected")
+    prompt = prefix + chosen[:-1]
+    if prefix + rejected[:-1] != prompt:
+        raise DataError(f"{where}: 'chosen' and 'rejected' conversations differ before the final assistant "
+                        "turn")
+    if not prompt:
+        raise DataError(f"{where}: no turn before the final assistant turn (expected a 'prompt' message "
+                        "list or conversations that start with the user's turn)")
+    return prompt, chosen[-1]["content"].strip(), rejected[-1]["content"].strip()
 
 
 def normalise_prompt(text: str, where: str) -> str:
@@ -164,9 +209,11 @@ def tokenize_pairs(
     max_length: int,
     truncation: str,
     row_ids: list[int] | None = None,
+    template: str = "human_assistant",
 ) -> TokenizedPairs:
-    """prompt ids + " " + response ids for both responses, with no EOS appended: the reward is read
-    at the last real token, and with pad == eos a trailing EOS would be indistinguishable from padding.
+    """Prompt ids + response ids for both responses through `render` with `template`, with no EOS
+    appended: the reward is read at the last real token, and with pad == eos a trailing EOS would be
+    indistinguishable from padding. PPO's reward model reads exactly these ids for its rollouts.
 
     `row_ids` (PreferenceRows.rows) makes messages and `.rows` name source rows, not list positions.
     """
@@ -174,18 +221,19 @@ def tokenize_pairs(
     for i, pair in enumerate(pairs):
         row = row_ids[i] if row_ids is not None else i
         where = f"{source}: row {row}"
-        prompt_ids = tokenizer(pair["prompt"])["input_ids"]
-        chosen = tokenizer(" " + pair["chosen"], add_special_tokens=False)["input_ids"]
-        rejected = tokenizer(" " + pair["rejected"], add_special_tokens=False)["input_ids"]
+        prompt = pair_prompt(pair, template, where)
+        chosen = render(tokenizer, template, prompt, pair["chosen"], where=where)
+        rejected = render(tokenizer, template, prompt, pair["rejected"], where=where).completion_ids
+        prompt_ids = chosen.prompt_ids
         # One cut for both, so chosen and rejected still share the same prompt tokens.
-        fitted = fit_prompt(prompt_ids, max(len(chosen), len(rejected)), max_length, truncation, where)
+        longer = max(len(chosen.completion_ids), len(rejected))
+        fitted = fit_prompt(prompt_ids, longer, max_length, truncation, where)
         if fitted is None:
             out.dropped_too_long += 1
             continue
         out.truncated_prompts += len(fitted) < len(prompt_ids)
-        prompt_ids = fitted
-        out.chosen_ids.append(prompt_ids + chosen)
-        out.rejected_ids.append(prompt_ids + rejected)
+        out.chosen_ids.append(fitted + chosen.completion_ids)
+        out.rejected_ids.append(fitted + rejected)
         out.rows.append(row)
     if not out.chosen_ids:
         raise DataError(
@@ -193,6 +241,23 @@ def tokenize_pairs(
             f"data.max_length={max_length})"
         )
     return out
+
+
+def pair_prompt(pair: dict, template: str, where: str) -> str | list[dict]:
+    """A pair's prompt as `render` takes it for `template`: text in the seed's format is split into
+    turns for a chat template; conversational turns need one."""
+    prompt = pair["prompt"]
+    if isinstance(prompt, list):
+        require_chat(template, where)
+        return prompt
+    return turns(prompt, where) if template == "chat" else prompt
+
+
+def pair_prompts(pairs: list[dict], tokenizer, template: str) -> list[str]:
+    """The pairs' distinct prompts, rendered as text with `template` (to sample new responses for)."""
+    texts = [render_text(tokenizer, template, pair_prompt(pair, template, f"pair {i}"))[0]
+             for i, pair in enumerate(pairs)]
+    return list(dict.fromkeys(texts))
 
 
 def collate_pairs(chosen_ids: list[list[int]], rejected_ids: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -7,15 +7,20 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.data.collate import right_pad
-from rlhfkit.data.templates import completion_text, render_chat_prompt, render_prompt
+from rlhfkit.data.templates import RAW, check_messages, render, render_text, require_chat, user_turn
 from rlhfkit.errors import DataError
 
 IGNORE = -100
-SCHEMAS = "instruction, output[, input] (Alpaca) or prompt, completion"
+SCHEMAS = "instruction, output[, input] (Alpaca), prompt, completion, or messages (role/content turns)"
 
 
-def prompt_and_completion(row: dict, where: str, template: str, tokenizer) -> tuple[str, str]:
-    """(prompt text, completion text) of one row in either schema; a missing column is an error."""
+def sft_parts(row: dict, where: str, template: str) -> tuple[str | list[dict], str, str]:
+    """(prompt, response, the template to render them with) of one row in any schema; a missing or
+    malformed column is a one-line error naming the row. Conversational rows (`messages`, or TRL's
+    `prompt`/`completion` message lists) keep every turn before the final assistant turn in the
+    prompt, so only that last turn is learned."""
+    if "messages" in row:
+        return final_turn(check_messages(row["messages"], where, "messages"), where, template, "messages")
     if "instruction" in row or "output" in row:
         for key in ("instruction", "output"):
             if not isinstance(row.get(key), str):
@@ -23,32 +28,59 @@ def prompt_and_completion(row: dict, where: str, template: str, tokenizer) -> tu
         input_ = row.get("input") or ""
         if not isinstance(input_, str):
             raise DataError(f"{where}: column 'input' must be a string, got {type(input_).__name__}")
-        instruction, output = row["instruction"], row["output"]
-    elif "prompt" in row:
+        if not row["output"].strip():
+            raise DataError(f"{where}: empty 'output' (nothing to learn from)")
+        return user_turn(row["instruction"], input_), row["output"], template
+    if "prompt" in row:
+        if isinstance(row["prompt"], list) or isinstance(row.get("completion"), list):
+            completion = check_messages(row.get("completion"), where, "completion")
+            prompt = check_messages(row["prompt"], where, "prompt", last=None)
+            return final_turn(prompt + completion, where, template, "completion")
         if not isinstance(row["prompt"], str) or not isinstance(row.get("completion"), str):
             raise DataError(f"{where}: missing or non-string column 'completion' (expected {SCHEMAS})")
-        return row["prompt"], row["completion"]
-    else:
-        raise DataError(f"{where}: missing columns; expected {SCHEMAS}, found {', '.join(sorted(row)) or 'none'}")
-    if not output.strip():
-        raise DataError(f"{where}: empty 'output' (nothing to learn from)")
-    if template == "chat":
-        return render_chat_prompt(tokenizer, instruction, input_), completion_text(output, "chat")
-    return render_prompt(instruction, input_), completion_text(output, "human_assistant")
+        # Text rows bring their own formatting: prompt and completion are used as they are.
+        return row["prompt"], row["completion"], RAW
+    raise DataError(f"{where}: missing columns; expected {SCHEMAS}, found {', '.join(sorted(row)) or 'none'}")
+
+
+def final_turn(messages: list[dict], where: str, template: str, key: str) -> tuple[list[dict], str, str]:
+    """(the turns before the final assistant turn, its content, "chat") of a checked conversation."""
+    require_chat(template, where)
+    if len(messages) < 2:
+        raise DataError(f"{where}: '{key}' has no turn before the final assistant turn (nothing to "
+                        "prompt with)")
+    if not messages[-1]["content"].strip():
+        raise DataError(f"{where}: empty final assistant turn in '{key}' (nothing to learn from)")
+    return messages[:-1], messages[-1]["content"], template
+
+
+def prompt_and_completion(row: dict, where: str, template: str, tokenizer) -> tuple[str, str]:
+    """(rendered prompt text, completion text as it follows the prompt) of a row in any schema."""
+    prompt, response, how = sft_parts(row, where, template)
+    return render_text(tokenizer, how, prompt, response, where)
 
 
 def prompt_text(row: dict, where: str, template: str, tokenizer) -> str:
-    """The rendered prompt of a row in either schema; completions are not needed (PPO prompts)."""
-    if "instruction" in row:
+    """The rendered prompt of a row in any schema; completions are not needed (PPO prompts)."""
+    if "messages" in row or isinstance(row.get("prompt"), list):
+        key = "messages" if "messages" in row else "prompt"
+        messages = check_messages(row[key], where, key, last=None)
+        require_chat(template, where)
+        # A conversation that ends with the assistant's reply (an SFT row) prompts with the turns before it.
+        prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
+        if not prompt:
+            raise DataError(f"{where}: '{key}' has no turn before the final assistant turn (nothing to "
+                            "prompt with)")
+    elif "instruction" in row:
         if not isinstance(row["instruction"], str) or not row["instruction"].strip():
             raise DataError(f"{where}: missing or empty column 'instruction'")
-        input_ = row.get("input") or ""
-        if template == "chat":
-            return render_chat_prompt(tokenizer, row["instruction"], input_)
-        return render_prompt(row["instruction"], input_)
-    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        prompt = user_turn(row["instruction"], row.get("input") or "")
+    elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
         return row["prompt"]
-    raise DataError(f"{where}: missing columns; expected instruction[, input] or prompt, found {', '.join(sorted(row)) or 'none'}")
+    else:
+        raise DataError(f"{where}: missing columns; expected instruction[, input], prompt or messages, "
+                        f"found {', '.join(sorted(row)) or 'none'}")
+    return render_text(tokenizer, template, prompt, where=where)[0]
 
 
 @dataclass
@@ -85,14 +117,15 @@ def fit_prompt(prompt_ids: list[int], response_len: int, max_length: int, trunca
 
 def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_length: int, truncation: str,
                  row_ids: list[int] | None = None) -> TokenizedSFT:
-    """Tokenize prompt and completion separately (so the boundary is exact) and append EOS.
-    `row_ids` are the rows' numbers in the source, for messages (`.rows` stays positions in `rows`)."""
+    """Each row through `render`: prompt and completion tokenised apart, so the boundary is exact, and
+    EOS appended. `row_ids` are the rows' numbers in the source, for messages (`.rows` stays positions
+    in `rows`)."""
     out = TokenizedSFT()
     for i, row in enumerate(rows):
         where = f"{source}: row {row_ids[i] if row_ids is not None else i}"
-        prompt, completion = prompt_and_completion(row, where, template, tokenizer)
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt, response, how = sft_parts(row, where, template)
+        example = render(tokenizer, how, prompt, response, eos=True, where=where)
+        prompt_ids, completion_ids = example.prompt_ids, example.completion_ids
         fitted = fit_prompt(prompt_ids, len(completion_ids), max_length, truncation, where)
         if fitted is None:
             out.dropped_too_long += 1

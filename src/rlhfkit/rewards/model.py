@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.collate import right_pad
+from rlhfkit.data.templates import render
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import load_reward_model, rewards_at_last_token
 
@@ -23,20 +24,38 @@ def same_tokenizer(a, b) -> bool:
     return a is not None and b is not None and a.get_vocab() == b.get_vocab() and a.pad_token_id == b.pad_token_id
 
 
+def stats_path(folder: str) -> Path:
+    """reward_stats.json of an rm stage folder (in its final/) or of a final/ folder itself."""
+    final = Path(folder) / "final" if (Path(folder) / "final").is_dir() else Path(folder)
+    return final / REWARD_STATS
+
+
 def reward_normalisation(folder: str, normalize: bool) -> tuple[float, float]:
     """(mean, std) the RM's scores are normalised with: stats measured on SFT samples by the rm stage."""
     if not normalize:
         return 0.0, 1.0
-    final = Path(folder) / "final" if (Path(folder) / "final").is_dir() else Path(folder)
-    stats_file = final / REWARD_STATS
+    stats_file = stats_path(folder)
     if not stats_file.is_file():
         raise RlhfkitError(f"{stats_file}: missing; train the RM with `rlhfkit rm` or set ppo.normalize_reward=false")
     stats = json.loads(stats_file.read_text())
     return stats["mean"], max(stats["std"], 1e-6)
 
 
-def model_reward(folder: str, normalize: bool, policy_tokenizer):
-    """Scores of a reward-model folder, normalised with the stats the rm stage saved beside it."""
+def check_template(folder: str, template: str) -> None:
+    """An RM trained on one template has never seen prompts in another, so its scores of them mean
+    nothing: refuse the mismatch (the rm stage records its data.template beside the stats)."""
+    stats_file = stats_path(folder)
+    trained = json.loads(stats_file.read_text()).get("template") if stats_file.is_file() else None
+    if trained is not None and trained != template:
+        raise RlhfkitError(f"{folder}: this reward model was trained with data.template={trained} but the "
+                           f"prompts it would score are rendered with data.template={template}; use the same "
+                           "template in both")
+
+
+def model_reward(folder: str, normalize: bool, policy_tokenizer, template: str = "human_assistant"):
+    """Scores of a reward-model folder, normalised with the stats the rm stage saved beside it;
+    `template` is the one the prompts were rendered with, which the text path joins responses by."""
+    check_template(folder, template)
     model, tokenizer = load_reward_model(folder)
     mean, std = reward_normalisation(folder, normalize)
     shares_ids = same_tokenizer(tokenizer, policy_tokenizer)
@@ -50,9 +69,8 @@ def model_reward(folder: str, normalize: bool, policy_tokenizer):
             # Encoder RMs (BERT, DeBERTa: OpenAssistant's) are trained on (question, answer) text pairs.
             return dict(tokenizer(prompts, responses, truncation=True, padding=True, return_tensors="pt"))
         else:
-            # Our rm stage's format: prompt ids + " " + response, no EOS (data/preferences.tokenize_pairs).
-            ids = [tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
-                   for p, r in zip(prompts, responses)]
+            # Our rm stage's format: rendered prompt + response ids, no EOS (data/preferences.tokenize_pairs).
+            ids = [render(tokenizer, template, p, r).ids for p, r in zip(prompts, responses)]
         input_ids, attention_mask = right_pad(ids, tokenizer.pad_token_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.collate import left_pad
+from rlhfkit.data.templates import encode_prompt
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.ops import logprobs_from_logits
 
@@ -176,9 +177,9 @@ def row_noise(seed: int, rows: range, steps: int) -> torch.Tensor:
 
 def sample_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
                    top_k: int = 0, repetition_penalty: float = 1.0, noise: torch.Tensor | None = None) -> Rollout:
-    """Tokenise and left-pad text prompts, then `sample`: the rollout PPO trains on and eval measures."""
-
-    query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
+    """Tokenise rendered prompts as every stage does (`encode_prompt`, so a reward model trained on
+    `render`'s ids reads these), left-pad, then `sample`: the rollout PPO trains on and eval measures."""
+    query_ids, query_mask = left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     model.eval()
     return sample(model, query_ids, query_mask, max_new_tokens, temperature, tokenizer.eos_token_id,
                   tokenizer.pad_token_id, top_k=top_k, repetition_penalty=repetition_penalty, noise=noise)

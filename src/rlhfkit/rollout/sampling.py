@@ -1,10 +1,13 @@
-"""Batched generation from left-padded prompts, cut at the first EOS."""
+"""Batched generation from left-padded prompts (tokenised as every stage does), cut at the first EOS."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from rlhfkit.data.collate import left_pad
+from rlhfkit.data.templates import encode_prompt
 
 
 @dataclass
@@ -26,26 +29,25 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: 
 
     model_was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end aligned
     eos = tokenizer.eos_token_id
     texts, token_ids, finished = [], [], []
     try:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc=progress, disable=progress is None, mininterval=2.0):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            chunk = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+            # Left-padded: generation appends on the right, so prompts must end aligned.
+            input_ids, attention_mask = left_pad(chunk, tokenizer.pad_token_id)
             sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
             out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos, **sampling,
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=not greedy, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **sampling,
             )
-            for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            for row in out[:, input_ids.shape[1]:].tolist():
                 ended = eos in row
                 row = row[: row.index(eos) + 1] if ended else row
                 token_ids.append(row)
                 finished.append(ended)
                 texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     finally:
-        tokenizer.padding_side = side
         model.train(model_was_training)
     return Completions(texts, token_ids, finished)

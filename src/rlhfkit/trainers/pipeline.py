@@ -72,12 +72,18 @@ def plan_pipeline(cfg: PipelineConfig, config_path: str | Path | None, staged: d
             raise ConfigError(f"{config_path}: {stage}: {path} not found (stage config paths are relative to the pipeline file)")
         return load_config(cls, path, [*staged.get(stage, []), *wiring])
 
+    sft = load(SFTConfig, "sft", run)
+    # Every later stage renders prompts as the SFT model learned them, so the RM is trained on the
+    # format the policy samples in and PPO scores.
+    template = sft.data.template
     return PipelinePlan(
         root=root,
-        sft=load(SFTConfig, "sft", run),
-        prefs=load(PrefsConfig, "prefs", [f"model={sft_dir}", f"out={prefs_file}"]),
-        rm=load(RMConfig, "rm", [*run, f"model.name={sft_dir}", f"data.source={prefs_file}"]),
-        ppo=load(PPOConfig, "ppo", [*run, f"model.name={sft_dir}", f"ppo.reward={rm_dir}"]),
+        sft=sft,
+        prefs=load(PrefsConfig, "prefs", [f"model={sft_dir}", f"out={prefs_file}", f"template={template}"]),
+        rm=load(RMConfig, "rm", [*run, f"model.name={sft_dir}", f"data.source={prefs_file}",
+                                 f"data.template={template}"]),
+        ppo=load(PPOConfig, "ppo", [*run, f"model.name={sft_dir}", f"ppo.reward={rm_dir}",
+                                    f"data.template={template}"]),
     )
 
 

@@ -193,7 +193,7 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
     critic, critic_tokenizer, critic_norm = (load_critic(cfg, tokenizer) if p.critic == "reward_model"
                                              else (None, None, (0.0, 1.0)))
     net = PolicyWithValue(policy, policy.config.get_text_config().hidden_size, critic, critic_norm)
-    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer)
+    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template)
     prompts, eval_rows = load_prompts(cfg, tokenizer, r.batch_size * world)
     ptx = load_ptx_data(cfg, tokenizer, world)
     critic_lr = p.critic_lr or (cfg.train.lr if critic is not None else None)

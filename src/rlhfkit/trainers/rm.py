@@ -11,7 +11,14 @@ from rlhfkit.config import ModelConfig, RMConfig
 from rlhfkit.data import split_off_eval
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.collate import right_pad
-from rlhfkit.data.preferences import TokenizedPairs, collate_pairs, load_preference_pairs, tokenize_pairs
+from rlhfkit.data.preferences import (
+    TokenizedPairs,
+    collate_pairs,
+    load_preference_pairs,
+    pair_prompts,
+    tokenize_pairs,
+)
+from rlhfkit.data.templates import render
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.rm import rm_metrics
 from rlhfkit.models import load_causal_lm
@@ -45,8 +52,10 @@ def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPai
     if d.max_train_rows:
         numbered = numbered[: d.max_train_rows]
     pairs = [p for _, p in numbered]
-    train = tokenize_pairs(pairs, tokenizer, d.source, d.max_length, d.truncation, [i for i, _ in numbered])
-    held_out = tokenize_pairs(eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation)
+    train = tokenize_pairs(pairs, tokenizer, d.source, d.max_length, d.truncation, [i for i, _ in numbered],
+                           template=d.template)
+    held_out = tokenize_pairs(eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation,
+                              template=d.template)
     for name, part, total in (("train", train, len(pairs)), ("eval", held_out, len(eval_pairs))):
         note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
         print(f"rlhfkit: rm {name} pairs: {len(part.chosen_ids)} of {total} kept{note}", flush=True)
@@ -66,10 +75,9 @@ def _report(name: str, loaded, source: str) -> None:
 def reward_stats(cfg: RMConfig, reward_model, tokenizer, train_pairs: list[dict]) -> dict:
     """Mean/std of the RM's score on fresh SFT samples for train prompts: PPO normalises with these."""
     policy, _ = load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)
-    prompts = list(dict.fromkeys(p["prompt"] for p in train_pairs))[: cfg.rm.norm_samples]
+    prompts = pair_prompts(train_pairs, tokenizer, cfg.data.template)[: cfg.rm.norm_samples]
     samples = generate(policy, tokenizer, prompts, cfg.rm.max_new_tokens, greedy=False, temperature=1.0)
-    ids = [tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
-           for p, r in zip(prompts, samples.texts)]
+    ids = [render(tokenizer, cfg.data.template, p, r).ids for p, r in zip(prompts, samples.texts)]
     scores = []
     for start in range(0, len(ids), cfg.train.batch_size):
         chunk = ids[start : start + cfg.train.batch_size]
@@ -77,7 +85,7 @@ def reward_stats(cfg: RMConfig, reward_model, tokenizer, train_pairs: list[dict]
         scores.append(rewards_at_last_token(reward_model, input_ids, attention_mask))
     scores = torch.cat(scores)
     return {"mean": scores.mean().item(), "std": scores.std().item(), "n": len(scores),
-            "source": "rm scores of SFT samples (T=1) on train prompts"}
+            "source": "rm scores of SFT samples (T=1) on train prompts", "template": cfg.data.template}
 
 
 def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
