@@ -293,6 +293,11 @@ class PPOSection:
     """Stop this iteration's epochs once a minibatch's approx KL exceeds this."""
     no_eos_penalty: float = -1.0
     """Added to the (normalised) score of a response that hit max_new_tokens without EOS."""
+    empty_score: float | None = -1.0
+    """Score (normalised scale) that replaces the reward of a response that is EOS alone: a reward
+    model never saw one in training (pairs with an empty side are dropped), so what it reads at the
+    prompt's last token is arbitrary and could pay the policy for saying nothing. null keeps the
+    reward's own score (e.g. a function reward that judges empty answers itself)."""
     reward_clip: float = at_least(5.0, 0, strict=True)
     """Normalised scores are clipped to [-reward_clip, reward_clip]."""
     normalize_reward: bool = True

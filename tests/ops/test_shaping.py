@@ -33,3 +33,21 @@ def test_adaptive_controller_moves_the_right_way(kl, expected):
     assert {"up": new > 0.1, "down": new < 0.1, "same": new == pytest.approx(0.1)}[expected]
     # The error is clipped at +-20%, so one batch moves the coefficient at most 0.2 * n/horizon.
     assert abs(new / 0.1 - 1) <= 0.2 * 100 / 1000 + 1e-12
+
+
+def test_response_scores_matches_reference_and_an_empty_response_cannot_buy_reward():
+    """Issue #15 item 9: EOS alone is scored where the RM never trained; its score is replaced."""
+    from rlhfkit.ops.shaping import response_scores, response_scores_reference
+
+    generator = torch.Generator().manual_seed(0)
+    raw = 3 * torch.randn(64, generator=generator)
+    finished = torch.rand(64, generator=generator) > 0.3
+    lengths = torch.randint(1, 5, (64,), generator=generator)
+    for empty in (-1.0, None):
+        fast = response_scores(raw, finished, lengths, -1.0, empty, 5.0)
+        assert torch.allclose(fast, response_scores_reference(raw, finished, lengths, -1.0, empty, 5.0))
+    # A policy that says nothing: whatever the RM reads at the prompt's end (here +5), it gets -1.
+    raw_empty, done, one = torch.full((8,), 5.0), torch.ones(8, dtype=torch.bool), torch.ones(8, dtype=torch.long)
+    assert torch.equal(response_scores(raw_empty, done, one, -1.0, -1.0, 5.0), torch.full((8,), -1.0))
+    # An unfinished one-token response is not empty: it keeps its score and the no-EOS penalty.
+    assert response_scores(raw_empty, ~done, one, -1.0, -1.0, 5.0)[0] == 4.0

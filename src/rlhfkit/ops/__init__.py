@@ -37,7 +37,7 @@ from .losses import (
     ppo_value_loss,
 )
 from .preference import PREFERENCE_LOSSES, dpo_loss, sequence_logps, simpo_loss
-from .shaping import adaptive_kl_coef, kl_shaped_rewards
+from .shaping import adaptive_kl_coef, kl_shaped_rewards, response_scores
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -58,6 +58,7 @@ __all__ = [
     "k1_exact_z",
     "adaptive_kl_coef",
     "kl_shaped_rewards",
+    "response_scores",
     "KL_ESTIMATORS",
     "bradley_terry_loss",
     "dpo_loss",

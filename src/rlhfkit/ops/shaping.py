@@ -44,6 +44,41 @@ def kl_shaped_rewards_reference(
     return rewards
 
 
+def response_scores(
+    raw: torch.Tensor, finished: torch.Tensor, lengths: torch.Tensor, no_eos_penalty: float,
+    empty_score: float | None, clip: float,
+) -> torch.Tensor:
+    """The scalar score of each response before KL shaping:
+
+        score[b] = empty_score                        if finished[b] and lengths[b] == 1 (EOS alone)
+                 = raw[b] + no_eos_penalty * (1 - finished[b])   otherwise
+        then clipped to [-clip, clip].
+
+    A response that is EOS alone is read by a reward model at the prompt's last token, a state it
+    never saw in training (pairs with an empty side are dropped): its score there is arbitrary, and
+    a policy could learn to say nothing for it. `empty_score` replaces it (None keeps the reward's).
+    Shapes: raw, finished (bool), lengths (B,) -> (B,).
+    """
+    score = raw + no_eos_penalty * (~finished).to(raw.dtype)
+    if empty_score is not None:
+        score = torch.where(finished & (lengths == 1), torch.full_like(score, empty_score), score)
+    return score.clamp(-clip, clip)
+
+
+def response_scores_reference(
+    raw: torch.Tensor, finished: torch.Tensor, lengths: torch.Tensor, no_eos_penalty: float,
+    empty_score: float | None, clip: float,
+) -> torch.Tensor:
+    out = torch.empty_like(raw)
+    for b in range(raw.shape[0]):
+        if empty_score is not None and bool(finished[b]) and int(lengths[b]) == 1:
+            value = empty_score
+        else:
+            value = float(raw[b]) + (0.0 if bool(finished[b]) else no_eos_penalty)
+        out[b] = min(max(value, -clip), clip)
+    return out
+
+
 def adaptive_kl_coef(kl_coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
     """Ziegler et al.'s proportional controller: e = clip(kl / target - 1, -0.2, 0.2),
     kl_coef <- kl_coef * (1 + e * n_steps / horizon). KL above target raises the coefficient.

@@ -44,6 +44,7 @@ from rlhfkit.ops import (
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
+    response_scores,
 )
 from rlhfkit.rewards import is_function_reward, load_reward, reward_normalisation, same_tokenizer
 from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, sample_prompts, score
@@ -230,7 +231,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             with reference_context(s.net, cfg.model.lora):
                 ref = score(s.reference or s.net.policy, rollout, r.temperature)
         raw_scores = s.reward_fn(prompts, decode_responses(s.tokenizer, rollout), rollout.token_rows())
-        scores = (raw_scores + p.no_eos_penalty * (~rollout.finished).float()).clamp(-p.reward_clip, p.reward_clip)
+        scores = response_scores(raw_scores, rollout.finished, rollout.response_lengths, p.no_eos_penalty,
+                                 p.empty_score, p.reward_clip)
         # 3. KL-shaped per-token rewards
         mask = rollout.response_mask
         rewards = kl_shaped_rewards(scores, old["logprobs"], ref["logprobs"], mask, kl_coef)
