@@ -96,3 +96,13 @@ def test_citation_and_heading_parsing():
     text = ("## 6. PPO\n### 6.1 Sample\n### §6.2 Score\n## Section 7: Scale\n"
             "```\n# 9. not a heading\n```\n#10 no\n")
     assert headings(text) == {"6", "6.1", "6.2", "7"}
+
+
+def test_src_cites_no_document_outside_the_repository():
+    """"The seed" (the notebook the project started from) is told once, in docs/design.md §8.1; the
+    code explains itself or cites that section instead of a document a reader cannot open."""
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for path in sorted((ROOT / "src").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\bthe seed\b|\bseed's\b", line, re.I)]
+    assert not found, "\n".join(found)
