@@ -7,6 +7,7 @@ import yaml
 
 from rlhfkit.config import (
     STAGE_CONFIGS,
+    DPOConfig,
     PipelineConfig,
     PPOConfig,
     PrefsConfig,
@@ -19,7 +20,7 @@ from rlhfkit.config import (
 from rlhfkit.errors import ConfigError
 
 REPO = Path(__file__).parents[1]
-YAML_CLASSES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "prefs": PrefsConfig,
+YAML_CLASSES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "dpo": DPOConfig, "prefs": PrefsConfig,
                 "pipeline": PipelineConfig}
 SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
 

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
     _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")
     _stage_parser(sub, "ppo", "PPO against a reward model or a reward function, with KL diagnostics and a health check")
+    _stage_parser(sub, "dpo", "DPO, IPO, cDPO or SimPO on preference pairs from an SFT policy, measured like PPO "
+                  "(held-out gold, KL to SFT)")
     pipe = _stage_parser(sub, "pipeline", "sft -> preference pairs -> rm -> ppo -> eval -> report.md, in one run folder; "
                          "a rerun skips finished stages and resumes a partial one (--resume is implied)")
     pipe.epilog = "stage keys take the stage as prefix: sft.train.max_steps=100 prefs.n_prompts=500 eval.prompts=32"
