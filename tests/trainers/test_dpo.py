@@ -11,7 +11,7 @@ import pytest
 from rlhfkit.config import DPOConfig, load_config
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.dpo import REFERENCE_TABLE, train_dpo
-from tests.trainers.runs import kill_after_checkpoint_then_resume
+from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 # 8 pairs with judge scores: 6 train (one global batch of all of them, so accuracy is on every train pair), 2 held out.
@@ -88,3 +88,12 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path, t
             "train.lr=5e-3", "dpo.eval_every=2", "dpo.reference=precomputed"]
     kill_after_checkpoint_then_resume(tmp_path, "dpo", "", args, checkpoint_step=2,
                                       weights="adapter_model.safetensors", metric=M.DPO_LOSS)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
+    # The live adapter-off reference and the held-out evals (rank 0 alone) included.
+    args = [f"model.name={tiny_sft_dir}", *QUICK, "train.grad_accum=1", "train.max_steps=3", "train.lr=1e-4",
+            "train.eval_every=2", "dpo.eval_prompts=0"]
+    two_processes_equal_one(tmp_path, "dpo", "", args, batch=6, weights="adapter_model.safetensors",
+                            metric=M.DPO_LOSS)
