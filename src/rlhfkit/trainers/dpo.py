@@ -158,7 +158,8 @@ class DPOSetup:
     policy: torch.nn.Module
     """The same policy unwrapped: reference passes (adapter off), sampling and saving."""
     frozen: torch.nn.Module | None
-    """A frozen copy of the SFT policy; None with LoRA, whose reference is the adapter disabled."""
+    """A frozen copy of the SFT policy (full weights, or dpo.reference=frozen_copy); None when the
+    reference is the LoRA policy with its adapter disabled."""
     tokenizer: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -223,15 +224,15 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> 
                 totals[key] = totals.get(key, 0.0) + value.float() * share
             return loss, share
 
-        accumulate_and_step(ctx, s.model, s.optimizer, s.scheduler, micro_loss, t.grad_accum, step + 1)
+        _, grad_norm = accumulate_and_step(ctx, s.model, s.optimizer, s.scheduler, micro_loss, t.grad_accum, step + 1)
         stats = {STAT_METRICS[k]: (acc.reduce(v, "sum") if world > 1 else v).item() for k, v in totals.items()}
         pairs_per_s = len(indices) / (time.perf_counter() - started)
         bar.update(1)
         bar.set_postfix(loss=f"{stats[M.DPO_LOSS]:.3f}", acc=f"{stats[M.DPO_ACCURACY]:.2f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
-            ctx.logger.log(done, {**stats, M.LR: s.scheduler.get_last_lr()[0], M.RM_PAIRS_PER_S: pairs_per_s,
-                                  M.SKIPPED_STEPS: ctx.guard.skipped})
+            ctx.logger.log(done, {**stats, M.LR: s.scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,
+                                  M.RM_PAIRS_PER_S: pairs_per_s, M.SKIPPED_STEPS: ctx.guard.skipped})
         if done % t.eval_every == 0 or done == t.max_steps:
             evals.pairs(done)
         if done % p.eval_every == 0 or done == t.max_steps:
