@@ -19,8 +19,9 @@ from rlhfkit.rewards.model import REWARD_STATS, model_reward, reward_normalisati
 __all__ = ["REWARD_STATS", "is_function_reward", "load_reward", "reward_normalisation", "same_tokenizer"]
 
 
-def load_reward(spec: str, normalize: bool, policy_tokenizer=None,
-                template: str = "human_assistant") -> Callable[..., torch.Tensor]:
+def load_reward(
+    spec: str, normalize: bool, policy_tokenizer=None, template: str = "human_assistant"
+) -> Callable[..., torch.Tensor]:
     """`module:function` (called as f(prompts, responses) -> list[float]) or a reward-model folder
     (an rm stage's, or any local AutoModelForSequenceClassification folder). `template` is the
     data.template the prompts are rendered with; an rm stage's model must have been trained on it."""

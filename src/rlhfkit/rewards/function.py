@@ -25,10 +25,14 @@ def python_reward(spec: str):
         except Exception as e:  # noqa: BLE001 - a user's plugin may raise anything; name it and stop
             raise RlhfkitError(f"ppo.reward={spec} raised {type(e).__name__}: {str(e)[:160]}") from None
         if len(scores) != len(prompts):
-            raise RlhfkitError(f"ppo.reward={spec} returned {len(scores)} scores for {len(prompts)} responses")
+            raise RlhfkitError(
+                f"ppo.reward={spec} returned {len(scores)} scores for {len(prompts)} responses"
+            )
         bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
         if bad:
-            raise RlhfkitError(f"ppo.reward={spec} returned a non-finite score ({scores[bad[0]]}) for response {bad[0]}")
+            raise RlhfkitError(
+                f"ppo.reward={spec} returned a non-finite score ({scores[bad[0]]}) for response {bad[0]}"
+            )
         return torch.tensor(scores)
 
     return reward

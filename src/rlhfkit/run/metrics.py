@@ -6,7 +6,8 @@ GRAD_NORM = "grad_norm"
 TOKENS_PER_S = "tokens_per_s"
 EPOCH = "epoch"
 SKIPPED_STEPS = "train/skipped_steps"
-"""Optimizer steps skipped because the loss or gradient norm was NaN/inf (trainers/guard.py NonFiniteGuard)."""
+"""Optimizer steps skipped because the loss or gradient norm was NaN/inf (trainers/guard.py
+NonFiniteGuard)."""
 
 EVAL_LOSS = "eval/loss"
 EVAL_PERPLEXITY = "eval/perplexity"
@@ -107,7 +108,8 @@ DPO_EVAL_MARGIN = "dpo/eval_margin"
 """dpo/accuracy and dpo/margin on the held-out pairs, at each train.eval_every."""
 DPO_GOLD_AGREEMENT = "dpo/gold_agreement"
 """Held-out built-in pairs (with chosen_score/rejected_score): how often the implicit reward orders a pair
-as the noiseless judge does, gold ties left out, an implicit-reward tie counting half (as rm/gold_agreement)."""
+as the noiseless judge does, gold ties left out, an implicit-reward tie counting half (as
+rm/gold_agreement)."""
 DPO_KL_K1 = "dpo/kl_k1"
 """KL(pi || pi_SFT) per sequence on the policy's own samples of the held-out prompts (fixed noise, as
 gold/score's), the k1 estimate; dpo/kl_k1_stderr is its standard error (sample s.d. / sqrt(samples))."""

@@ -53,9 +53,15 @@ REFERENCE_TABLE = "reference_logps.safetensors"
 """The run folder's precomputed reference log-probs (dpo.reference=precomputed)."""
 FIRST_GOLD = "gold_step0.json"
 """The step-0 (SFT) policy's per-prompt gold scores, which later evals' gains are paired with."""
-STAT_METRICS = {"loss": M.DPO_LOSS, "accuracy": M.DPO_ACCURACY, "margin": M.DPO_MARGIN,
-                "chosen_logp": M.DPO_CHOSEN_LOGP, "rejected_logp": M.DPO_REJECTED_LOGP,
-                "chosen_reward": M.DPO_CHOSEN_REWARD, "rejected_reward": M.DPO_REJECTED_REWARD}
+STAT_METRICS = {
+    "loss": M.DPO_LOSS,
+    "accuracy": M.DPO_ACCURACY,
+    "margin": M.DPO_MARGIN,
+    "chosen_logp": M.DPO_CHOSEN_LOGP,
+    "rejected_logp": M.DPO_REJECTED_LOGP,
+    "chosen_reward": M.DPO_CHOSEN_REWARD,
+    "rejected_reward": M.DPO_REJECTED_REWARD,
+}
 """ops/preference.py's stats keys -> metric names."""
 
 
@@ -63,11 +69,15 @@ def check_dpo_config(cfg: DPOConfig) -> None:
     """Refuse combinations the loader cannot see: they involve two sections."""
     p = cfg.dpo
     if p.reference == "adapter_off" and not cfg.model.lora:
-        raise ConfigError("dpo.reference=adapter_off needs model.lora=true (the reference is the policy with its "
-                          "adapter disabled); with full weights use dpo.reference=frozen_copy or precomputed")
+        raise ConfigError(
+            "dpo.reference=adapter_off needs model.lora=true (the reference is the policy with its "
+            "adapter disabled); with full weights use dpo.reference=frozen_copy or precomputed"
+        )
     if p.label_smoothing >= 0.5:
-        raise ConfigError(f"dpo.label_smoothing must be < 0.5 (a flip rate of 0.5 carries no preference), "
-                          f"got {p.label_smoothing:g}")
+        raise ConfigError(
+            f"dpo.label_smoothing must be < 0.5 (a flip rate of 0.5 carries no preference), "
+            f"got {p.label_smoothing:g}"
+        )
     if p.label_smoothing and p.loss != "sigmoid":
         raise ConfigError(f"dpo.label_smoothing (conservative DPO) applies to dpo.loss=sigmoid, not {p.loss}")
 
@@ -75,7 +85,9 @@ def check_dpo_config(cfg: DPOConfig) -> None:
 # ----------------------------------------------------------------------------- log-probs of pairs
 
 
-def pair_logps(model, batch: dict, prompt_lengths: torch.Tensor, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(
+    model, batch: dict, prompt_lengths: torch.Tensor, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) response log-probs (B,) each, summed over response tokens (DPO) or averaged
     (SimPO), from one forward over collate_pairs' 2B rows; `prompt_lengths` (B,) is shared by both."""
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (2B, T)
@@ -85,11 +97,13 @@ def pair_logps(model, batch: dict, prompt_lengths: torch.Tensor, average: bool) 
     starts = prompt_lengths.repeat(2).to(input_ids.device)  # (2B,)
     response = (positions[None, :] >= starts[:, None]) & attention_mask.bool()  # (2B, T) response tokens
     logps = sequence_logps(logprobs, response[:, 1:], average=average)  # (2B,)
-    return logps[: len(prompt_lengths)], logps[len(prompt_lengths):]
+    return logps[: len(prompt_lengths)], logps[len(prompt_lengths) :]
 
 
 def pairs_batch(pairs: TokenizedPairs, ids: list[int], pad_token_id: int) -> tuple[dict, torch.Tensor]:
-    batch = collate_pairs([pairs.chosen_ids[i] for i in ids], [pairs.rejected_ids[i] for i in ids], pad_token_id)
+    batch = collate_pairs(
+        [pairs.chosen_ids[i] for i in ids], [pairs.rejected_ids[i] for i in ids], pad_token_id
+    )
     return batch, torch.tensor([pairs.prompt_lengths[i] for i in ids])
 
 
@@ -104,12 +118,15 @@ def reference_model(policy, frozen):
 
 
 @torch.no_grad()
-def all_pair_logps(model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int,
-                   average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def all_pair_logps(
+    model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen (N,), rejected (N,)) log-probs of every pair under `model`."""
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        batch, lengths = pairs_batch(pairs, list(range(start, min(start + batch_size, len(pairs)))), pad_token_id)
+        batch, lengths = pairs_batch(
+            pairs, list(range(start, min(start + batch_size, len(pairs)))), pad_token_id
+        )
         c, r = pair_logps(model, batch, lengths, average)
         chosen.append(c)
         rejected.append(r)
@@ -133,12 +150,20 @@ def reference_table(ctx: StageContext, s: DPOSetup) -> dict[str, torch.Tensor]:
         # Written whole, then renamed: a kill mid-write leaves no half table for --resume to trust.
         save_file(table, str(path) + ".tmp")
         os.replace(str(path) + ".tmp", path)
-    print(f"rlhfkit: dpo reference log-probs of {len(s.train)} + {len(s.held_out)} pairs stored in {path}", flush=True)
+    print(
+        f"rlhfkit: dpo reference log-probs of {len(s.train)} + {len(s.held_out)} pairs stored in {path}",
+        flush=True,
+    )
     return table
 
 
-def preference_loss(cfg: DPOConfig, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor | None,
-                    ref_rejected: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+def preference_loss(
+    cfg: DPOConfig,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor | None,
+    ref_rejected: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict]:
     """dpo.loss on a batch of sequence log-probs (B,): ops.dpo_loss (sigmoid, ipo) or ops.simpo_loss."""
     p = cfg.dpo
     if p.loss == "simpo":
@@ -177,8 +202,19 @@ def setup_dpo(cfg: DPOConfig, ctx: StageContext) -> DPOSetup:
         frozen = load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)[0]
     train, held_out, _, eval_pairs = load_pair_data(cfg, tokenizer, "dpo", eos=True)
     model, optimizer, scheduler, start, global_batch = prepare_training(ctx, policy, len(train))
-    return DPOSetup(model, ctx.accelerator.unwrap_model(model), frozen, tokenizer, optimizer, scheduler, train,
-                    held_out, eval_pairs, start, global_batch)
+    return DPOSetup(
+        model,
+        ctx.accelerator.unwrap_model(model),
+        frozen,
+        tokenizer,
+        optimizer,
+        scheduler,
+        train,
+        held_out,
+        eval_pairs,
+        start,
+        global_batch,
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -224,15 +260,27 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> 
                 totals[key] = totals.get(key, 0.0) + value.float() * share
             return loss, share
 
-        _, grad_norm = accumulate_and_step(ctx, s.model, s.optimizer, s.scheduler, micro_loss, t.grad_accum, step + 1)
-        stats = {STAT_METRICS[k]: (acc.reduce(v, "sum") if world > 1 else v).item() for k, v in totals.items()}
+        _, grad_norm = accumulate_and_step(
+            ctx, s.model, s.optimizer, s.scheduler, micro_loss, t.grad_accum, step + 1
+        )
+        stats = {
+            STAT_METRICS[k]: (acc.reduce(v, "sum") if world > 1 else v).item() for k, v in totals.items()
+        }
         pairs_per_s = len(indices) / (time.perf_counter() - started)
         bar.update(1)
         bar.set_postfix(loss=f"{stats[M.DPO_LOSS]:.3f}", acc=f"{stats[M.DPO_ACCURACY]:.2f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
-            ctx.logger.log(done, {**stats, M.LR: s.scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,
-                                  M.RM_PAIRS_PER_S: pairs_per_s, M.SKIPPED_STEPS: ctx.guard.skipped})
+            ctx.logger.log(
+                done,
+                {
+                    **stats,
+                    M.LR: s.scheduler.get_last_lr()[0],
+                    M.GRAD_NORM: grad_norm,
+                    M.RM_PAIRS_PER_S: pairs_per_s,
+                    M.SKIPPED_STEPS: ctx.guard.skipped,
+                },
+            )
         if done % t.eval_every == 0 or done == t.max_steps:
             evals.pairs(done)
         if done % p.eval_every == 0 or done == t.max_steps:
@@ -253,7 +301,9 @@ class DPOEvals:
     def __init__(self, cfg: DPOConfig, ctx: StageContext, s: DPOSetup, table: dict | None):
         self.cfg, self.ctx, self.s, self.table = cfg, ctx, s, table
         p, d = cfg.dpo, cfg.data
-        self.rows = load_rows(p.eval_source, "test")[: p.eval_prompts] if is_builtin(p.eval_source or "") else []
+        self.rows = (
+            load_rows(p.eval_source, "test")[: p.eval_prompts] if is_builtin(p.eval_source or "") else []
+        )
         if self.rows:
             self.prompts = prompts_and_references(self.rows, p.eval_source, d.template, s.tokenizer)[0]
         else:
@@ -265,14 +315,18 @@ class DPOEvals:
         if not self.ctx.is_main:
             return
         s, average = self.s, self.cfg.dpo.loss == "simpo"
-        logps = all_pair_logps(s.policy, s.held_out, s.tokenizer.pad_token_id, self.cfg.train.batch_size, average)
+        logps = all_pair_logps(
+            s.policy, s.held_out, s.tokenizer.pad_token_id, self.cfg.train.batch_size, average
+        )
         if average:
             ref = (None, None)
         elif self.table is not None:
             ref = (self.table["eval_chosen"], self.table["eval_rejected"])
         else:
             with reference_model(s.policy, s.frozen) as model:
-                ref = all_pair_logps(model, s.held_out, s.tokenizer.pad_token_id, self.cfg.train.batch_size, False)
+                ref = all_pair_logps(
+                    model, s.held_out, s.tokenizer.pad_token_id, self.cfg.train.batch_size, False
+                )
         self.ctx.logger.log(step, held_out_pair_metrics(self.cfg, logps, ref, s.eval_pairs))
         s.model.train()
 
@@ -315,14 +369,18 @@ def dpo_held_out_gold(policy, tokenizer, rows: list[dict], cfg: DPOConfig) -> li
     held_out_gold, given this stage's sampling settings as a PPO config), so DPO's and PPO's gold/score
     are the same measurement."""
     p = cfg.dpo
-    as_ppo = PPOConfig(data=DataConfig(source=p.eval_source, template=cfg.data.template),
-                       train=TrainConfig(seed=cfg.train.seed),
-                       rollout=RolloutSection(max_new_tokens=p.max_new_tokens, temperature=p.temperature))
+    as_ppo = PPOConfig(
+        data=DataConfig(source=p.eval_source, template=cfg.data.template),
+        train=TrainConfig(seed=cfg.train.seed),
+        rollout=RolloutSection(max_new_tokens=p.max_new_tokens, temperature=p.temperature),
+    )
     return held_out_gold(policy, tokenizer, rows, as_ppo, reward_fn=None)[0]
 
 
 @torch.no_grad()
-def policy_kl(policy, frozen, tokenizer, prompts: list[str], cfg: DPOConfig, batch_size: int = 64) -> dict[str, float]:
+def policy_kl(
+    policy, frozen, tokenizer, prompts: list[str], cfg: DPOConfig, batch_size: int = 64
+) -> dict[str, float]:
     """KL(pi || pi_SFT) on the policy's own samples of `prompts` (held_out_gold's noise seed, so the same
     draws at every eval): k1 per sequence with its standard error, and the exact KL on the first
     dpo.kl_exact_rows samples with k1's z against it."""
@@ -339,7 +397,9 @@ def policy_kl(policy, frozen, tokenizer, prompts: list[str], cfg: DPOConfig, bat
         k1.append(masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), mask, dim=-1).double())  # (b,)
         rows = max(0, min(p.kl_exact_rows - start, len(chunk)))
         if rows:
-            per_token = kl_exact(new["logits"][:rows], ref["logits"][:rows], temperature=p.temperature)  # (rows, R)
+            per_token = kl_exact(
+                new["logits"][:rows], ref["logits"][:rows], temperature=p.temperature
+            )  # (rows, R)
             exact.append(masked_sum(per_token, mask[:rows], dim=-1).double())
     k1 = torch.cat(k1)
     stats = {M.DPO_KL_K1: k1.mean().item()}
