@@ -41,6 +41,15 @@ RM = [
     "rm.norm_samples=4",
     *QUIET,
 ]
+DPO = [
+    "dpo",
+    f"data.source={PREFS}",
+    "data.eval_fraction=0.25",
+    "train.batch_size=2",
+    "train.max_steps=2",
+    "dpo.eval_prompts=0",
+    *QUIET,
+]
 PPO = [
     "ppo",
     "model.name=tiny",
@@ -255,6 +264,19 @@ CASES = [
         data_file(
             "p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"})
         ),
+    ),
+    Case(
+        "missing column (dpo)",
+        lambda t: [*DPO, f"data.source={t}/p.jsonl"],
+        "p.jsonl: row 1: missing column 'rejected'",
+        data_file(
+            "p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"})
+        ),
+    ),
+    Case(
+        "dpo.reference=adapter_off with full weights",
+        lambda t: [*DPO, "model.lora=false"],
+        "dpo.reference=adapter_off needs model.lora=true",
     ),
     Case(
         "wrong column type (rm)",
@@ -605,7 +627,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
         case.setup(tmp_path, fixtures)
     before, shared_before = tree(tmp_path), tree(fixtures["prior"])
     argv = case.argv(tmp_path)
-    if argv[0] in ("sft", "rm", "ppo"):
+    if argv[0] in ("sft", "rm", "ppo", "dpo"):
         argv = [*argv, f"run.dir={tmp_path / 'runs'}"]
     if case.patch:
         case.patch(monkeypatch)

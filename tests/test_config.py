@@ -7,6 +7,7 @@ import yaml
 
 from rlhfkit.config import (
     STAGE_CONFIGS,
+    DPOConfig,
     PipelineConfig,
     PPOConfig,
     PrefsConfig,
@@ -23,6 +24,7 @@ YAML_CLASSES = {
     "sft": SFTConfig,
     "rm": RMConfig,
     "ppo": PPOConfig,
+    "dpo": DPOConfig,
     "prefs": PrefsConfig,
     "pipeline": PipelineConfig,
 }

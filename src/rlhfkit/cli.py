@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(
         sub, "ppo", "PPO against a reward model or a reward function, with KL diagnostics and a health check"
     )
+    _stage_parser(
+        sub,
+        "dpo",
+        "DPO, IPO, cDPO or SimPO on preference pairs from an SFT policy, measured like PPO "
+        "(held-out gold, KL to SFT)",
+    )
     pipe = _stage_parser(
         sub,
         "pipeline",

@@ -11,6 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from rlhfkit.atomic import atomic_write_text
 from rlhfkit.config import (
+    DPOConfig,
     PipelineConfig,
     PPOConfig,
     PrefsConfig,
@@ -30,6 +31,7 @@ from rlhfkit.evaluate.report import best_of_n_table, fmt, gain_line, headline_ta
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
+from rlhfkit.trainers.dpo import train_dpo
 from rlhfkit.trainers.pipeline import run_pipeline, split_overrides
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.rm import train_rm
@@ -151,6 +153,7 @@ STAGES = {
     "sft": (train_sft, SFTConfig, "model"),
     "rm": (train_rm, RMConfig, "reward model"),
     "ppo": (train_ppo, PPOConfig, "policy"),
+    "dpo": (train_dpo, DPOConfig, "policy"),
 }
 
 

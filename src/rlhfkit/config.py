@@ -362,7 +362,62 @@ class PPOConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
 
 
-STAGE_CONFIGS: dict[str, type] = {cls.STAGE: cls for cls in (SFTConfig, RMConfig, PPOConfig)}
+@dataclass
+class DPOSection:
+    loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
+    """`sigmoid`: DPO (Rafailov et al. 2023), or conservative DPO with label_smoothing > 0. `ipo`: IPO
+    (Azar et al. 2023), a squared loss that stays finite on noiseless labels. `simpo`: SimPO (Meng et
+    al. 2024), reference-free on length-averaged log-probs (the reference is then only the KL's)."""
+    beta: float = at_least(0.1, 0, strict=True)
+    """KL strength: the implicit reward is beta * log(pi / ref) (SimPO: beta * mean token log-prob)."""
+    label_smoothing: float = fraction(0.0)
+    """cDPO's eps in [0, 0.5): the probability that a pair's label is flipped (sigmoid loss only). For
+    pairs from `rlhfkit data prefs`, eps = 1 - label_agreement of its summary line (the built-in
+    labeller's Bradley-Terry draw at noise_temperature); the tiny recipe's 0.45 gives ~0.2."""
+    simpo_gamma: float = at_least(0.5, 0)
+    """SimPO's target reward margin gamma (the paper's gamma, not TRL's gamma / beta)."""
+    reference: Literal["adapter_off", "frozen_copy", "precomputed"] = "adapter_off"
+    """The SFT reference pi_ref. `adapter_off`: the policy with its LoRA adapter disabled (needs
+    model.lora, no second copy). `frozen_copy`: a frozen copy of the SFT weights (full fine-tuning).
+    `precomputed`: every pair's reference log-probs computed once before training and stored in the
+    run folder (reference_logps.safetensors), saving the reference forward at each step; the KL
+    evals still read the reference (adapter off with LoRA, else a frozen copy)."""
+    format: Literal["auto", "generic", "rm-static", "hh-rlhf", "conversational"] = "auto"
+    """Preference file layout, as rm.format."""
+    single_turn: bool = False
+    """Keep only prompts with exactly one Human turn, as rm.single_turn."""
+    eval_every: int = at_least(25, 1)
+    """Steps between the sampled evals (gold/score, KL to the reference); also at step 0 and the end.
+    The cheap held-out pair metrics follow train.eval_every."""
+    eval_source: str | None = "builtin:default"
+    """A `builtin:` task whose test split gives the sampled evals' prompts (gold/score needs the task's
+    judge); None or another source samples the held-out pairs' prompts instead (KL only, no gold)."""
+    eval_prompts: int = at_least(64, 0)
+    """Held-out prompts sampled once each (fixed noise, as ppo.eval_prompts) per sampled eval; 0: none."""
+    max_new_tokens: int = at_least(32, 1)
+    """Length of those samples."""
+    temperature: float = at_least(1.0, 0, strict=True)
+    """Their sampling temperature; the KL is measured at the same temperature."""
+    kl_exact_rows: int = at_least(16, 0)
+    """Samples of each eval whose exact KL is computed from full next-token distributions."""
+
+
+@dataclass
+class DPOConfig:
+    # Keys this stage reads nowhere, with why (as SFTConfig.NO_EFFECT).
+    STAGE: ClassVar[str] = "dpo"
+    NO_EFFECT: ClassVar[dict[str, str]] = RMConfig.NO_EFFECT
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The SFT model (e.g. runs/<name>/sft): the policy starts from it and it is the reference."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="", max_length=128))
+    """Preference pairs, in every format the rm stage reads."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, batch_size=8, warmup_steps=5))
+    run: RunConfig = field(default_factory=RunConfig)
+    dpo: DPOSection = field(default_factory=DPOSection)
+
+
+STAGE_CONFIGS: dict[str, type] = {cls.STAGE: cls for cls in (SFTConfig, RMConfig, PPOConfig, DPOConfig)}
 
 
 @dataclass

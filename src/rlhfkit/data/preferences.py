@@ -218,6 +218,8 @@ class TokenizedPairs:
     rejected_ids: list[list[int]] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     """Index of each pair's source row (its position in `pairs`, or `row_ids[i]` when given)."""
+    prompt_lengths: list[int] = field(default_factory=list)
+    """Prompt tokens each pair's chosen and rejected share: the responses start there (DPO scores them)."""
     dropped_too_long: int = 0
     truncated_prompts: int = 0
 
@@ -233,20 +235,23 @@ def tokenize_pairs(
     truncation: str,
     row_ids: list[int] | None = None,
     template: str = "human_assistant",
+    eos: bool = False,
 ) -> TokenizedPairs:
     """Prompt ids + response ids for both responses through `render` with `template`, with no EOS
     appended: the reward is read at the last real token, and with pad == eos a trailing EOS would be
     indistinguishable from padding. PPO's reward model reads exactly these ids for its rollouts.
 
     `row_ids` (PreferenceRows.rows) makes messages and `.rows` name source rows, not list positions.
+    `eos` ends both responses with EOS, as SFT trained them: DPO scores the whole response's
+    probability, stopping included.
     """
     out = TokenizedPairs()
     for i, pair in enumerate(pairs):
         row = row_ids[i] if row_ids is not None else i
         where = f"{source}: row {row}"
         prompt = pair_prompt(pair, template, where)
-        chosen = render(tokenizer, template, prompt, pair["chosen"], where=where)
-        rejected = render(tokenizer, template, prompt, pair["rejected"], where=where).completion_ids
+        chosen = render(tokenizer, template, prompt, pair["chosen"], eos=eos, where=where)
+        rejected = render(tokenizer, template, prompt, pair["rejected"], eos=eos, where=where).completion_ids
         prompt_ids = chosen.prompt_ids
         # One cut for both, so chosen and rejected still share the same prompt tokens.
         longer = max(len(chosen.completion_ids), len(rejected))
@@ -258,6 +263,7 @@ def tokenize_pairs(
         out.chosen_ids.append(fitted + chosen.completion_ids)
         out.rejected_ids.append(fitted + rejected)
         out.rows.append(row)
+        out.prompt_lengths.append(len(fitted))
     if not out.chosen_ids:
         raise DataError(
             f"{source}: dataset is empty after filtering ({out.dropped_too_long} pairs longer than "

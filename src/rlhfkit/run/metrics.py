@@ -88,3 +88,33 @@ PPO_RATIO_MAX = "ppo/ratio_max"
 """Largest probability ratio new/old over the iteration's minibatch updates."""
 PPO_MINIBATCH_UPDATES = "ppo/minibatch_updates"
 """Minibatch updates run this iteration (fewer than epochs x minibatches after an approx-KL stop)."""
+
+DPO_LOSS = "dpo/loss"
+"""Preference loss of the step's global batch (DPO, cDPO, IPO or SimPO, as dpo.loss); log 2 at step 1 for
+sigmoid DPO, where the policy is the reference."""
+DPO_ACCURACY = "dpo/accuracy"
+"""Training pairs whose implicit reward ranks chosen above rejected (a tie counts half)."""
+DPO_MARGIN = "dpo/margin"
+"""Mean implicit-reward margin beta * h (SimPO: beta * (mean logp chosen - rejected))."""
+DPO_CHOSEN_LOGP = "dpo/chosen_logp"
+DPO_REJECTED_LOGP = "dpo/rejected_logp"
+"""Mean policy log-probs of the chosen and rejected responses: both falling while the margin grows is
+DPO's known failure (the chosen answer gets less likely too)."""
+DPO_CHOSEN_REWARD = "dpo/chosen_reward"
+DPO_REJECTED_REWARD = "dpo/rejected_reward"
+"""Mean implicit reward beta * log(pi / pi_ref) of each side (SimPO: beta * mean token log-prob)."""
+DPO_EVAL_ACCURACY = "dpo/eval_accuracy"
+DPO_EVAL_MARGIN = "dpo/eval_margin"
+"""dpo/accuracy and dpo/margin on the held-out pairs, at each train.eval_every."""
+DPO_GOLD_AGREEMENT = "dpo/gold_agreement"
+"""Held-out built-in pairs (with chosen_score/rejected_score): how often the implicit reward orders a pair
+as the noiseless judge does, gold ties left out, an implicit-reward tie counting half (as
+rm/gold_agreement)."""
+DPO_KL_K1 = "dpo/kl_k1"
+"""KL(pi || pi_SFT) per sequence on the policy's own samples of the held-out prompts (fixed noise, as
+gold/score's), the k1 estimate; dpo/kl_k1_stderr is its standard error (sample s.d. / sqrt(samples))."""
+DPO_KL_K1_STDERR = "dpo/kl_k1_stderr"
+DPO_KL_EXACT = "dpo/kl_exact"
+"""The exact sequence KL (full next-token distributions) on the first dpo.kl_exact_rows of those samples."""
+DPO_KL_K1_Z = "dpo/kl_k1_z"
+"""(k1 - exact KL) in standard errors on those rows (ops.k1_exact_z), as ppo/kl_k1_z."""

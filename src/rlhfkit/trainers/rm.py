@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from rlhfkit.config import ModelConfig, RMConfig
+from rlhfkit.config import DPOConfig, ModelConfig, RMConfig
 from rlhfkit.data import split_off_eval
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.collate import right_pad
@@ -34,20 +34,25 @@ from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
-def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:
-    d = cfg.data
+def load_pair_data(
+    cfg: RMConfig | DPOConfig, tokenizer, stage: str = "rm", eos: bool = False
+) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:
+    """(train pairs, held-out pairs, their rows) for a stage that learns from pairs (rm, dpo): the
+    stage's section (cfg.rm, cfg.dpo) gives the format and the single-turn filter; `eos` as in
+    tokenize_pairs."""
+    d, section = cfg.data, getattr(cfg, stage)
     if not d.source:
         raise ConfigError(
-            "data.source is required for the rm stage: a preference file (prompt/chosen/rejected) or "
-            "hf:<name>"
+            f"data.source is required for the {stage} stage: a preference file "
+            "(prompt/chosen/rejected) or hf:<name>"
         )
-    loaded = load_preference_pairs(d.source, "train", cfg.rm.format, cfg.rm.single_turn)
-    _report("train", loaded, d.source)
+    loaded = load_preference_pairs(d.source, "train", section.format, section.single_turn)
+    _report(stage, "train", loaded, d.source)
     # (source row number, pair), so a message about a pair names its row in the file after the split.
     numbered = list(zip(loaded.rows, loaded.pairs))
     if d.eval_source:
-        held = load_preference_pairs(d.eval_source, "test", cfg.rm.format, cfg.rm.single_turn)
-        _report("eval", held, d.eval_source)
+        held = load_preference_pairs(d.eval_source, "test", section.format, section.single_turn)
+        _report(stage, "eval", held, d.eval_source)
         eval_pairs = held.pairs[: d.eval_size]
     else:
         numbered, eval_numbered = split_off_eval(numbered, d.eval_fraction, cfg.train.seed, d.eval_size)
@@ -56,10 +61,23 @@ def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPai
         numbered = numbered[: d.max_train_rows]
     pairs = [p for _, p in numbered]
     train = tokenize_pairs(
-        pairs, tokenizer, d.source, d.max_length, d.truncation, [i for i, _ in numbered], template=d.template
+        pairs,
+        tokenizer,
+        d.source,
+        d.max_length,
+        d.truncation,
+        [i for i, _ in numbered],
+        template=d.template,
+        eos=eos,
     )
     held_out = tokenize_pairs(
-        eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation, template=d.template
+        eval_pairs,
+        tokenizer,
+        d.eval_source or d.source,
+        d.max_length,
+        d.truncation,
+        template=d.template,
+        eos=eos,
     )
     for name, part, total in (("train", train, len(pairs)), ("eval", held_out, len(eval_pairs))):
         note = (
@@ -67,17 +85,17 @@ def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPai
             if part.dropped_too_long
             else ""
         )
-        print(f"rlhfkit: rm {name} pairs: {len(part.chosen_ids)} of {total} kept{note}", flush=True)
+        print(f"rlhfkit: {stage} {name} pairs: {len(part.chosen_ids)} of {total} kept{note}", flush=True)
     return train, held_out, pairs, [eval_pairs[i] for i in held_out.rows]
 
 
-def _report(name: str, loaded, source: str) -> None:
+def _report(stage: str, name: str, loaded, source: str) -> None:
     parts = [f"{len(loaded.pairs)} pairs"]
     if loaded.kept_single_turn is not None:
         parts.append(f"single-turn filter kept {loaded.kept_single_turn} of {loaded.total}")
     if loaded.dropped_identical:
         parts.append(f"{loaded.dropped_identical} with chosen == rejected dropped")
-    print(f"rlhfkit: rm {name} data {source}: " + ", ".join(parts), flush=True)
+    print(f"rlhfkit: {stage} {name} data {source}: " + ", ".join(parts), flush=True)
 
 
 @torch.no_grad()
@@ -106,7 +124,7 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     ctx = start_stage(cfg, "rm", resume, overwrite)
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = reward_model_from_causal_lm(cfg.model)
-    train, held_out, train_pairs, eval_pairs = load_rm_data(cfg, tokenizer)
+    train, held_out, train_pairs, eval_pairs = load_pair_data(cfg, tokenizer)
     model, optimizer, scheduler, start_step, global_batch = prepare_training(
         ctx, model, len(train.chosen_ids), head="score", head_lr=cfg.rm.head_lr
     )

@@ -1,0 +1,144 @@
+"""DPO stage on the tiny SFT model and the preference fixture: the first step's loss is the value at
+policy = reference, the implicit reward learns the training pairs, the reference never moves, every
+loss runs, a precomputed reference equals the live one, and resume equals no interruption."""
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.config import DPOConfig, load_config
+from rlhfkit.run import metrics as M
+from rlhfkit.trainers.dpo import REFERENCE_TABLE, train_dpo
+from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+# 8 pairs with judge scores: 6 train (one global batch of all of them, so accuracy is on every train pair),
+# 2 held out.
+QUICK = [
+    f"data.source={FIXTURES / 'prefs.jsonl'}",
+    "data.eval_fraction=0.25",
+    "train.batch_size=3",
+    "train.grad_accum=2",
+    "train.warmup_steps=0",
+    "train.log_every=1",
+    "train.eval_every=100",
+    "train.save_every=100",
+    "dpo.eval_source=builtin:default",
+    "dpo.eval_prompts=4",
+    "dpo.max_new_tokens=6",
+    "dpo.kl_exact_rows=3",
+    "dpo.eval_every=100",
+    "run.report_to=[]",
+    "run.progress=false",
+]
+
+
+def config(tmp_path, sft: Path, *overrides: str) -> DPOConfig:
+    return load_config(DPOConfig, None, [f"run.dir={tmp_path}", f"model.name={sft}", *QUICK, *overrides])
+
+
+def series(result, key: str) -> list[float]:
+    return [r[key] for r in result.metrics if key in r]
+
+
+def folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_dpo_learns_the_train_pairs_from_log2_and_leaves_the_reference_alone(tmp_path, tiny_sft_dir):
+    from transformers import AutoModelForCausalLM
+
+    before = folder_hash(tiny_sft_dir / "final")
+    result = train_dpo(
+        config(tmp_path, tiny_sft_dir, "train.max_steps=8", "train.lr=5e-3", "model.lora_r=8", "dpo.beta=0.5")
+    )
+    loss, accuracy = series(result, M.DPO_LOSS), series(result, M.DPO_ACCURACY)
+    # Step 1 runs the policy before any update: with a zero-initialised LoRA B it is the reference.
+    assert loss[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert accuracy[0] == 0.5 and series(result, M.DPO_MARGIN)[0] == pytest.approx(0.0, abs=1e-5)
+    assert accuracy[-1] == 1.0 and loss[-1] < loss[0]
+    assert series(result, M.DPO_CHOSEN_REWARD)[-1] > series(result, M.DPO_REJECTED_REWARD)[-1]
+    # Sampled evals at step 0 and the end: gold/score and the KL on the policy's own samples.
+    kl = series(result, M.DPO_KL_K1)
+    assert len(kl) == 2 and len(series(result, M.GOLD_SCORE)) == 2
+    assert kl[0] == pytest.approx(0.0, abs=1e-5) and series(result, M.DPO_KL_EXACT)[0] == pytest.approx(
+        0.0, abs=1e-5
+    )
+    assert series(result, M.DPO_KL_EXACT)[-1] > 0 and M.GOLD_GAIN_STDERR in result.metrics[-1]
+    assert {M.DPO_EVAL_ACCURACY, M.DPO_EVAL_MARGIN, M.DPO_GOLD_AGREEMENT} <= set(result.metrics[0])
+    assert folder_hash(tiny_sft_dir / "final") == before
+    AutoModelForCausalLM.from_pretrained(result.final)  # transformers + peft load the adapter folder
+
+
+@pytest.mark.parametrize(
+    "overrides, first_loss",
+    [
+        (
+            ["dpo.loss=sigmoid", "dpo.label_smoothing=0.2"],
+            math.log(2),
+        ),  # cDPO: both labels give log 2 at h = 0
+        (
+            ["dpo.loss=ipo", "model.lora=false", "dpo.reference=frozen_copy"],
+            (1 / (2 * 0.1)) ** 2,
+        ),  # (0 - 1/2beta)^2
+        (["dpo.loss=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.5"], None),
+    ],
+    ids=["cdpo", "ipo-frozen-copy", "simpo"],
+)
+def test_each_loss_runs(tmp_path, tiny_sft_dir, overrides, first_loss):
+    result = train_dpo(
+        config(tmp_path, tiny_sft_dir, "train.max_steps=2", "train.lr=1e-3", "dpo.eval_prompts=0", *overrides)
+    )
+    loss = series(result, M.DPO_LOSS)
+    assert len(loss) == 2 and all(math.isfinite(x) for x in loss)
+    if first_loss is not None:
+        assert loss[0] == pytest.approx(first_loss, rel=1e-5)
+
+
+def test_precomputed_reference_gives_the_adapter_off_losses(tmp_path, tiny_sft_dir):
+    common = ["train.max_steps=3", "train.lr=5e-3", "dpo.eval_prompts=0"]
+    live = train_dpo(config(tmp_path, tiny_sft_dir, "run.name=live", *common))
+    stored = train_dpo(
+        config(tmp_path, tiny_sft_dir, "run.name=stored", "dpo.reference=precomputed", *common)
+    )
+    assert (stored.dir / REFERENCE_TABLE).is_file()
+    assert series(stored, M.DPO_LOSS) == pytest.approx(series(live, M.DPO_LOSS), abs=1e-5)
+    assert series(stored, M.DPO_EVAL_MARGIN) == pytest.approx(series(live, M.DPO_EVAL_MARGIN), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
+    args = [
+        f"model.name={tiny_sft_dir}",
+        *QUICK,
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.lr=5e-3",
+        "dpo.eval_every=2",
+        "dpo.reference=precomputed",
+    ]
+    kill_after_checkpoint_then_resume(
+        tmp_path, "dpo", "", args, checkpoint_step=2, weights="adapter_model.safetensors", metric=M.DPO_LOSS
+    )
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
+    # The live adapter-off reference and the held-out evals (rank 0 alone) included.
+    args = [
+        f"model.name={tiny_sft_dir}",
+        *QUICK,
+        "train.grad_accum=1",
+        "train.max_steps=3",
+        "train.lr=1e-4",
+        "train.eval_every=2",
+        "dpo.eval_prompts=0",
+    ]
+    two_processes_equal_one(
+        tmp_path, "dpo", "", args, batch=6, weights="adapter_model.safetensors", metric=M.DPO_LOSS
+    )
