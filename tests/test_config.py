@@ -20,7 +20,7 @@ from rlhfkit.errors import ConfigError
 
 REPO = Path(__file__).parents[1]
 YAML_CLASSES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "prefs": PrefsConfig,
-                "pipeline": PipelineConfig}
+                "pipeline": PipelineConfig, "grpo": PPOConfig, "rloo": PPOConfig}
 SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
 
 

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "sft", "supervised fine-tuning (completion-only loss, LoRA or full)")
     _stage_parser(sub, "rm", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)")
     _stage_parser(sub, "ppo", "PPO against a reward model or a reward function, with KL diagnostics and a health check")
+    # The critic-free methods run the same online loop (the PPO stage with presets, docs/design.md §10).
+    _stage_parser(sub, "grpo", "GRPO: the online loop with G samples per prompt, group-normalised "
+                  "advantages, KL in the loss, no critic")
+    _stage_parser(sub, "rloo", "RLOO: the online loop with a leave-one-out baseline over G samples per "
+                  "prompt, no critic")
+    _stage_parser(sub, "reinforce-pp", "REINFORCE++: the online loop with globally whitened returns, "
+                  "no critic")
     pipe = _stage_parser(sub, "pipeline", "sft -> preference pairs -> rm -> ppo -> eval -> report.md, in one run folder; "
                          "a rerun skips finished stages and resumes a partial one (--resume is implied)")
     pipe.epilog = "stage keys take the stage as prefix: sft.train.max_steps=100 prefs.n_prompts=500 eval.prompts=32"

@@ -87,3 +87,18 @@ PPO_RATIO_MAX = "ppo/ratio_max"
 """Largest probability ratio new/old over the iteration's minibatch updates."""
 PPO_MINIBATCH_UPDATES = "ppo/minibatch_updates"
 """Minibatch updates run this iteration (fewer than epochs x minibatches after an approx-KL stop)."""
+PPO_KL_LOSS = "ppo/kl_loss"
+"""With ppo.kl_in=loss: the KL term of the policy loss (before kl_coef), mean over the minibatch updates."""
+PPO_CLIPFRAC_LOW = "ppo/clipfrac_low"
+PPO_CLIPFRAC_HIGH = "ppo/clipfrac_high"
+"""With ppo.clip_low or ppo.clip_high: the part of ppo/clipfrac clipped below (A < 0) and above (A > 0)."""
+
+# Every online-loop metric, under PPO's prefix; other methods of the loop log the same suffixes.
+ONLINE_METRICS = tuple(value for key, value in list(globals().items()) if key.startswith("PPO_"))
+
+
+def online(method: str) -> dict[str, str]:
+    """PPO's metric names -> the same suffixes under an online method's prefix (`grpo/kl_k1` for
+    ppo/kl_k1); `online("ppo")` maps every name to itself. The loop computes and health-checks under
+    the ppo/ names and logs through this map, so the rules read one set of names for every method."""
+    return {name: f"{method}/{name.split('/', 1)[1]}" for name in ONLINE_METRICS}
