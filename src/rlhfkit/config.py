@@ -296,7 +296,12 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 class PPOSection:
     reward: str = "runs/default/rm"
     """A reward-model stage folder (its final/ and reward_stats.json) or `module:function`
-    taking (prompts, responses) -> list[float], e.g. `rlhfkit.tasks:gold_scores`."""
+    taking (prompts, responses) -> list[float], e.g. `rlhfkit.tasks:gold_scores`, or (samples) -> list[float]
+    with one rewards.RewardSample per row (ids, finished flag, the prompt's dataset row), e.g.
+    `rlhfkit.rewards.verifiable:verifiable_reward`."""
+    extra_rewards: list[str] = field(default_factory=list)
+    """Rewards added to ppo.reward's, each `spec` or `spec@weight` (same forms as ppo.reward), e.g.
+    `rlhfkit.rewards.verifiable:format_reward@0.5` beside a reward model."""
     iterations: int = at_least(100, 0)
     epochs: int = at_least(2, 1)
     """Passes over each rollout batch."""

@@ -16,6 +16,7 @@ from rlhfkit.rollout.ppo import Rollout
 from rlhfkit.run import metrics as M
 from rlhfkit.trainers.collectives import Shard
 from rlhfkit.trainers.ppo import MinibatchShare, check_ppo_config, minibatch_loss, rollout_prompts, train_ppo
+from tests.trainers.runs import kill_after_checkpoint_then_resume, losses, two_processes_equal_one
 from tests.trainers.test_ppo import QUICK, REPO, TINY
 
 GRPO = str(REPO / "configs" / "tiny" / "grpo.yaml")
@@ -31,8 +32,8 @@ def online_cfg(tmp_path, sft_dir, *overrides, config=TINY):
 
 @pytest.mark.parametrize("advantage, method", [("gae", "ppo"), ("grpo", "grpo"), ("dr_grpo", "grpo"),
                                                ("rloo", "rloo"), ("reinforce_pp", "reinforce_pp")])
-def test_each_estimator_trains_end_to_end_with_a_critic_only_when_it_needs_one(tmp_path, tiny_sft_dir, advantage,
-                                                                               method):
+def test_each_estimator_trains_end_to_end_with_a_critic_only_when_it_needs_one(tmp_path, tiny_sft_dir,
+                                                                               advantage, method):
     result = train_ppo(online_cfg(tmp_path, tiny_sft_dir, f"ppo.advantage={advantage}"))
     names = M.online(method)
     assert result.dir.name == method  # runs/<name>/<method>/
@@ -89,7 +90,8 @@ def test_processes_losses_average_to_the_whole_minibatchs_loss(aggregation, kl_i
                                         "ppo.clip_low=0.1", "ppo.clip_high=0.3"])
     torch.manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
-    rows = {key: torch.randn(4, 5) * 0.3 for key in ("logprobs", "ref_logprobs", "advantages", "returns", "values")}
+    keys = ("logprobs", "ref_logprobs", "advantages", "returns", "values")
+    rows = {key: torch.randn(4, 5) * 0.3 for key in keys}
     new = {"logprobs": rows["logprobs"] + torch.randn(4, 5) * 0.1, "values": torch.randn(4, 5)}
     from rlhfkit.ops import aggregation_count
 
@@ -99,14 +101,15 @@ def test_processes_losses_average_to_the_whole_minibatchs_loss(aggregation, kl_i
         part = Rollout(torch.zeros(len(index), 1), torch.ones(len(index), 1), torch.zeros(len(index), 5),
                        mask[index], torch.ones(len(index), dtype=torch.bool))
         share = MinibatchShare(mask[index].sum().item() / mask.sum().item(), total, 0.0, world, True)
-        return minibatch_loss({k: v[index] for k, v in new.items()}, {k: v[index] for k, v in rows.items()}, part,
-                              cfg, share, kl_coef=0.3)
+        mine = {k: v[index] for k, v in rows.items()}
+        return minibatch_loss({k: v[index] for k, v in new.items()}, mine, part, cfg, share, kl_coef=0.3)
 
     whole, whole_stats, _ = loss(torch.arange(4), 1)
     halves = [loss(torch.tensor(index), 2) for index in ([0, 1], [2, 3])]
     assert (halves[0][0] + halves[1][0]) / 2 == pytest.approx(whole.item(), rel=1e-5)
     for key in whole_stats:
-        assert halves[0][1][key] + halves[1][1][key] == pytest.approx(whole_stats[key].item(), rel=1e-5, abs=1e-7)
+        summed = halves[0][1][key] + halves[1][1][key]
+        assert summed == pytest.approx(whole_stats[key].item(), rel=1e-5, abs=1e-7)
     assert ("kl_loss" in whole_stats) == (kl_in == "loss")
 
 
@@ -123,7 +126,8 @@ def test_combinations_that_mean_nothing_are_refused(overrides, message):
 
 
 def test_minibatches_must_divide_the_rows_of_all_groups(tmp_path, tiny_sft_dir):
-    with pytest.raises(ConfigError, match=r"x rollout.group_size=2 = 6 rows must be divisible by ppo.minibatches=4"):
+    with pytest.raises(ConfigError, match=r"x rollout.group_size=2 = 6 rows must be divisible by "
+                                          r"ppo.minibatches=4"):
         train_ppo(online_cfg(tmp_path, tiny_sft_dir, "rollout.batch_size=3", "ppo.minibatches=4"))
 
 
@@ -150,3 +154,47 @@ def test_ppo_metric_names_are_unchanged_and_other_methods_share_their_suffixes()
     names = M.online("grpo")
     assert names[M.PPO_KL_K1] == "grpo/kl_k1" and names[M.PPO_KL_K1_Z] == "grpo/kl_k1_z"
     assert M.online("reinforce_pp")[M.PPO_REWARD_RM] == "reinforce_pp/reward_rm"
+
+
+@pytest.mark.slow
+def test_grpo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
+    # No value head in the checkpoint, the KL in the loss: resume must still equal no interruption.
+    kill_after_checkpoint_then_resume(tmp_path, "grpo", GRPO, [f"model.name={tiny_sft_dir}", *QUICK, *GROUPS,
+                                                               "ppo.iterations=6", "train.save_every=2",
+                                                               "model.lora=true", "model.lora_r=4"],
+                                      checkpoint_step=4, weights="adapter_model.safetensors",
+                                      metric="grpo/kl_k1")
+
+
+@pytest.mark.slow
+def test_two_process_grpo_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
+    # Groups stay on one process and each loss divides by the whole minibatch's count: 2 processes x 2
+    # prompts x G = 2 must train like 1 x 4 prompts, here with per-sequence token sums (Dr. GRPO's).
+    args = [f"model.name={tiny_sft_dir}", *QUICK, *GROUPS, "ppo.iterations=3", "ppo.advantage=dr_grpo",
+            "ppo.loss_aggregation=seq-mean-token-sum"]
+    stdout = two_processes_equal_one(tmp_path, "grpo", GRPO, args, batch=4, weights=None,
+                                     batch_keys=("rollout.batch_size",), metric="grpo/kl_k1", atol=1e-3)
+    assert "2 processes agree on the trained weights" in stdout
+    one, two = tmp_path / "one" / "grpo", tmp_path / "two" / "grpo"
+    assert losses(two, "grpo/ratio_first") == pytest.approx([1.0] * 3, abs=1e-5)
+    for key in ("grpo/reward_rm", "grpo/pg_loss", "grpo/kl_loss"):
+        assert losses(two, key) == pytest.approx(losses(one, key), rel=1e-3, abs=1e-5)
+
+
+def test_grpo_on_verifiable_rewards_sees_each_rows_dataset_row(tmp_path, tiny_sft_dir):
+    # A `f(samples)` reward gets the ids, the finished flags and the prompt's row; extra rewards add up.
+    from tests.rewards.test_verifiable import rows_seen
+
+    rows_seen.calls = []
+    result = train_ppo(online_cfg(tmp_path, tiny_sft_dir, "ppo.advantage=grpo", "ppo.iterations=1",
+                                  "data.source=builtin:arithmetic,repeat,list",
+                                  "ppo.reward=tests.rewards.test_verifiable:rows_seen",
+                                  "ppo.extra_rewards=[rlhfkit.rewards.verifiable:verifiable_reward@0.5]"))
+    assert result.last(M.online("grpo")[M.PPO_REWARD_RM]) is not None
+    # The held-out evals (step 0 and the end) have no dataset rows to give; the rollout's call has.
+    train = [call for call in rows_seen.calls if call[0].metadata]
+    assert len(train) == 1 and len(train[0]) == 8  # 4 prompts x G = 2
+    for i, row in enumerate(train[0]):
+        assert row.metadata["family"] in ("arithmetic", "repeat", "list")
+        assert row.metadata["instruction"] in row.prompt and isinstance(row.finished, bool)
+        assert row.token_ids and row.prompt == train[0][i - i % 2].prompt  # a group shares its prompt

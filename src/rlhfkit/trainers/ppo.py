@@ -101,10 +101,15 @@ class PolicyWithValue(torch.nn.Module):
         return out
 
 
-def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str], list[dict]]:
+def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str], list[dict], dict]:
+    """(distinct train prompts, held-out rows, each train prompt's first dataset row: the metadata a
+    function reward sees)."""
     d = cfg.data
     rows = load_rows(d.source, "train", d.builtin_size, d.builtin_noise)[: d.max_train_rows or None]
-    prompts = list(dict.fromkeys(prompt_text(r, f"{d.source}: row {i}", d.template, tokenizer) for i, r in enumerate(rows)))
+    metadata: dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        metadata.setdefault(prompt_text(row, f"{d.source}: row {i}", d.template, tokenizer), row)
+    prompts = list(metadata)
     if len(prompts) < global_batch:
         raise ConfigError(f"{d.source}: {len(prompts)} distinct prompts cannot fill one rollout batch of {global_batch} "
                           "(rollout.batch_size x processes)")
@@ -112,7 +117,7 @@ def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str
     if is_builtin(d.eval_source or d.source):
         eval_rows = load_rows(d.eval_source or d.source, "test")[: cfg.ppo.eval_prompts]
     print(f"rlhfkit: ppo prompts: {len(prompts)} distinct train prompts, {len(eval_rows)} held-out for gold/score", flush=True)
-    return prompts, eval_rows
+    return prompts, eval_rows, metadata
 
 
 def load_ptx_data(cfg: PPOConfig, tokenizer, world: int) -> TokenizedSFT | None:
@@ -203,6 +208,8 @@ class PPOSetup:
     """A frozen copy of the SFT policy for full fine-tuning; None with LoRA (adapter disabled)."""
     reward_fn: Callable
     prompts: list[str]
+    metadata: dict[str, dict]
+    """Each train prompt's dataset row, handed to `f(samples)` rewards."""
     eval_rows: list[dict]
     ptx: TokenizedSFT | None
     critic_tokenizer: object
@@ -230,8 +237,8 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
                                              else (None, None, (0.0, 1.0)))
     net = PolicyWithValue(policy, policy.config.get_text_config().hidden_size, critic, critic_norm,
                           value_head=p.advantage in NEEDS_VALUES)
-    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template)
-    prompts, eval_rows = load_prompts(cfg, tokenizer, r.batch_size * world)
+    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template, p.extra_rewards)
+    prompts, eval_rows, metadata = load_prompts(cfg, tokenizer, r.batch_size * world)
     ptx = load_ptx_data(cfg, tokenizer, world)
     critic_lr = p.critic_lr or (cfg.train.lr if critic is not None else None)
     optimizer = build_optimizer(net, cfg.train.lr, cfg.train.weight_decay, "critic." if critic else "value_head",
@@ -239,13 +246,12 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer = ctx.accelerator.prepare(net, optimizer)
     start, extras = restore_training_state(ctx, model, optimizer, scheduler) if resume else (0, {})
-    return PPOSetup(net, model, optimizer, scheduler, tokenizer, reference, reward_fn, prompts, eval_rows, ptx,
-                    critic_tokenizer, start, extras)
+    return PPOSetup(net, model, optimizer, scheduler, tokenizer, reference, reward_fn, prompts, metadata,
+                    eval_rows, ptx, critic_tokenizer, start, extras)
 
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
-    """The online loop for every method; ppo.advantage names the method (ppo, grpo, rloo, reinforce-pp),
-    its stage folder and its metrics' prefix."""
+    """The online loop of every method; ppo.advantage names it, its stage folder and its metrics' prefix."""
     r, p, method = cfg.rollout, cfg.ppo, METHOD_OF_ADVANTAGE[cfg.ppo.advantage]
     check_ppo_config(cfg)
     ctx = start_stage(cfg, method, resume, overwrite)
@@ -268,7 +274,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             old = s.net(rollout, r.temperature)
             with reference_context(s.net, cfg.model.lora):
                 ref = score(s.reference or s.net.policy, rollout, r.temperature)
-        raw_scores = s.reward_fn(prompts, decode_responses(s.tokenizer, rollout), rollout.token_rows())
+        raw_scores = s.reward_fn(prompts, decode_responses(s.tokenizer, rollout), rollout.token_rows(),
+                                 rollout.finished.tolist(), [s.metadata[x] for x in prompts])
         scores = response_scores(raw_scores, rollout.finished, rollout.response_lengths, p.no_eos_penalty,
                                  p.empty_score, p.reward_clip)
         # 3. per-token rewards: the score on the last token, minus kl_coef x k1 when the KL is in the reward
