@@ -227,8 +227,9 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
     if rows % p.minibatches:
         groups = f" x rollout.group_size={r.group_size}" if r.group_size > 1 else ""
         across = f" x {world} processes" if world > 1 else ""
-        raise ConfigError(f"rollout.batch_size={r.batch_size}{groups}{across} = {rows} rows must be "
-                          f"divisible by ppo.minibatches={p.minibatches}")
+        total = f" = {rows} rows" if groups or across else ""
+        raise ConfigError(f"rollout.batch_size={r.batch_size}{groups}{across}{total} must be divisible by "
+                          f"ppo.minibatches={p.minibatches}")
     policy, tokenizer = load_causal_lm(cfg.model)
     # Full fine-tuning needs a frozen copy as the reference; LoRA reuses the base (adapter disabled).
     reference = None if cfg.model.lora else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}),
