@@ -6,12 +6,17 @@ exists when a Markdown heading of docs/design.md starts with its number, however
 written: "## 6. PPO ...", "### 6.1 Sample ...", "### §6.1 ...", "## Section 6.1: ...". A section
 sign inside a paper reference on the same line ("(Ziegler et al. 2019, eq. 2 and §2.2)") is the
 paper's and is not checked. This file is not scanned: its examples are not citations.
+
+The metric table of §2.2 and run/metrics.py must also agree: every constant listed, no row for one
+that does not exist.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from rlhfkit.run import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
@@ -96,3 +101,42 @@ def test_citation_and_heading_parsing():
     text = ("## 6. PPO\n### 6.1 Sample\n### §6.2 Score\n## Section 7: Scale\n"
             "```\n# 9. not a heading\n```\n#10 no\n")
     assert headings(text) == {"6", "6.1", "6.2", "7"}
+
+
+def test_src_cites_no_document_outside_the_repository():
+    """"The seed" (the notebook the project started from) is told once, in docs/design.md §8.1; the
+    code explains itself or cites that section instead of a document a reader cannot open."""
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for path in sorted((ROOT / "src").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\bthe seed\b|\bseed's\b", line, re.I)]
+    assert not found, "\n".join(found)
+
+
+def metric_constants() -> dict[str, str]:
+    """CONSTANT -> metric name, for every string constant of rlhfkit.run.metrics."""
+    return {key: value for key, value in vars(metrics).items() if key.isupper() and isinstance(value, str)}
+
+
+def test_metric_table_lists_every_constant():
+    """§2.2 lists every metric name of run/metrics.py, backticked, so a new metric cannot go undocumented."""
+    text = DESIGN.read_text(encoding="utf-8")
+    names = metric_constants()
+    assert len(names) >= 40, f"found only {len(names)} metric constants: the scan is broken"
+    missing = [f"{key} = {value!r}" for key, value in sorted(names.items()) if f"`{value}`" not in text]
+    assert not missing, ("metric names docs/design.md §2.2 does not list (add a row `| `CONSTANT` | `name` | "
+                         "written by | meaning |`):\n" + "\n".join(missing))
+
+
+METRIC_ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|\s*`([^`]+)`\s*\|", re.MULTILINE)
+
+
+def test_metric_table_rows_name_real_constants():
+    """Every row `| `CONSTANT` | `name` | ...` of the design names a constant of run/metrics.py with that
+    value: a renamed or removed metric cannot linger in the table."""
+    names = metric_constants()
+    rows = METRIC_ROW.findall(DESIGN.read_text(encoding="utf-8"))
+    assert len(rows) >= 40, f"found only {len(rows)} metric rows: the table or the pattern changed"
+    wrong = [f"{key} -> `{value}` (run/metrics.py: {names.get(key, 'no such constant')!r})"
+             for key, value in rows if names.get(key) != value]
+    assert not wrong, "metric rows of docs/design.md that run/metrics.py does not define:\n" + "\n".join(wrong)

@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "a rerun skips finished stages and resumes a partial one (--resume is implied)")
     pipe.epilog = "stage keys take the stage as prefix: sft.train.max_steps=100 prefs.n_prompts=500 eval.prompts=32"
 
+    _generate_parser(sub)
+    _eval_parser(sub)
+    _data_parser(sub)
+    # Listed for --help only: main() hands `bench ...` to benchmarks/run.py before parsing.
+    sub.add_parser("bench", help="speed and memory against TRL: runs benchmarks/run.py of a source checkout "
+                                 "(options pass through; `rlhfkit bench --help`)")
+    return parser
+
+
+def _generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="complete prompts with any model or run folder")
     g.add_argument("--model", required=True, help="run stage folder, HF folder, .gguf, hub id, tiny or smollm2")
     g.add_argument("--prompt", action="append", required=True, help="instruction (wrapped as Human/Assistant); repeatable")
@@ -53,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--seed", type=int, default=0)
 
+
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="held-out metrics (eval loss, BLEU, gold score) of models, side by side")
     e.add_argument("--model", action="append", required=True, help="model or run folder; repeat to compare")
     e.add_argument("--data", default="builtin:default:test", help="held-out source (default builtin:default:test)")
@@ -68,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per held-out prompt and model for the sampled comparison (more = smaller error)")
     e.add_argument("--seed", type=int, default=0)
 
+
+
+def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="make data: `data prefs` samples and labels preference pairs for a built-in task")
     prefs = d.add_subparsers(dest="what", metavar="WHAT", required=True).add_parser(
         "prefs", help="two samples per prompt from a model, labelled by the noisy gold judge")
@@ -78,10 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
 
-    # Listed for --help only: main() hands `bench ...` to benchmarks/run.py before parsing.
-    sub.add_parser("bench", help="speed and memory against TRL: runs benchmarks/run.py of a source checkout "
-                                 "(options pass through; `rlhfkit bench --help`)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,7 @@ class DataConfig:
     builtin_noise: float = fraction(0.0)
     """Fraction of deliberately imperfect demonstrations in `builtin:` data."""
     template: Literal["human_assistant", "chat"] = "human_assistant"
-    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the seed's). `chat`: the tokenizer's chat template
+    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the original gpt2 + Alpaca notebook's format, design §8.1). `chat`: the tokenizer's chat template
     (conversational rows need it). SFT, RM and PPO must agree: the pipeline wires the sft stage's."""
     max_length: int = at_least(256, 1)
     """Tokens per example, prompt plus completion."""
@@ -191,7 +191,7 @@ class RMSection:
     format: Literal["auto", "generic", "rm-static", "hh-rlhf", "conversational"] = "auto"
     """Preference file layout; `auto` detects it from the columns (message lists: `conversational`)."""
     single_turn: bool = False
-    """Keep only prompts with exactly one Human turn (the seed's filter for Dahoas/rm-static)."""
+    """Keep only prompts with exactly one Human turn (how the original notebook filtered Dahoas/rm-static to match its single-turn SFT data, design §8.1)."""
     margin: float = 0.0
     """Required reward gap in the Bradley-Terry loss: -log sigmoid(r_c - r_r - margin)."""
     center_coef: float = at_least(0.0, 0)
@@ -262,9 +262,9 @@ class RolloutSection:
     """Sampling temperature; every scoring pass divides logits by the same T (design §6.1)."""
     top_k: int = at_least(0, 0)
     """0 = no warping. Any other value samples from a distribution the log-probs do not describe,
-    so it is refused unless `allow_mismatched_sampling` (which exists to reproduce the seed's bug)."""
+    so it is refused unless `allow_mismatched_sampling` (which exists only so tests can reproduce the negative KL of sampling with a warp and scoring without it, design §6.7)."""
     repetition_penalty: float = at_least(1.0, 0, strict=True)
-    """1 = none. Like top_k, a warp the log-probs do not describe (the seed sampled with 1.2): refused
+    """1 = none. Like top_k, a warp the log-probs do not describe (the original notebook sampled with 1.2 and scored without it, so its KL went negative): refused
     unless `allow_mismatched_sampling`."""
     allow_mismatched_sampling: bool = False
     group_size: int = at_least(1, 1)

@@ -10,9 +10,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from rlhfkit import commands
 from rlhfkit.cli import main
 from rlhfkit.config import PPOConfig, SFTConfig, load_config
+from rlhfkit.evaluate import policies
 from rlhfkit.models import load_causal_lm
 from rlhfkit.trainers.ppo import train_ppo
 from rlhfkit.trainers.sft import train_sft
@@ -74,7 +74,7 @@ def test_moved_run_folder_loads_base_sft_and_ppo_adapters_from_the_new_place(tmp
         loaded[cfg.name] = model
         return model, tokenizer
 
-    monkeypatch.setattr(commands, "load_causal_lm", spy)
+    monkeypatch.setattr(policies, "load_causal_lm", spy)  # every command loads models through it
     code = main([*generate, "--model", str(moved / "ppo")])
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -64,7 +64,7 @@ def make_preferences(cfg: PrefsConfig) -> dict:
 
 
 def pair_columns(template: str, turn: list[dict], chosen: str, rejected: str) -> dict:
-    """prompt/chosen/rejected as the rm stage reads them back: the seed's text format, or for a chat
+    """prompt/chosen/rejected as the rm stage reads them back: the Human/Assistant text format, or for a chat
     template TRL's conversational rows (the prompt's turns, then each reply as an assistant turn)."""
     if template == "chat":
         return {"prompt": turn, "chosen": [{"role": "assistant", "content": chosen}],

@@ -8,7 +8,7 @@ Four schemas are read, detected by their columns:
   conversational     chosen, rejected as role/content message lists ending with the assistant's
                      turn: whole conversations (UltraFeedback-binarized; a `prompt` string beside
                      them is not needed) or, after a `prompt` message list, the reply alone (TRL)
-A pair's prompt is text in the seed's format ("Human: ...\\n\\nAssistant:") or, for
+A pair's prompt is text in the Human/Assistant format ("Human: ...\\n\\nAssistant:") or, for
 conversational rows, the list of turns before the reply; its responses are bare texts.
 `tokenize_pairs` renders both with data.template (templates.render), as SFT and PPO do.
 """
@@ -52,7 +52,7 @@ TURN = "\n\nHuman:"
 class PreferenceRows:
     pairs: list[dict]
     """{"prompt", "chosen", "rejected"} plus the row's other columns (gold scores ...); the prompt is
-    text in the seed's format or, for conversational rows, a list of messages."""
+    text in the Human/Assistant format or, for conversational rows, a list of messages."""
     dropped_identical: int
     """Pairs whose chosen and rejected responses were the same text (no preference to learn)."""
     kept_single_turn: int | None
@@ -71,8 +71,8 @@ def load_preference_pairs(
 ) -> PreferenceRows:
     """Validated pairs from any `load_rows` source; prints nothing (the caller reports the counts).
 
-    Every row is validated, then `single_turn` keeps prompts with one human turn (the seed's
-    filter), then pairs with chosen == rejected are dropped and counted.
+    Every row is validated, then `single_turn` keeps prompts with one human turn (the original
+    notebook's filter for Dahoas/rm-static, design §8.1), then pairs with chosen == rejected are dropped and counted.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown preference data format {format!r}; valid: {', '.join(FORMATS)}")
@@ -168,7 +168,7 @@ def conversation_pair(row: dict, where: str) -> tuple[list[dict], str, str]:
 
 
 def normalise_prompt(text: str, where: str) -> str:
-    """The seed's "Human: ...\\n\\nAssistant:" from a bare instruction or an Anthropic-style prompt."""
+    """The "Human: ...\\n\\nAssistant:" from a bare instruction or an Anthropic-style prompt."""
     prompt = text.strip()
     if not prompt:
         raise DataError(f"{where}: empty 'prompt'")
@@ -244,7 +244,7 @@ def tokenize_pairs(
 
 
 def pair_prompt(pair: dict, template: str, where: str) -> str | list[dict]:
-    """A pair's prompt as `render` takes it for `template`: text in the seed's format is split into
+    """A pair's prompt as `render` takes it for `template`: text in the Human/Assistant format is split into
     turns for a chat template; conversational turns need one."""
     prompt = pair["prompt"]
     if isinstance(prompt, list):

@@ -1,6 +1,6 @@
 """Prompt + response -> text and token ids, the one way every stage does it.
 
-Templates: `human_assistant` (the seed's "Human: ...\\n\\nAssistant: <response>") or `chat` (the
+Templates: `human_assistant` (the original gpt2 + Alpaca notebook's "Human: ...\\n\\nAssistant: <response>") or `chat` (the
 tokenizer's own chat template); rows that bring their own formatting (prompt/completion text) are
 `raw`. SFT examples, preference pairs, the RM's inputs and PPO's rollouts all go through `render`
 (and PPO's text prompts through its `encode_prompt`), so a reward model is trained on exactly the
@@ -52,7 +52,7 @@ def render(tokenizer, template: str, prompt: str | list[dict], response: str | N
 
 def render_text(tokenizer, template: str, prompt: str | list[dict], response: str | None = None,
                 where: str = "") -> tuple[str, str]:
-    """(prompt text, completion text) of `render`; the seed's format puts one space before the
+    """(prompt text, completion text) of `render`; the Human/Assistant format puts one space before the
     response, while a chat template ends its prompt where the reply starts."""
     if isinstance(prompt, list):
         prompt = chat_prompt(tokenizer, prompt, where) if template == "chat" else transcript(prompt)
@@ -83,7 +83,7 @@ def render_example(instruction: str, input: str, output: str) -> str:
 
 
 def transcript(messages: list[dict]) -> str:
-    """Messages in the seed's format, ending where the assistant speaks next."""
+    """Messages in the Human/Assistant format, ending where the assistant speaks next."""
     names = {"user": HUMAN, "assistant": "Assistant: "}
     if any(m["role"] not in names for m in messages):
         # Readers send conversational rows (which may hold system turns) to the chat template only.
@@ -92,7 +92,7 @@ def transcript(messages: list[dict]) -> str:
 
 
 def turns(prompt: str, where: str) -> list[dict]:
-    """The messages of a prompt in the seed's format ("Human: a\\n\\nAssistant: b\\n\\nHuman: c
+    """The messages of a prompt in the Human/Assistant format ("Human: a\\n\\nAssistant: b\\n\\nHuman: c
     \\n\\nAssistant:"), so Anthropic-style data can be rendered with a chat template."""
     parts = _TURN.split("\n\n" + prompt.strip())  # ["", role, content, role, content, ...]
     if parts[0].strip() or len(parts) < 5 or parts[-2] != "Assistant" or parts[-1].strip():
@@ -136,7 +136,7 @@ def check_messages(value, where: str, key: str, last: str | None = "assistant") 
 
 
 def require_chat(template: str, where: str) -> None:
-    """Conversational rows are rendered with the model's chat template; rendering them in the seed's
+    """Conversational rows are rendered with the model's chat template; rendering them in the Human/Assistant
     format would train a policy in one format and score it in another."""
     if template != "chat":
         raise DataError(f"{where}: conversational rows (role/content messages) are rendered with the model's "

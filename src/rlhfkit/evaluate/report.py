@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 from rlhfkit.atomic import atomic_write_text
 from rlhfkit.evaluate.compare import EvalResult
 from rlhfkit.run import metrics as M
@@ -120,13 +123,14 @@ def write_report(out_dir: str | Path, title: str, result: EvalResult, metrics: d
 def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], frontier: tuple[str, ...] = (),
              labels: dict[str, str] | None = None) -> list[Path]:
     """training.png (every stage's curves) and gold_vs_kl.png (best-of-n and the `frontier` policies)."""
-    labels = labels or {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib.use("Agg")  # files only: no display on a training machine
     folder.mkdir(parents=True, exist_ok=True)
+    return [plot_training(folder / "training.png", metrics),
+            plot_frontier(folder / "gold_vs_kl.png", result, metrics, frontier, labels or {})]
+
+
+def plot_training(path: Path, metrics: dict[str, list[dict]]) -> Path:
+    """Six panels: SFT loss, RM accuracy, and PPO's reward, KL (k1, k3, exact), gold and length."""
     panels = [("sft", M.EVAL_LOSS, "SFT held-out loss", "loss (nats/token)", "step"),
               ("rm", M.RM_ACCURACY, "RM held-out accuracy", "accuracy vs noisy labels", "step"),
               ("ppo", M.PPO_REWARD_RM, "PPO reward (normalised RM score)", "mean reward", "iteration"),
@@ -147,21 +151,27 @@ def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], f
         if extra:
             ax.legend()
     fig.tight_layout()
-    training = folder / "training.png"
-    fig.savefig(training, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
 
+
+def plot_frontier(path: Path, result: EvalResult, metrics: dict[str, list[dict]], frontier: tuple[str, ...],
+                  labels: dict[str, str]) -> Path:
+    """Held-out gold against √KL to SFT: best-of-n, PPO's training evals, and the final policies."""
     fig, ax = plt.subplots(figsize=(7, 5))
     if result.best_of_n:
+        ns = ", ".join(str(r["n"]) for r in result.best_of_n)
         ax.plot([math.sqrt(r["kl"]) for r in result.best_of_n], [r["gold"] for r in result.best_of_n], marker="o",
-                label="best-of-n from SFT (KL estimated from the draws; n = " + ", ".join(str(r["n"]) for r in result.best_of_n) + ")")
+                label=f"best-of-n from SFT (KL estimated from the draws; n = {ns})")
     # PPO's checkpoints: the held-out gold it logs every ppo.eval_every iterations is sampled at the
     # rollout temperature like the points below; its KL is k1 on that iteration's training prompts.
     # The step-0 record (the starting policy, before any update) sits at KL 0.
     checkpoints = [(math.sqrt(max(r.get(M.PPO_KL_K1, 0.0), 0.0)), r[M.GOLD_SCORE]) for r in metrics.get("ppo", [])
                    if M.GOLD_SCORE in r and (M.PPO_KL_K1 in r or r.get("step") == 0)]
     if checkpoints:
-        ax.plot(*zip(*checkpoints), marker=".", linestyle="--", label="PPO during training (every ppo.eval_every iterations)")
+        ax.plot(*zip(*checkpoints), marker=".", linestyle="--",
+                label="PPO during training (every ppo.eval_every iterations)")
     # The base model (KL ~ tens of nats) is left out: it would squash the axis.
     for name in frontier:
         m = result.metrics.get(name, {})
@@ -172,10 +182,9 @@ def plot_all(folder: Path, result: EvalResult, metrics: dict[str, list[dict]], f
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    gold_vs_kl = folder / "gold_vs_kl.png"
-    fig.savefig(gold_vs_kl, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [training, gold_vs_kl]
+    return path
 
 
 def _with_gold(samples, i: int) -> str:

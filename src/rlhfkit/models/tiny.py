@@ -1,6 +1,6 @@
 """A tiny GPT-2 with a BPE tokenizer trained locally on the built-in task's text.
 
-Deterministic given the seed: the same corpus, the same BPE merges and the same initial weights,
+Deterministic given `seed`: the same corpus, the same BPE merges and the same initial weights,
 so tests and the tiny configs are reproducible on any machine without the hub.
 """
 
@@ -51,7 +51,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, shape: TinyShape | None
 
 
     shape = shape or TinyShape()
-    # Both splits, rendered in the seed's template, so "Human:"/"Assistant:" and every held-out
+    # Both splits, rendered in the Human/Assistant template, so "Human:"/"Assistant:" and every held-out
     # prompt's words get whole tokens (the model never sees the test rows, only the tokenizer).
     rows = task_rows("default", "train") + task_rows("default", "test")
     texts = [render_example(r["instruction"], r["input"], r["output"]) for r in rows] + list(corpus(seed=0))

@@ -96,7 +96,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
                     **{cache: past})
         past = getattr(out, cache)
         logits = out.logits[:, -1].float()  # (B, V)
-        if repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor (the seed's 1.2)
+        if repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor (design §6.7)
             if seen is None:
                 seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, query_ids, query_mask.bool())
             penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)

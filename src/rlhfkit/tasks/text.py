@@ -29,7 +29,8 @@ def mentions(text: str, topic: str) -> bool:
 
 
 def render(instruction: str) -> str:
-    """The seed's prompt format; the response follows after a space."""
+    """The Human/Assistant prompt format (the original gpt2 + Alpaca notebook's, design §8.1); the response
+    follows after a space."""
     return f"{_PROMPT_HEAD} {instruction}\n\n{_PROMPT_TAIL}"
 
 

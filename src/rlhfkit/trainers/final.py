@@ -43,8 +43,8 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
 def _adapter_base(cfg, final: Path) -> tuple[str, dict] | None:
     """The model this stage was loaded from, as (peft's field, rlhfkit's record). A LoRA adapter trained
     on a merged LoRA SFT model must name the SFT run, not the original base peft records: otherwise
-    loading final/ silently gives base + adapter without the SFT weights (the seed's "reference is the
-    base" trap). The record names it relative to final/, so the run folder can move."""
+    loading final/ silently gives base + adapter without the SFT weights (the trap that made the
+    original notebook's PPO reference the base model, design §6.3). The record names it relative to final/, so the run folder can move."""
     model = getattr(cfg, "model", None)
     return base_reference(model.name, model.tiny_seed, final) if model is not None else None
 
