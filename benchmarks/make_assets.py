@@ -25,7 +25,9 @@ def gpt2_tokenizer(bpe: Path):
     vocab, merges = bpe / "gpt2_vocab.json", bpe / "gpt2_merges.txt"
     for f in (vocab, merges):
         if not f.is_file():
-            raise SystemExit(f"make_assets: {f} missing; run `make bench-setup` (benchmarks/setup_trl.sh) first")
+            raise SystemExit(
+                f"make_assets: {f} missing; run `make bench-setup` (benchmarks/setup_trl.sh) first"
+            )
     # vocab=/merges=, not vocab_file=: transformers 5 silently builds a 1-token tokenizer from the latter.
     tok = GPT2TokenizerFast(vocab=str(vocab), merges=str(merges))
     tok.pad_token = tok.eos_token
@@ -41,8 +43,14 @@ def build_models(tok, out: Path, shape: str) -> None:
     if (out / shape / "config.json").is_file() and (out / f"{shape}-rm" / "config.json").is_file():
         return
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=W.VOCAB, n_positions=512, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.eos_token_id, **W.SHAPES[shape])
+    cfg = GPT2Config(
+        vocab_size=W.VOCAB,
+        n_positions=512,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+        **W.SHAPES[shape],
+    )
     model = GPT2LMHeadModel(cfg)
     model.save_pretrained(out / shape)
     tok.save_pretrained(out / shape)
@@ -63,8 +71,11 @@ def build_data(tok, out: Path, n: int) -> None:
     # Enough rows for every step of the longest run; both sides read these same files.
     sft = [r for r in W.sft_rows(2 * n) if fits(tok, r["prompt"], r["completion"])][:n]
     # Responses are stored bare: rlhfkit joins prompt + " " + response, the TRL side does the same.
-    pairs = [{"prompt": r["prompt"], "chosen": r["chosen"].lstrip(), "rejected": r["rejected"].lstrip()}
-             for r in W.pair_rows(2 * n) if fits(tok, r["prompt"], r["chosen"]) and fits(tok, r["prompt"], r["rejected"])][:n]
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["chosen"].lstrip(), "rejected": r["rejected"].lstrip()}
+        for r in W.pair_rows(2 * n)
+        if fits(tok, r["prompt"], r["chosen"]) and fits(tok, r["prompt"], r["rejected"])
+    ][:n]
     prompts = W.prompt_rows(n)
     if min(len(sft), len(pairs)) < n:
         raise SystemExit("make_assets: too few rows fit max_length")
@@ -76,8 +87,11 @@ def build_data(tok, out: Path, n: int) -> None:
     # Mean real tokens per RM pair and per PPO prompt: the nominal model FLOPs of those stages.
     n_tokens = lambda text: len(tok(text)["input_ids"])  # noqa: E731
     stats = {
-        "pair_tokens": sum(n_tokens(r["prompt"] + " " + r["chosen"]) + n_tokens(r["prompt"] + " " + r["rejected"])
-                           for r in pairs) / len(pairs),
+        "pair_tokens": sum(
+            n_tokens(r["prompt"] + " " + r["chosen"]) + n_tokens(r["prompt"] + " " + r["rejected"])
+            for r in pairs
+        )
+        / len(pairs),
         "prompt_tokens": sum(n_tokens(r["prompt"]) for r in prompts) / len(prompts),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1))

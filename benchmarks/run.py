@@ -48,7 +48,9 @@ def speedup(stage_metric: str, ours: float | None, theirs: float | None) -> floa
     return theirs / ours if stage_metric == "s/iter" else ours / theirs
 
 
-def achieved_fraction(stage: str, shape: str, result: dict | None, stats: dict, peak_gflops: float | None) -> float | None:
+def achieved_fraction(
+    stage: str, shape: str, result: dict | None, stats: dict, peak_gflops: float | None
+) -> float | None:
     """Achieved nominal model FLOP/s (workload.model_flops) as a fraction of the matmul peak.
 
     Per CPU second where measured (the peak is a best-of-5 over short matmuls, so it is what one
@@ -71,18 +73,28 @@ def build_rows(measurements: list[dict], peak: dict, stats: dict) -> list[dict]:
     rows = []
     keys = list(dict.fromkeys((m["shape"], m["stage"]) for m in measurements))
     for shape, stage in keys:
-        ours = best([m for m in measurements if (m["shape"], m["stage"], m["side"]) == (shape, stage, "rlhfkit")])
-        theirs = best([m for m in measurements if (m["shape"], m["stage"], m["side"]) == (shape, stage, "trl")])
+        ours = best(
+            [m for m in measurements if (m["shape"], m["stage"], m["side"]) == (shape, stage, "rlhfkit")]
+        )
+        theirs = best(
+            [m for m in measurements if (m["shape"], m["stage"], m["side"]) == (shape, stage, "trl")]
+        )
         metric = (ours or theirs or {}).get("metric", "")
         peak_gflops = (peak.get(shape) or {}).get("gflops")
         row = {
-            "shape": shape, "stage": stage, "metric": metric,
-            "rlhfkit": value(ours), "trl": value(theirs),
-            "rlhfkit_cpu": (ours or {}).get("cpu_value"), "trl_cpu": (theirs or {}).get("cpu_value"),
+            "shape": shape,
+            "stage": stage,
+            "metric": metric,
+            "rlhfkit": value(ours),
+            "trl": value(theirs),
+            "rlhfkit_cpu": (ours or {}).get("cpu_value"),
+            "trl_cpu": (theirs or {}).get("cpu_value"),
             "speedup": speedup(metric, value(ours), value(theirs)),
-            # The same ratio on CPU seconds (one thread): far less sensitive to other load on a shared machine.
+            # The same ratio on CPU seconds (one thread): far less sensitive to other load on a shared
+            # machine.
             "speedup_cpu": speedup(metric, (ours or {}).get("cpu_value"), (theirs or {}).get("cpu_value")),
-            "rss_rlhfkit_mb": (ours or {}).get("peak_rss_mb"), "rss_trl_mb": (theirs or {}).get("peak_rss_mb"),
+            "rss_rlhfkit_mb": (ours or {}).get("peak_rss_mb"),
+            "rss_trl_mb": (theirs or {}).get("peak_rss_mb"),
             "mfu_rlhfkit": achieved_fraction(stage, shape, ours, stats, peak_gflops),
             "mfu_trl": achieved_fraction(stage, shape, theirs, stats, peak_gflops),
             "trl_note": (theirs or {}).get("error") or ("" if theirs else "TRL not measured"),
@@ -104,7 +116,11 @@ def best(runs: list[dict]) -> dict | None:
     ok = [r for r in runs if r.get("value") is not None]
     if not ok:
         return runs[0] if runs else None
-    return min(ok, key=lambda r: r["value"]) if ok[0]["metric"] == "s/iter" else max(ok, key=lambda r: r["value"])
+    return (
+        min(ok, key=lambda r: r["value"])
+        if ok[0]["metric"] == "s/iter"
+        else max(ok, key=lambda r: r["value"])
+    )
 
 
 def _num(x, fmt: str) -> str:
@@ -134,7 +150,8 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table; speed ratio is rlhfkit/TRL throughput (wall clock, then CPU time), RSS ratio
     rlhfkit/TRL peak RSS."""
     lines = [
-        "| model | stage | metric, wall (per CPU second) | rlhfkit | TRL | speed rlhfkit/TRL | same, CPU time "
+        "| model | stage | metric, wall (per CPU second) | rlhfkit | TRL | speed rlhfkit/TRL | same, CPU "
+        "time "
         "| peak RSS rlhfkit | peak RSS TRL "
         "| RSS rlhfkit/TRL | model FLOP/s of peak: rlhfkit | TRL |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -174,7 +191,10 @@ def run_child(cmd: list[str], env: dict, log: Path) -> dict | None:
     result = W.parse_result(proc.stdout)
     if result is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        print(f"bench: {' '.join(cmd[1:4])} failed (exit {proc.returncode}): {tail[0][:200]}; log {log}", flush=True)
+        print(
+            f"bench: {' '.join(cmd[1:4])} failed (exit {proc.returncode}): {tail[0][:200]}; log {log}",
+            flush=True,
+        )
         return None
     result["load_avg_1m_before"] = round(load, 2)
     return result
@@ -184,18 +204,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=list(W.SHAPES), choices=list(W.SHAPES))
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    ap.add_argument("--trl-python", default=str(DEFAULT_TRL_VENV / "bin" / "python"),
-                    help="python of the TRL venv (make bench-setup); 'none' measures rlhfkit alone")
-    ap.add_argument("--trl-ppo-path", default=str(DEFAULT_TRL_VENV / "trl112"),
-                    help="trl 1.12.0 side-installed with --target (the last TRL with PPO)")
+    ap.add_argument(
+        "--trl-python",
+        default=str(DEFAULT_TRL_VENV / "bin" / "python"),
+        help="python of the TRL venv (make bench-setup); 'none' measures rlhfkit alone",
+    )
+    ap.add_argument(
+        "--trl-ppo-path",
+        default=str(DEFAULT_TRL_VENV / "trl112"),
+        help="trl 1.12.0 side-installed with --target (the last TRL with PPO)",
+    )
     ap.add_argument("--bpe", default=str(DEFAULT_TRL_VENV / "gpt2-bpe"), help="GPT-2 vocab/merges folder")
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="models, data and logs")
-    ap.add_argument("--steps", type=int, help="steps per measurement for every stage (default: workload.STEPS)")
+    ap.add_argument(
+        "--steps", type=int, help="steps per measurement for every stage (default: workload.STEPS)"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is kept")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'machine shared with 3 others'")
+    ap.add_argument(
+        "--note", default="", help="free text stored in the JSON, e.g. 'machine shared with 3 others'"
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--retable", metavar="JSON", help="rebuild the table of a results file from its measurements")
+    ap.add_argument(
+        "--retable", metavar="JSON", help="rebuild the table of a results file from its measurements"
+    )
     return ap.parse_args(argv)
 
 
@@ -209,14 +241,26 @@ def retable(path: Path) -> int:
     return 0
 
 
-def measure(args: argparse.Namespace, assets: Path, logs: Path, env: dict, trl_python: str | None) -> list[dict]:
+def measure(
+    args: argparse.Namespace, assets: Path, logs: Path, env: dict, trl_python: str | None
+) -> list[dict]:
     """Every (shape, stage, side, repeat) in a fresh process; the measurements that came back."""
     measurements = []
     for shape in args.shapes:
         for stage in args.stages:
             steps = args.steps or W.STEPS[shape][stage]
-            common = ["--assets", str(assets), "--shape", shape, "--stage", stage, "--steps", str(steps),
-                      "--threads", str(args.threads)]
+            common = [
+                "--assets",
+                str(assets),
+                "--shape",
+                shape,
+                "--stage",
+                stage,
+                "--steps",
+                str(steps),
+                "--threads",
+                str(args.threads),
+            ]
             for rep in range(args.repeats):
                 sides = [("rlhfkit", [sys.executable, str(HERE / "side_rlhfkit.py"), *common], env)]
                 if trl_python:
@@ -225,14 +269,19 @@ def measure(args: argparse.Namespace, assets: Path, logs: Path, env: dict, trl_p
                         trl_env["PYTHONPATH"] = args.trl_ppo_path
                     sides.append(("trl", [trl_python, str(HERE / "side_trl.py"), *common], trl_env))
                 for side, cmd, side_env in sides:
-                    print(f"bench: {shape} {stage} {side} ({steps} steps, run {rep + 1}/{args.repeats}) ...",
-                          flush=True)
+                    print(
+                        f"bench: {shape} {stage} {side} ({steps} steps, run {rep + 1}/{args.repeats}) ...",
+                        flush=True,
+                    )
                     result = run_child(cmd, side_env, logs / f"{shape}-{stage}-{side}-{rep}.log")
                     if result is not None:
                         measurements.append(result)
                         shown = result.get("value")
-                        print(f"bench:   {result['metric']} {shown if shown is None else round(shown, 3)}, "
-                              f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+                        print(
+                            f"bench:   {result['metric']} {shown if shown is None else round(shown, 3)}, "
+                            f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                            flush=True,
+                        )
     return measurements
 
 
@@ -244,49 +293,97 @@ def main(argv: list[str] | None = None) -> int:
     assets, logs = work / "assets", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     repo_src = HERE.parent / "src"
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(repo_src), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(repo_src), os.environ.get("PYTHONPATH", "")) if p),
+    }
     trl_python = None if args.trl_python == "none" else args.trl_python
     if trl_python and not Path(trl_python).is_file():
-        print(f"bench: no TRL python at {trl_python} (run `make bench-setup`); measuring rlhfkit alone", flush=True)
+        print(
+            f"bench: no TRL python at {trl_python} (run `make bench-setup`); measuring rlhfkit alone",
+            flush=True,
+        )
         trl_python = None
 
-    subprocess.run([sys.executable, str(HERE / "make_assets.py"), "--bpe", args.bpe, "--out", str(assets),
-                    "--shapes", *args.shapes], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "make_assets.py"),
+            "--bpe",
+            args.bpe,
+            "--out",
+            str(assets),
+            "--shapes",
+            *args.shapes,
+        ],
+        check=True,
+        env=env,
+    )
     stats = json.loads((assets / "stats.json").read_text())
-    peak_run = run_child([sys.executable, str(HERE / "peak.py"), "--threads", str(args.threads), "--shapes",
-                          *args.shapes], env, logs / "peak.log")
+    peak_run = run_child(
+        [sys.executable, str(HERE / "peak.py"), "--threads", str(args.threads), "--shapes", *args.shapes],
+        env,
+        logs / "peak.log",
+    )
     peak = (peak_run or {}).get("peak", {})
     measurements = measure(args, assets, logs, env, trl_python)
     write_results(args, argv, measurements, peak, stats, trl_python)
     return 0
 
 
-def write_results(args: argparse.Namespace, argv: list[str] | None, measurements: list[dict], peak: dict,
-                  stats: dict, trl_python: str | None) -> Path:
+def write_results(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    measurements: list[dict],
+    peak: dict,
+    stats: dict,
+    trl_python: str | None,
+) -> Path:
     """results/<date>-<host>.json with the table, and the table on stdout."""
     rows = build_rows(measurements, peak, stats)
     table = format_table(rows)
     now = datetime.datetime.now(datetime.timezone.utc)
     host = socket.gethostname()
     loads = [m["load_avg_1m_before"] for m in measurements]
-    workload = ("WARMUP", "MAX_LENGTH", "SFT_BATCH", "RM_BATCH", "PPO_PROMPTS", "PPO_NEW_TOKENS", "PPO_EPOCHS",
-                "LORA", "LR")
+    workload = (
+        "WARMUP",
+        "MAX_LENGTH",
+        "SFT_BATCH",
+        "RM_BATCH",
+        "PPO_PROMPTS",
+        "PPO_NEW_TOKENS",
+        "PPO_EPOCHS",
+        "LORA",
+        "LR",
+    )
     payload = {
-        "date": now.isoformat(timespec="seconds"), "host": host, "note": args.note,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                    "load_avg_1m_before_runs": [min(loads, default=0), max(loads, default=0)]},
+        "date": now.isoformat(timespec="seconds"),
+        "host": host,
+        "note": args.note,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "load_avg_1m_before_runs": [min(loads, default=0), max(loads, default=0)],
+        },
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "trl_python": trl_python, "workload": {k: getattr(W, k) for k in workload},
-        "data_stats": stats, "matmul_peak": peak, "rows": rows, "measurements": measurements, "table": table,
+        "trl_python": trl_python,
+        "workload": {k: getattr(W, k) for k in workload},
+        "data_stats": stats,
+        "matmul_peak": peak,
+        "rows": rows,
+        "measurements": measurements,
+        "table": table,
     }
     path = result_path(Path(args.out), now, host)
     write_json(path, payload)
     print()
     print(table)
-    print(f"\nmatmul peak (fp32, {args.threads} threads): "
-          + ", ".join(f"{s} {p['gflops']:.1f} GFLOP/s" for s, p in peak.items())
-          + f"; load average before runs {payload['machine']['load_avg_1m_before_runs']}")
+    print(
+        f"\nmatmul peak (fp32, {args.threads} threads): "
+        + ", ".join(f"{s} {p['gflops']:.1f} GFLOP/s" for s, p in peak.items())
+        + f"; load average before runs {payload['machine']['load_avg_1m_before_runs']}"
+    )
     print(f"bench: wrote {path}")
     return path
 

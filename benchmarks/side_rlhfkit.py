@@ -36,14 +36,25 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
 
     lora = dict(lora_r=W.LORA["r"], lora_alpha=W.LORA["alpha"], lora_target_modules=W.LORA["target_modules"])
     run = RunConfig(name=f"{shape}-{stage}", dir=run_dir, report_to=[], progress=False)
-    train = dict(lr=W.LR, warmup_steps=0, max_steps=steps, log_every=1, eval_every=10**6, save_every=10**6,
-                 threads=threads)
+    train = dict(
+        lr=W.LR,
+        warmup_steps=0,
+        max_steps=steps,
+        log_every=1,
+        eval_every=10**6,
+        save_every=10**6,
+        threads=threads,
+    )
     model = str(assets / shape)
     if stage == "sft":
         return SFTConfig(
             model=ModelConfig(name=model, lora=True, **lora),
-            data=DataConfig(source=str(assets / "sft.jsonl"), eval_source=str(assets / "sft_eval.jsonl"), eval_size=8,
-                            max_length=W.MAX_LENGTH),
+            data=DataConfig(
+                source=str(assets / "sft.jsonl"),
+                eval_source=str(assets / "sft_eval.jsonl"),
+                eval_size=8,
+                max_length=W.MAX_LENGTH,
+            ),
             train=TrainConfig(batch_size=W.SFT_BATCH, **train),
             run=run,
             sft=SFTSection(eval_generate=0),
@@ -52,8 +63,12 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
         # LoRA like the other stages (rlhfkit's default); TRL gets the same peft config.
         return RMConfig(
             model=ModelConfig(name=model, lora=True, **lora),
-            data=DataConfig(source=str(assets / "pairs.jsonl"), eval_source=str(assets / "pairs_eval.jsonl"),
-                            eval_size=8, max_length=W.MAX_LENGTH),
+            data=DataConfig(
+                source=str(assets / "pairs.jsonl"),
+                eval_source=str(assets / "pairs_eval.jsonl"),
+                eval_size=8,
+                max_length=W.MAX_LENGTH,
+            ),
             train=TrainConfig(batch_size=W.RM_BATCH, **train),
             run=run,
             rm=RMSection(norm_samples=4, max_new_tokens=4),
@@ -64,8 +79,14 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
         train=TrainConfig(**{**train, "max_steps": 0}),
         run=run,
         rollout=RolloutSection(batch_size=W.PPO_PROMPTS, max_new_tokens=W.PPO_NEW_TOKENS),
-        ppo=PPOSection(reward=str(assets / f"{shape}-rm"), normalize_reward=False, iterations=steps,
-                       epochs=W.PPO_EPOCHS, minibatches=1, eval_every=10**6),
+        ppo=PPOSection(
+            reward=str(assets / f"{shape}-rm"),
+            normalize_reward=False,
+            iterations=steps,
+            epochs=W.PPO_EPOCHS,
+            minibatches=1,
+            eval_every=10**6,
+        ),
     )
 
 
@@ -95,8 +116,13 @@ def sft_tokens(cfg, steps: range) -> list[int]:
 
     train, _, _ = load_sft_data(cfg, load_tokenizer(cfg.model.name))
     lengths = tuple(len(ids) for ids in train.input_ids)
-    batches = [global_batch_at(s, lengths, cfg.train.batch_size, cfg.train.seed, cfg.sft.group_by_length) for s in steps]
-    return [sum(lengths[i] for i in b) for b in batches], [len(b) * max(lengths[i] for i in b) for b in batches]
+    batches = [
+        global_batch_at(s, lengths, cfg.train.batch_size, cfg.train.seed, cfg.sft.group_by_length)
+        for s in steps
+    ]
+    return [sum(lengths[i] for i in b) for b in batches], [
+        len(b) * max(lengths[i] for i in b) for b in batches
+    ]
 
 
 def main() -> None:
@@ -116,8 +142,11 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-") as run_dir:
         cfg = configs(args.stage, args.assets, args.shape, args.steps, args.threads, run_dir)
-        train = {"sft": "rlhfkit.trainers.sft:train_sft", "rm": "rlhfkit.trainers.rm:train_rm",
-                 "ppo": "rlhfkit.trainers.ppo:train_ppo"}[args.stage]
+        train = {
+            "sft": "rlhfkit.trainers.sft:train_sft",
+            "rm": "rlhfkit.trainers.rm:train_rm",
+            "ppo": "rlhfkit.trainers.ppo:train_ppo",
+        }[args.stage]
         module, name = train.split(":")
         import importlib
 
@@ -128,18 +157,40 @@ def main() -> None:
         res = {"s_per_step": seconds / steps, "timed_steps": steps}
         if args.stage == "sft":
             tokens, padded = sft_tokens(cfg, range(W.WARMUP, len(times)))
-            res.update(metric="tokens/s", value=sum(tokens) / seconds, cpu_value=sum(tokens) / cpu_seconds,
-                       tokens=sum(tokens), padded_tokens=sum(padded))
+            res.update(
+                metric="tokens/s",
+                value=sum(tokens) / seconds,
+                cpu_value=sum(tokens) / cpu_seconds,
+                tokens=sum(tokens),
+                padded_tokens=sum(padded),
+            )
         elif args.stage == "rm":
-            res.update(metric="pairs/s", value=steps * W.RM_BATCH / seconds, cpu_value=steps * W.RM_BATCH / cpu_seconds)
+            res.update(
+                metric="pairs/s",
+                value=steps * W.RM_BATCH / seconds,
+                cpu_value=steps * W.RM_BATCH / cpu_seconds,
+            )
         else:
-            logged = [r for r in result.metrics if "ppo/seconds" in r][W.WARMUP:]
-            res.update(metric="s/iter", value=seconds / steps, cpu_value=cpu_seconds / steps,
-                       response_len=sum(r["ppo/response_len"] for r in logged) / len(logged),
-                       implementation="rlhfkit.trainers.ppo.train_ppo (LoRA policy + value head, reference = adapter off)")
-    res.update(side="rlhfkit", stage=args.stage, shape=args.shape, steps=args.steps, wall_s=round(time.perf_counter() - t0, 1),
-               peak_rss_mb=round(W.peak_rss_mb(), 1), threads=torch.get_num_threads(), rlhfkit=rlhfkit.__version__,
-               torch=torch.__version__)
+            logged = [r for r in result.metrics if "ppo/seconds" in r][W.WARMUP :]
+            res.update(
+                metric="s/iter",
+                value=seconds / steps,
+                cpu_value=cpu_seconds / steps,
+                response_len=sum(r["ppo/response_len"] for r in logged) / len(logged),
+                implementation="rlhfkit.trainers.ppo.train_ppo (LoRA policy + value head, "
+                "reference = adapter off)",
+            )
+    res.update(
+        side="rlhfkit",
+        stage=args.stage,
+        shape=args.shape,
+        steps=args.steps,
+        wall_s=round(time.perf_counter() - t0, 1),
+        peak_rss_mb=round(W.peak_rss_mb(), 1),
+        threads=torch.get_num_threads(),
+        rlhfkit=rlhfkit.__version__,
+        torch=torch.__version__,
+    )
     W.emit(res)
 
 

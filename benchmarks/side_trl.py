@@ -2,7 +2,8 @@
 
     .bench/trl-venv/bin/python benchmarks/side_trl.py --assets DIR --shape gpt2-tiny --stage sft --steps 12
 
-Same method as the TRL baseline's trl_bench.py (baselines/trl in the team's shared folder): a TrainerCallback timestamps every step's
+Same method as the TRL baseline's trl_bench.py (baselines/trl in the team's shared folder): a
+TrainerCallback timestamps every step's
 end; fp32 and no gradient checkpointing set explicitly (TRL 1.x defaults to bf16 + checkpointing).
 PPO needs trl 1.12.0 (removed in 1.13), side-installed and put first on PYTHONPATH by the runner.
 """
@@ -35,16 +36,34 @@ class StepTimer:
 
 
 def common(steps: int, out: str) -> dict:
-    return dict(output_dir=out, max_steps=steps, learning_rate=W.LR, logging_steps=10**6, save_strategy="no",
-                report_to="none", disable_tqdm=True, dataloader_num_workers=0, gradient_accumulation_steps=1,
-                bf16=False, gradient_checkpointing=False, seed=0, use_cpu=True)
+    return dict(
+        output_dir=out,
+        max_steps=steps,
+        learning_rate=W.LR,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        gradient_accumulation_steps=1,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+        use_cpu=True,
+    )
 
 
 def lora_config(task_type: str):
     from peft import LoraConfig
 
-    return LoraConfig(r=W.LORA["r"], lora_alpha=W.LORA["alpha"], lora_dropout=0.0, target_modules=W.LORA["target_modules"],
-                      fan_in_fan_out=True, task_type=task_type)
+    return LoraConfig(
+        r=W.LORA["r"],
+        lora_alpha=W.LORA["alpha"],
+        lora_dropout=0.0,
+        target_modules=W.LORA["target_modules"],
+        fan_in_fan_out=True,
+        task_type=task_type,
+    )
 
 
 def run_sft(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
@@ -55,11 +74,22 @@ def run_sft(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
 
     ds = Dataset.from_list(W.read_jsonl(assets / "sft.jsonl"))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = SFTConfig(per_device_train_batch_size=W.SFT_BATCH, max_length=W.MAX_LENGTH, completion_only_loss=True,
-                    packing=False, **common(steps, out))
+    cfg = SFTConfig(
+        per_device_train_batch_size=W.SFT_BATCH,
+        max_length=W.MAX_LENGTH,
+        completion_only_loss=True,
+        packing=False,
+        **common(steps, out),
+    )
     timer = StepTimer()
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora_config("CAUSAL_LM"),
-                         callbacks=[timer.callback])
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=lora_config("CAUSAL_LM"),
+        callbacks=[timer.callback],
+    )
     tokens, padded = [], []
     collate = trainer.data_collator
 
@@ -75,9 +105,15 @@ def run_sft(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
     cpu_seconds = W.steady(timer.cpu)[1]
     # The Trainer collates one batch ahead: count by step index, not every collator call.
     timed = slice(W.WARMUP, W.WARMUP + n)
-    return {"metric": "tokens/s", "value": sum(tokens[timed]) / seconds, "cpu_value": sum(tokens[timed]) / cpu_seconds,
-            "tokens": sum(tokens[timed]),
-            "padded_tokens": sum(padded[timed]), "s_per_step": seconds / n, "timed_steps": n}
+    return {
+        "metric": "tokens/s",
+        "value": sum(tokens[timed]) / seconds,
+        "cpu_value": sum(tokens[timed]) / cpu_seconds,
+        "tokens": sum(tokens[timed]),
+        "padded_tokens": sum(padded[timed]),
+        "s_per_step": seconds / n,
+        "timed_steps": n,
+    }
 
 
 def run_rm(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
@@ -87,21 +123,34 @@ def run_rm(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     # Stored bare: rlhfkit joins prompt + " " + response; TRL concatenates, so add the space here.
-    rows = [{"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
-            for r in W.read_jsonl(assets / "pairs.jsonl")]
+    rows = [
+        {"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
+        for r in W.read_jsonl(assets / "pairs.jsonl")
+    ]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     cfg = RewardConfig(per_device_train_batch_size=W.RM_BATCH, max_length=W.MAX_LENGTH, **common(steps, out))
     timer = StepTimer()
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                            peft_config=lora_config("SEQ_CLS"), callbacks=[timer.callback])
+    trainer = RewardTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora_config("SEQ_CLS"),
+        callbacks=[timer.callback],
+    )
     kept = len(trainer.train_dataset)
     trainer.train()
     n, seconds = W.steady(timer.times)
     cpu_seconds = W.steady(timer.cpu)[1]
-    return {"metric": "pairs/s", "value": n * W.RM_BATCH / seconds, "cpu_value": n * W.RM_BATCH / cpu_seconds,
-            "s_per_step": seconds / n, "timed_steps": n,
-            "pairs_kept": f"{kept}/{len(rows)}"}
+    return {
+        "metric": "pairs/s",
+        "value": n * W.RM_BATCH / seconds,
+        "cpu_value": n * W.RM_BATCH / cpu_seconds,
+        "s_per_step": seconds / n,
+        "timed_steps": n,
+        "pairs_kept": f"{kept}/{len(rows)}",
+    }
 
 
 def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str) -> dict:
@@ -113,13 +162,19 @@ def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str
     try:
         from trl.experimental.ppo import PPOConfig, PPOTrainer
     except ImportError as e:
-        return {"metric": "s/iter", "value": None,
-                "error": f"no PPOTrainer in trl {trl.__version__} ({e}); PPO needs trl 1.12.0 (see benchmarks/setup_trl.sh)"}
+        return {
+            "metric": "s/iter",
+            "value": None,
+            "error": f"no PPOTrainer in trl {trl.__version__} ({e}); PPO needs trl 1.12.0 (see "
+            "benchmarks/setup_trl.sh)",
+        }
     tok.padding_side = "left"  # queries are left-padded for generation
     prompts = [r["prompt"] for r in W.read_jsonl(assets / "prompts.jsonl")]
     ids = [tok(p)["input_ids"] for p in prompts]
     train = Dataset.from_dict({"input_ids": ids})
-    evalset = Dataset.from_dict({"input_ids": ids[: W.PPO_PROMPTS]})  # the trainer builds an eval loader regardless
+    evalset = Dataset.from_dict(
+        {"input_ids": ids[: W.PPO_PROMPTS]}
+    )  # the trainer builds an eval loader regardless
 
     def load(cls, path, **kw):
         m = cls.from_pretrained(path, dtype=torch.float32, **kw)
@@ -132,21 +187,42 @@ def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str
     value = load(AutoModelForSequenceClassification, model_dir, num_labels=1)
     c = common(steps, out)
     c.pop("max_steps")
-    cfg = PPOConfig(per_device_train_batch_size=W.PPO_PROMPTS, num_mini_batches=1, num_ppo_epochs=W.PPO_EPOCHS,
-                    total_episodes=steps * W.PPO_PROMPTS, response_length=W.PPO_NEW_TOKENS,
-                    num_sample_generations=0,  # the default 10 adds sampling passes inside train()
-                    stop_token=None, **c)
+    cfg = PPOConfig(
+        per_device_train_batch_size=W.PPO_PROMPTS,
+        num_mini_batches=1,
+        num_ppo_epochs=W.PPO_EPOCHS,
+        total_episodes=steps * W.PPO_PROMPTS,
+        response_length=W.PPO_NEW_TOKENS,
+        num_sample_generations=0,  # the default 10 adds sampling passes inside train()
+        stop_token=None,
+        **c,
+    )
     timer = StepTimer()
     # LoRA policy as on rlhfkit's side: ref_model=None makes TRL use the policy with its adapter off.
-    trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
-                         value_model=value, train_dataset=train, eval_dataset=evalset, peft_config=lora_config("CAUSAL_LM"),
-                         callbacks=[timer.callback])
+    trainer = PPOTrainer(
+        args=cfg,
+        processing_class=tok,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        value_model=value,
+        train_dataset=train,
+        eval_dataset=evalset,
+        peft_config=lora_config("CAUSAL_LM"),
+        callbacks=[timer.callback],
+    )
     trainer.train()
     n, seconds = W.steady(timer.times)
     cpu_seconds = W.steady(timer.cpu)[1]
-    return {"metric": "s/iter", "value": seconds / n, "cpu_value": cpu_seconds / n, "timed_steps": n,
-            "implementation": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer (LoRA policy, ref = adapter off, "
-                              "separate full value model)"}
+    return {
+        "metric": "s/iter",
+        "value": seconds / n,
+        "cpu_value": cpu_seconds / n,
+        "timed_steps": n,
+        "implementation": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer (LoRA policy, ref = "
+        "adapter off, "
+        "separate full value model)",
+    }
 
 
 def main() -> None:
@@ -173,9 +249,19 @@ def main() -> None:
             res = run_rm(args.assets, model_dir, tok, args.steps, out)
         else:
             res = run_ppo(args.assets, model_dir, tok, args.steps, out, args.shape)
-    res.update(side="trl", stage=args.stage, shape=args.shape, steps=args.steps, wall_s=round(time.perf_counter() - t0, 1),
-               peak_rss_mb=round(W.peak_rss_mb(), 1), threads=torch.get_num_threads(), trl=trl.__version__,
-               trl_path=os.path.dirname(trl.__file__), transformers=transformers.__version__, torch=torch.__version__)
+    res.update(
+        side="trl",
+        stage=args.stage,
+        shape=args.shape,
+        steps=args.steps,
+        wall_s=round(time.perf_counter() - t0, 1),
+        peak_rss_mb=round(W.peak_rss_mb(), 1),
+        threads=torch.get_num_threads(),
+        trl=trl.__version__,
+        trl_path=os.path.dirname(trl.__file__),
+        transformers=transformers.__version__,
+        torch=torch.__version__,
+    )
     W.emit(res)
 
 

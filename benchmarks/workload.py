@@ -1,7 +1,8 @@
 """The benchmark workload, shared by the runner and both measuring sides (rlhfkit and TRL).
 
 Standard library only: the TRL side runs in its own venv, where rlhfkit is not installed.
-Method as in the TRL baseline (baselines/trl in the team's shared folder, so numbers compare with it): one stage per fresh process,
+Method as in the TRL baseline (baselines/trl in the team's shared folder, so numbers compare with it): one
+stage per fresh process,
 fp32, no gradient checkpointing, steady-state time from the end of warm-up step 2 to the end of
 the last step, peak RSS = ru_maxrss of the whole process (model load and data prep included).
 """
@@ -38,9 +39,11 @@ STEPS = {
 
 WORDS = (
     "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
-    "word but not what all were we when your can said there use an each which she do how their if will up other "
+    "word but not what all were we when your can said there use an each which she do how their if will up "
+    "other "
     "about out many then them these so some her would make like him into time has look two more write go see "
-    "number no way could people my than first water been call who oil its now find long down day did get come "
+    "number no way could people my than first water been call who oil its now find long down day did get "
+    "come "
     "made may part model train reward policy value token gradient learning rate batch memory python library "
     "question answer explain why please help small large fast slow good bad simple complex data set test run"
 ).split()
@@ -65,7 +68,9 @@ def pair_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for _ in range(n):
         p = prompt(rng, 4, 30)
-        rows.append({"prompt": p, "chosen": " " + words(rng, 5, 60) + ".", "rejected": " " + words(rng, 5, 60) + "."})
+        rows.append(
+            {"prompt": p, "chosen": " " + words(rng, 5, 60) + ".", "rejected": " " + words(rng, 5, 60) + "."}
+        )
     return rows
 
 
@@ -98,7 +103,7 @@ def emit(result: dict) -> None:
 def parse_result(stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     return None
 
 

@@ -26,21 +26,43 @@ def tiny_sft_dir(tiny_dir, tmp_path_factory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("sft-runs")
     config = Path(__file__).parents[1] / "configs" / "tiny" / "sft.yaml"
-    cfg = load_config(SFTConfig, config, [f"run.dir={run_dir}", "train.max_steps=150", "train.eval_every=1000",
-                                          "train.save_every=1000", "sft.eval_generate=0", "run.report_to=[]",
-                                          "run.progress=false"])
+    cfg = load_config(
+        SFTConfig,
+        config,
+        [
+            f"run.dir={run_dir}",
+            "train.max_steps=150",
+            "train.eval_every=1000",
+            "train.save_every=1000",
+            "sft.eval_generate=0",
+            "run.report_to=[]",
+            "run.progress=false",
+        ],
+    )
     return train_sft(cfg).dir
 
 
 @pytest.fixture(scope="session")
 def tiny_rm_dir(tiny_sft_dir, tmp_path_factory) -> Path:
-    """A reward model on the tiny SFT trunk after 2 steps on the preference fixture (with its reward stats)."""
+    """A reward model on the tiny SFT trunk after 2 steps on the preference fixture (with its reward
+    stats)."""
     from rlhfkit.config import RMConfig, load_config
     from rlhfkit.trainers.rm import train_rm
 
     fixture = Path(__file__).parent / "fixtures" / "prefs.jsonl"
-    cfg = load_config(RMConfig, None, [f"run.dir={tmp_path_factory.mktemp('rm-runs')}", f"model.name={tiny_sft_dir}",
-                                       f"data.source={fixture}", "data.eval_fraction=0.25", "train.max_steps=2",
-                                       "train.batch_size=2", "rm.norm_samples=6", "run.report_to=[]",
-                                       "run.progress=false"])
+    cfg = load_config(
+        RMConfig,
+        None,
+        [
+            f"run.dir={tmp_path_factory.mktemp('rm-runs')}",
+            f"model.name={tiny_sft_dir}",
+            f"data.source={fixture}",
+            "data.eval_fraction=0.25",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "rm.norm_samples=6",
+            "run.report_to=[]",
+            "run.progress=false",
+        ],
+    )
     return train_rm(cfg).dir

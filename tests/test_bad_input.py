@@ -21,15 +21,41 @@ REPO = Path(__file__).parents[1]
 PREFS = REPO / "tests" / "fixtures" / "prefs.jsonl"
 TINY_PIPELINE = REPO / "configs" / "tiny" / "pipeline.yaml"
 QUIET = ["run.report_to=[]", "run.progress=false"]
-SFT = ["sft", "sft.eval_generate=0", "data.builtin_size=64", "data.eval_size=8", "train.batch_size=4",
-       "train.max_steps=2", "model.lora=true", "model.lora_r=4", *QUIET]
-RM = ["rm", f"data.source={PREFS}", "data.eval_fraction=0.25", "train.batch_size=2", "train.max_steps=2",
-      "rm.norm_samples=4", *QUIET]
-PPO = ["ppo", "model.name=tiny", "ppo.iterations=1", "rollout.batch_size=4", "ppo.minibatches=2",
-       "rollout.max_new_tokens=4", "ppo.eval_prompts=0", "data.builtin_size=32", *QUIET]
+SFT = [
+    "sft",
+    "sft.eval_generate=0",
+    "data.builtin_size=64",
+    "data.eval_size=8",
+    "train.batch_size=4",
+    "train.max_steps=2",
+    "model.lora=true",
+    "model.lora_r=4",
+    *QUIET,
+]
+RM = [
+    "rm",
+    f"data.source={PREFS}",
+    "data.eval_fraction=0.25",
+    "train.batch_size=2",
+    "train.max_steps=2",
+    "rm.norm_samples=4",
+    *QUIET,
+]
+PPO = [
+    "ppo",
+    "model.name=tiny",
+    "ppo.iterations=1",
+    "rollout.batch_size=4",
+    "ppo.minibatches=2",
+    "rollout.max_new_tokens=4",
+    "ppo.eval_prompts=0",
+    "data.builtin_size=32",
+    *QUIET,
+]
 
 
 # ----------------------------------------------------------------------------- reward plugins for the cases
+
 
 def nan_reward(prompts, responses):
     return [float("nan")] * len(responses)
@@ -48,8 +74,11 @@ def short_reward(prompts, responses):
 
 def tree(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under `root`."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -90,7 +119,8 @@ def data_file(name: str, content: str | bytes):
 
 
 def prior_sft(tmp: Path, fx: dict, keep_final: bool = True, damage: str | None = None) -> None:
-    """A finished SFT run (LoRA r=4, checkpoint at step 1) at runs/prior/sft; `damage` names a file to truncate."""
+    """A finished SFT run (LoRA r=4, checkpoint at step 1) at runs/prior/sft; `damage` names a file to
+    truncate."""
     out = tmp / "runs" / "prior" / "sft"
     shutil.copytree(fx["prior"], out)
     if not keep_final:
@@ -116,9 +146,15 @@ def custom_code_model(tmp: Path, fx: dict) -> None:
     code would leave a file behind if it ever ran (the no-new-files check then fails)."""
     shutil.copytree(fx["tiny"], tmp / "remote")
     config = json.loads((tmp / "remote" / "config.json").read_text())
-    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    config.update(
+        model_type="evil",
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
     (tmp / "remote" / "config.json").write_text(json.dumps(config))
-    write(tmp / "remote" / "evil.py", "from pathlib import Path\nPath(__file__).with_name('RAN').write_text('x')\n")
+    write(
+        tmp / "remote" / "evil.py",
+        "from pathlib import Path\nPath(__file__).with_name('RAN').write_text('x')\n",
+    )
 
 
 def gguf_truncated(tmp: Path, fx: dict) -> None:
@@ -155,8 +191,13 @@ def messages_file(bad: list):
 def transcript_prefs(tmp: Path, fx: dict) -> None:
     chat_model(tmp, fx)
     not_a_transcript = "Context.\n\nHuman: a\n\nAssistant:"
-    write(tmp / "p.jsonl", jsonl({"prompt": "a", "chosen": "x", "rejected": "y"},
-                                 {"prompt": not_a_transcript, "chosen": "x", "rejected": "y"}))
+    write(
+        tmp / "p.jsonl",
+        jsonl(
+            {"prompt": "a", "chosen": "x", "rejected": "y"},
+            {"prompt": not_a_transcript, "chosen": "x", "rejected": "y"},
+        ),
+    )
 
 
 def sft_on(name: str):
@@ -169,161 +210,374 @@ def rm_on(name: str, *more: str):
 
 CASES = [
     # --- data files
-    Case("empty data file", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: dataset is empty",
-         data_file("d.jsonl", "")),
-    Case("non-UTF-8 bytes", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: line 2: not UTF-8 text",
-         data_file("d.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')),
-    Case("invalid JSON line", lambda t: [*SFT, f"data.source={t}/d.jsonl"], "d.jsonl: line 2: not valid JSON",
-         data_file("d.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "a", \n')),
-    Case("row is not an object", lambda t: [*SFT, f"data.source={t}/d.jsonl"],
-         "d.jsonl: row 0: expected a JSON object, got list", data_file("d.jsonl", "[1, 2]\n")),
-    Case("JSON file is not a list", lambda t: [*SFT, f"data.source={t}/d.json"], "d.json: expected a JSON list of rows",
-         data_file("d.json", '{"instruction": "a"}')),
-    Case("wrong column type", lambda t: [*SFT, f"data.source={t}/d.jsonl"],
-         "d.jsonl: row 1: missing or non-string column 'output'",
-         data_file("d.jsonl", jsonl({"instruction": "a", "output": "b"}, {"instruction": "a", "output": 5}))),
-    Case("missing column (rm)", lambda t: [*RM, f"data.source={t}/p.jsonl"],
-         "p.jsonl: row 1: missing column 'rejected'",
-         data_file("p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}))),
-    Case("wrong column type (rm)", lambda t: [*RM, f"data.source={t}/p.jsonl"],
-         "p.jsonl: row 0: column 'chosen' must be a string, got list",
-         data_file("p.jsonl", jsonl({"prompt": "a", "chosen": ["b"], "rejected": "c"}))),
-    Case("chosen == rejected in every pair", lambda t: [*RM, f"data.source={t}/p.jsonl"],
-         "p.jsonl: dataset is empty after filtering (2 rows, 2 with chosen == rejected)",
-         data_file("p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "b"},
-                                    {"prompt": "c", "chosen": "d ", "rejected": "d"}))),
-    Case("1 MB prompt", lambda t: [*SFT, f"data.source={t}/d.jsonl", "data.truncation=error"],
-         "d.jsonl: row 1: ", data_file("d.jsonl", jsonl({"instruction": "a", "output": "b"},
-                                                        {"instruction": "word " * 200_000, "output": "b"}))),
-    Case("unsupported data file type", lambda t: [*SFT, f"data.source={t}/d.csv"], "d.csv: unsupported data file type",
-         data_file("d.csv", "instruction,output\na,b\n")),
-    Case("PPO prompt row without instruction or prompt", lambda t: [*PPO, f"data.source={t}/d.jsonl",
-                                                                   "ppo.reward=rlhfkit.tasks:gold_scores"],
-         "d.jsonl: row 0: missing columns", data_file("d.jsonl", jsonl({"question": "a"}))),
+    Case(
+        "empty data file",
+        lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+        "d.jsonl: dataset is empty",
+        data_file("d.jsonl", ""),
+    ),
+    Case(
+        "non-UTF-8 bytes",
+        lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+        "d.jsonl: line 2: not UTF-8 text",
+        data_file(
+            "d.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n'
+        ),
+    ),
+    Case(
+        "invalid JSON line",
+        lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+        "d.jsonl: line 2: not valid JSON",
+        data_file("d.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "a", \n'),
+    ),
+    Case(
+        "row is not an object",
+        lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+        "d.jsonl: row 0: expected a JSON object, got list",
+        data_file("d.jsonl", "[1, 2]\n"),
+    ),
+    Case(
+        "JSON file is not a list",
+        lambda t: [*SFT, f"data.source={t}/d.json"],
+        "d.json: expected a JSON list of rows",
+        data_file("d.json", '{"instruction": "a"}'),
+    ),
+    Case(
+        "wrong column type",
+        lambda t: [*SFT, f"data.source={t}/d.jsonl"],
+        "d.jsonl: row 1: missing or non-string column 'output'",
+        data_file("d.jsonl", jsonl({"instruction": "a", "output": "b"}, {"instruction": "a", "output": 5})),
+    ),
+    Case(
+        "missing column (rm)",
+        lambda t: [*RM, f"data.source={t}/p.jsonl"],
+        "p.jsonl: row 1: missing column 'rejected'",
+        data_file(
+            "p.jsonl", jsonl({"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"})
+        ),
+    ),
+    Case(
+        "wrong column type (rm)",
+        lambda t: [*RM, f"data.source={t}/p.jsonl"],
+        "p.jsonl: row 0: column 'chosen' must be a string, got list",
+        data_file("p.jsonl", jsonl({"prompt": "a", "chosen": ["b"], "rejected": "c"})),
+    ),
+    Case(
+        "chosen == rejected in every pair",
+        lambda t: [*RM, f"data.source={t}/p.jsonl"],
+        "p.jsonl: dataset is empty after filtering (2 rows, 2 with chosen == rejected)",
+        data_file(
+            "p.jsonl",
+            jsonl(
+                {"prompt": "a", "chosen": "b", "rejected": "b"},
+                {"prompt": "c", "chosen": "d ", "rejected": "d"},
+            ),
+        ),
+    ),
+    Case(
+        "1 MB prompt",
+        lambda t: [*SFT, f"data.source={t}/d.jsonl", "data.truncation=error"],
+        "d.jsonl: row 1: ",
+        data_file(
+            "d.jsonl",
+            jsonl({"instruction": "a", "output": "b"}, {"instruction": "word " * 200_000, "output": "b"}),
+        ),
+    ),
+    Case(
+        "unsupported data file type",
+        lambda t: [*SFT, f"data.source={t}/d.csv"],
+        "d.csv: unsupported data file type",
+        data_file("d.csv", "instruction,output\na,b\n"),
+    ),
+    Case(
+        "PPO prompt row without instruction or prompt",
+        lambda t: [*PPO, f"data.source={t}/d.jsonl", "ppo.reward=rlhfkit.tasks:gold_scores"],
+        "d.jsonl: row 0: missing columns",
+        data_file("d.jsonl", jsonl({"question": "a"})),
+    ),
     # --- conversational data and templates
-    Case("conversational row with an empty message list", sft_on("d.jsonl"),
-         "d.jsonl: row 1: column 'messages' must be a non-empty list of {role, content} messages, got an "
-         "empty list", messages_file([])),
-    Case("message without a role", sft_on("d.jsonl"), "d.jsonl: row 1: 'messages' message 0 has no 'role'",
-         messages_file([{"content": "hi"}, REPLY])),
-    Case("message with an unknown role", sft_on("d.jsonl"),
-         "d.jsonl: row 1: 'messages' message 0 has unknown role 'bot'",
-         messages_file([{"role": "bot", "content": "hi"}, REPLY])),
-    Case("message content not a string", sft_on("d.jsonl"),
-         "d.jsonl: row 1: 'messages' message 1: 'content' must be a string, got list",
-         messages_file([USER, {"role": "assistant", "content": ["hello"]}])),
-    Case("conversation not ending with the assistant", sft_on("d.jsonl"),
-         "d.jsonl: row 1: 'messages' must end with an assistant turn, but its last message is 'user'",
-         messages_file([USER, REPLY, USER])),
-    Case("conversational rows with the seed's template", sft_on("d.jsonl"),
-         "d.jsonl: row 1: conversational rows (role/content messages) are rendered with the model's chat "
-         "template: set data.template=chat", messages_file([USER, REPLY])),
-    Case("data.template=chat on a model without a chat template", lambda t: [*SFT, "data.template=chat"],
-         "builtin:default: row 0: data.template=chat (or conversational rows) needs a chat template, and "
-         "the tokenizer"),
-    Case("conversational pair not ending with the assistant (rm)", rm_on("p.jsonl"),
-         "p.jsonl: row 1: 'rejected' must end with an assistant turn",
-         data_file("p.jsonl", jsonl({"prompt": [USER], "chosen": [REPLY], "rejected": [OTHER_REPLY]},
-                                    {"prompt": [USER], "chosen": [REPLY], "rejected": [USER]}))),
-    Case("conversational pair differing before the reply (rm)", rm_on("p.jsonl"),
-         "p.jsonl: row 0: 'chosen' and 'rejected' conversations differ before the final assistant turn",
-         data_file("p.jsonl", jsonl({"chosen": [USER, REPLY], "rejected": [OTHER_USER, REPLY]}))),
-    Case("prompt that is not a Human/Assistant transcript, data.template=chat (rm)",
-         rm_on("p.jsonl", "model.name=<tmp>/chat", "data.template=chat"),
-         "p.jsonl: row 1: prompt is not a 'Human: ...\\n\\nAssistant:' transcript, so it cannot be rendered "
-         "with data.template=chat", transcript_prefs),
-    Case("reward model trained on another template",
-         lambda t: [*PPO, f"ppo.reward={t}/rm", "data.template=chat"],
-         "rm: this reward model was trained with data.template=human_assistant but the prompts it would "
-         "score are rendered with data.template=chat", rm_on_seed_format),
+    Case(
+        "conversational row with an empty message list",
+        sft_on("d.jsonl"),
+        "d.jsonl: row 1: column 'messages' must be a non-empty list of {role, content} messages, got an "
+        "empty list",
+        messages_file([]),
+    ),
+    Case(
+        "message without a role",
+        sft_on("d.jsonl"),
+        "d.jsonl: row 1: 'messages' message 0 has no 'role'",
+        messages_file([{"content": "hi"}, REPLY]),
+    ),
+    Case(
+        "message with an unknown role",
+        sft_on("d.jsonl"),
+        "d.jsonl: row 1: 'messages' message 0 has unknown role 'bot'",
+        messages_file([{"role": "bot", "content": "hi"}, REPLY]),
+    ),
+    Case(
+        "message content not a string",
+        sft_on("d.jsonl"),
+        "d.jsonl: row 1: 'messages' message 1: 'content' must be a string, got list",
+        messages_file([USER, {"role": "assistant", "content": ["hello"]}]),
+    ),
+    Case(
+        "conversation not ending with the assistant",
+        sft_on("d.jsonl"),
+        "d.jsonl: row 1: 'messages' must end with an assistant turn, but its last message is 'user'",
+        messages_file([USER, REPLY, USER]),
+    ),
+    Case(
+        "conversational rows with the seed's template",
+        sft_on("d.jsonl"),
+        "d.jsonl: row 1: conversational rows (role/content messages) are rendered with the model's chat "
+        "template: set data.template=chat",
+        messages_file([USER, REPLY]),
+    ),
+    Case(
+        "data.template=chat on a model without a chat template",
+        lambda t: [*SFT, "data.template=chat"],
+        "builtin:default: row 0: data.template=chat (or conversational rows) needs a chat template, and "
+        "the tokenizer",
+    ),
+    Case(
+        "conversational pair not ending with the assistant (rm)",
+        rm_on("p.jsonl"),
+        "p.jsonl: row 1: 'rejected' must end with an assistant turn",
+        data_file(
+            "p.jsonl",
+            jsonl(
+                {"prompt": [USER], "chosen": [REPLY], "rejected": [OTHER_REPLY]},
+                {"prompt": [USER], "chosen": [REPLY], "rejected": [USER]},
+            ),
+        ),
+    ),
+    Case(
+        "conversational pair differing before the reply (rm)",
+        rm_on("p.jsonl"),
+        "p.jsonl: row 0: 'chosen' and 'rejected' conversations differ before the final assistant turn",
+        data_file("p.jsonl", jsonl({"chosen": [USER, REPLY], "rejected": [OTHER_USER, REPLY]})),
+    ),
+    Case(
+        "prompt that is not a Human/Assistant transcript, data.template=chat (rm)",
+        rm_on("p.jsonl", "model.name=<tmp>/chat", "data.template=chat"),
+        "p.jsonl: row 1: prompt is not a 'Human: ...\\n\\nAssistant:' transcript, so it cannot be rendered "
+        "with data.template=chat",
+        transcript_prefs,
+    ),
+    Case(
+        "reward model trained on another template",
+        lambda t: [*PPO, f"ppo.reward={t}/rm", "data.template=chat"],
+        "rm: this reward model was trained with data.template=human_assistant but the prompts it would "
+        "score are rendered with data.template=chat",
+        rm_on_seed_format,
+    ),
     # --- configs
-    Case("config is not a mapping", lambda t: ["sft", "--config", f"{t}/cfg.yaml"], "expected a mapping of sections",
-         yaml_file("- a\n- b\n")),
-    Case("config is not UTF-8", lambda t: ["sft", "--config", f"{t}/cfg.yaml"], "cfg.yaml: not UTF-8 text",
-         yaml_file(b"train:\n  lr: 1\n# \xff\xfe\n")),
-    Case("config value of the wrong type", lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
-         "train.lr must be a number, got 'fast'", yaml_file("train:\n  lr: fast\n")),
-    Case("unknown section in config", lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
-         "unknown key 'trian'", yaml_file("trian:\n  lr: 1\n")),
-    Case("config file missing", lambda t: ["sft", "--config", f"{t}/none.yaml"], "none.yaml: config file not found"),
-    Case("choice not allowed", lambda t: [*SFT, "data.truncation=cut"],
-         "data.truncation must be one of 'drop', 'error', 'truncate_prompt', got 'cut'"),
+    Case(
+        "config is not a mapping",
+        lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
+        "expected a mapping of sections",
+        yaml_file("- a\n- b\n"),
+    ),
+    Case(
+        "config is not UTF-8",
+        lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
+        "cfg.yaml: not UTF-8 text",
+        yaml_file(b"train:\n  lr: 1\n# \xff\xfe\n"),
+    ),
+    Case(
+        "config value of the wrong type",
+        lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
+        "train.lr must be a number, got 'fast'",
+        yaml_file("train:\n  lr: fast\n"),
+    ),
+    Case(
+        "unknown section in config",
+        lambda t: ["sft", "--config", f"{t}/cfg.yaml"],
+        "unknown key 'trian'",
+        yaml_file("trian:\n  lr: 1\n"),
+    ),
+    Case(
+        "config file missing",
+        lambda t: ["sft", "--config", f"{t}/none.yaml"],
+        "none.yaml: config file not found",
+    ),
+    Case(
+        "choice not allowed",
+        lambda t: [*SFT, "data.truncation=cut"],
+        "data.truncation must be one of 'drop', 'error', 'truncate_prompt', got 'cut'",
+    ),
     Case("override without =", lambda t: [*SFT, "train.lr"], "override 'train.lr' is not key=value"),
     Case("batch size 0", lambda t: [*SFT, "train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
     Case("save_every 0", lambda t: [*SFT, "train.save_every=0"], "train.save_every must be >= 1, got 0"),
     Case("negative learning rate", lambda t: [*SFT, "train.lr=-0.1"], "train.lr must be >= 0, got -0.1"),
-    Case("minibatches do not divide the batch", lambda t: [*PPO, "rollout.batch_size=5",
-                                                           "ppo.reward=rlhfkit.tasks:gold_scores"],
-         "rollout.batch_size=5 must be divisible by ppo.minibatches=2"),
+    Case(
+        "minibatches do not divide the batch",
+        lambda t: [*PPO, "rollout.batch_size=5", "ppo.reward=rlhfkit.tasks:gold_scores"],
+        "rollout.batch_size=5 must be divisible by ppo.minibatches=2",
+    ),
     Case("rm without data.source", lambda t: ["rm", *QUIET], "data.source is required for the rm stage"),
     # --- run folders and the CLI
-    Case("existing run without --resume/--overwrite", lambda t: [*SFT, "run.name=prior"],
-         "prior/sft already exists; pass --resume to continue it or --overwrite to start over", prior_sft),
-    Case("unknown flag", lambda t: ["sft", "--bogus-flag"], "rlhfkit: error: unrecognized arguments: --bogus-flag"),
+    Case(
+        "existing run without --resume/--overwrite",
+        lambda t: [*SFT, "run.name=prior"],
+        "prior/sft already exists; pass --resume to continue it or --overwrite to start over",
+        prior_sft,
+    ),
+    Case(
+        "unknown flag",
+        lambda t: ["sft", "--bogus-flag"],
+        "rlhfkit: error: unrecognized arguments: --bogus-flag",
+    ),
     Case("--resume with nothing to resume", lambda t: [*SFT, "--resume"], "nothing to resume"),
-    Case("--resume and --overwrite together", lambda t: [*SFT, "run.name=prior", "--resume", "--overwrite"],
-         "--resume and --overwrite contradict each other", prior_sft),
-    Case("--resume with an incompatible model config", lambda t: [*SFT, "run.name=prior", "--resume", "model.lora_r=8",
-                                                                  "train.max_steps=3"],
-         "checkpoint step-1 does not fit this model", prior_sft),
+    Case(
+        "--resume and --overwrite together",
+        lambda t: [*SFT, "run.name=prior", "--resume", "--overwrite"],
+        "--resume and --overwrite contradict each other",
+        prior_sft,
+    ),
+    Case(
+        "--resume with an incompatible model config",
+        lambda t: [*SFT, "run.name=prior", "--resume", "model.lora_r=8", "train.max_steps=3"],
+        "checkpoint step-1 does not fit this model",
+        prior_sft,
+    ),
     # --- models and prior stages
-    Case("prior stage without final/", lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
-         "prior/sft: no final/ yet", lambda t, fx: prior_sft(t, fx, keep_final=False)),
-    Case("rm folder without final/ as ppo.reward", lambda t: [*PPO, f"ppo.reward={t}/runs/prior/sft"],
-         "prior/sft: no final/ yet", lambda t, fx: prior_sft(t, fx, keep_final=False)),
+    Case(
+        "prior stage without final/",
+        lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
+        "prior/sft: no final/ yet",
+        lambda t, fx: prior_sft(t, fx, keep_final=False),
+    ),
+    Case(
+        "rm folder without final/ as ppo.reward",
+        lambda t: [*PPO, f"ppo.reward={t}/runs/prior/sft"],
+        "prior/sft: no final/ yet",
+        lambda t, fx: prior_sft(t, fx, keep_final=False),
+    ),
     Case("truncated safetensors", lambda t: [*SFT, f"model.name={t}/model"], "model.safetensors", tiny_copy),
-    Case("truncated adapter safetensors", lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
-         "adapter_model.safetensors", lambda t, fx: prior_sft(t, fx, damage="final/adapter_model.safetensors")),
-    Case("model that ships its own code", lambda t: [*SFT, f"model.name={t}/remote"],
-         "remote: cannot load model (it ships its own Python code, which runs only with model.trust_remote_code=true",
-         custom_code_model),
-    Case("truncated GGUF", lambda t: [*SFT, f"model.name={t}/model.gguf"], "model.gguf: cannot read GGUF file",
-         gguf_truncated),
-    Case("generate with a missing model", lambda t: ["generate", "--model", f"{t}/nope", "--prompt", "hi"],
-         "nope: model path does not exist"),
-    Case("eval on a missing data file", lambda t: ["eval", "--model", "tiny", "--data", f"{t}/nope.jsonl"],
-         "nope.jsonl: data file does not exist"),
+    Case(
+        "truncated adapter safetensors",
+        lambda t: [*RM, f"model.name={t}/runs/prior/sft"],
+        "adapter_model.safetensors",
+        lambda t, fx: prior_sft(t, fx, damage="final/adapter_model.safetensors"),
+    ),
+    Case(
+        "model that ships its own code",
+        lambda t: [*SFT, f"model.name={t}/remote"],
+        "remote: cannot load model (it ships its own Python code, which runs only with "
+        "model.trust_remote_code=true",
+        custom_code_model,
+    ),
+    Case(
+        "truncated GGUF",
+        lambda t: [*SFT, f"model.name={t}/model.gguf"],
+        "model.gguf: cannot read GGUF file",
+        gguf_truncated,
+    ),
+    Case(
+        "generate with a missing model",
+        lambda t: ["generate", "--model", f"{t}/nope", "--prompt", "hi"],
+        "nope: model path does not exist",
+    ),
+    Case(
+        "eval on a missing data file",
+        lambda t: ["eval", "--model", "tiny", "--data", f"{t}/nope.jsonl"],
+        "nope.jsonl: data file does not exist",
+    ),
     # --- rewards
-    Case("reward function returns NaN", lambda t: [*PPO, "ppo.reward=tests.test_bad_input:nan_reward"],
-         "ppo.reward=tests.test_bad_input:nan_reward returned a non-finite score (nan)", new_files=True),
-    Case("reward function raises", lambda t: [*PPO, "ppo.reward=tests.test_bad_input:raising_reward"],
-         "raised RuntimeError: judge service unavailable", new_files=True),
-    Case("reward function returns too few scores", lambda t: [*PPO, "ppo.reward=tests.test_bad_input:short_reward"],
-         "returned 1 scores for 4 responses", new_files=True),
-    Case("reward is neither a folder nor module:function", lambda t: [*PPO, "ppo.reward=no_such_module:f"],
-         "ppo.reward=no_such_module:f: cannot import"),
-    Case("PPO with an absurd learning rate", lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "train.lr=1e30",
-                                                        "ppo.iterations=3"],
-         "rollout: the policy's next-token probabilities are not finite (its weights diverged); likely cause: "
-         "train.lr too high", new_files=True),
+    Case(
+        "reward function returns NaN",
+        lambda t: [*PPO, "ppo.reward=tests.test_bad_input:nan_reward"],
+        "ppo.reward=tests.test_bad_input:nan_reward returned a non-finite score (nan)",
+        new_files=True,
+    ),
+    Case(
+        "reward function raises",
+        lambda t: [*PPO, "ppo.reward=tests.test_bad_input:raising_reward"],
+        "raised RuntimeError: judge service unavailable",
+        new_files=True,
+    ),
+    Case(
+        "reward function returns too few scores",
+        lambda t: [*PPO, "ppo.reward=tests.test_bad_input:short_reward"],
+        "returned 1 scores for 4 responses",
+        new_files=True,
+    ),
+    Case(
+        "reward is neither a folder nor module:function",
+        lambda t: [*PPO, "ppo.reward=no_such_module:f"],
+        "ppo.reward=no_such_module:f: cannot import",
+    ),
+    Case(
+        "PPO with an absurd learning rate",
+        lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "train.lr=1e30", "ppo.iterations=3"],
+        "rollout: the policy's next-token probabilities are not finite (its weights diverged); likely cause: "
+        "train.lr too high",
+        new_files=True,
+    ),
     # --- disk
-    Case("full disk while writing a checkpoint", lambda t: [*SFT, "train.save_every=1"],
-         "cannot write checkpoint step-1", patch=lambda mp: mp.setattr("rlhfkit.run.checkpoint.save_file", disk_full),
-         new_files=True),
-    Case("full disk while writing final/", lambda t: [*SFT, "train.max_steps=1"], "cannot write",
-         patch=lambda mp: mp.setattr("rlhfkit.trainers.final.atomic_dir", _failing_atomic_dir), new_files=True),
-    Case("full disk while appending to metrics.jsonl", lambda t: [*SFT], "metrics.jsonl: No space left on device",
-         patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False), new_files=True),
+    Case(
+        "full disk while writing a checkpoint",
+        lambda t: [*SFT, "train.save_every=1"],
+        "cannot write checkpoint step-1",
+        patch=lambda mp: mp.setattr("rlhfkit.run.checkpoint.save_file", disk_full),
+        new_files=True,
+    ),
+    Case(
+        "full disk while writing final/",
+        lambda t: [*SFT, "train.max_steps=1"],
+        "cannot write",
+        patch=lambda mp: mp.setattr("rlhfkit.trainers.final.atomic_dir", _failing_atomic_dir),
+        new_files=True,
+    ),
+    Case(
+        "full disk while appending to metrics.jsonl",
+        lambda t: [*SFT],
+        "metrics.jsonl: No space left on device",
+        patch=lambda mp: mp.setattr("rlhfkit.run.logger.open", _failing_open, raising=False),
+        new_files=True,
+    ),
     # --- config keys a stage never reads (its NO_EFFECT) and bounds declared on the fields
-    Case("PPO config sets a key PPO never reads", lambda t: ["ppo", "--config", f"{t}/cfg.yaml"],
-         "cfg.yaml: train.max_steps=100 has no effect in the ppo stage (its length is ppo.iterations)",
-         yaml_file("train:\n  lr: 1.0e-5\n  max_steps: 100\n")),
-    Case("sft.packing (not implemented)", lambda t: [*SFT, "sft.packing=true"],
-         "sft.packing=true has no effect in the sft stage (not implemented); remove it"),
-    Case("RM data key RM never reads", lambda t: [*RM, "data.builtin_noise=0.5"],
-         "data.builtin_noise=0.5 has no effect in the rm stage (it reads preference pairs"),
-    Case("pipeline stage override PPO never reads", lambda t: ["pipeline", "--config", str(TINY_PIPELINE),
-                                                               f"dir={t}/runs", "ppo.train.warmup_steps=0"],
-         "ppo.yaml: train.warmup_steps=0 has no effect in the ppo stage (it runs a constant learning rate)"),
-    Case("probability above 1", lambda t: [*SFT, "data.builtin_noise=1.5"],
-         "data.builtin_noise must be <= 1, got 1.5"),
+    Case(
+        "PPO config sets a key PPO never reads",
+        lambda t: ["ppo", "--config", f"{t}/cfg.yaml"],
+        "cfg.yaml: train.max_steps=100 has no effect in the ppo stage (its length is ppo.iterations)",
+        yaml_file("train:\n  lr: 1.0e-5\n  max_steps: 100\n"),
+    ),
+    Case(
+        "sft.packing (not implemented)",
+        lambda t: [*SFT, "sft.packing=true"],
+        "sft.packing=true has no effect in the sft stage (not implemented); remove it",
+    ),
+    Case(
+        "RM data key RM never reads",
+        lambda t: [*RM, "data.builtin_noise=0.5"],
+        "data.builtin_noise=0.5 has no effect in the rm stage (it reads preference pairs",
+    ),
+    Case(
+        "pipeline stage override PPO never reads",
+        lambda t: ["pipeline", "--config", str(TINY_PIPELINE), f"dir={t}/runs", "ppo.train.warmup_steps=0"],
+        "ppo.yaml: train.warmup_steps=0 has no effect in the ppo stage (it runs a constant learning rate)",
+    ),
+    Case(
+        "probability above 1",
+        lambda t: [*SFT, "data.builtin_noise=1.5"],
+        "data.builtin_noise must be <= 1, got 1.5",
+    ),
     # --- issue #15: PPO refuses LoRA dropout (its update pass would not score what the rollout sampled)
-    Case("LoRA dropout in PPO", lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "model.lora_dropout=0.1"],
-         "model.lora_dropout=0.1: PPO needs the rollout's and the update's forwards to agree"),
+    Case(
+        "LoRA dropout in PPO",
+        lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "model.lora_dropout=0.1"],
+        "model.lora_dropout=0.1: PPO needs the rollout's and the update's forwards to agree",
+    ),
     # --- moved run folders
-    Case("stage moved without the stage it was trained on",
-         lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],
-         "ppo/final/rlhfkit_base.json: base ../../sft/final: ", stage_moved_alone),
+    Case(
+        "stage moved without the stage it was trained on",
+        lambda t: ["generate", "--model", f"{t}/moved/ppo", "--prompt", "hi"],
+        "ppo/final/rlhfkit_base.json: base ../../sft/final: ",
+        stage_moved_alone,
+    ),
 ]
 
 
@@ -344,7 +598,9 @@ def fixtures(tiny_dir, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, fixtures, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    case: Case, fixtures, tmp_path, capsys, monkeypatch
+):
     if case.setup:
         case.setup(tmp_path, fixtures)
     before, shared_before = tree(tmp_path), tree(fixtures["prior"])

@@ -29,7 +29,15 @@ def run():
 
 def fake(side, stage, value, rss, shape="gpt2-small", **extra):
     metric = {"sft": "tokens/s", "rm": "pairs/s", "ppo": "s/iter"}[stage]
-    return {"side": side, "stage": stage, "shape": shape, "metric": metric, "value": value, "peak_rss_mb": rss, **extra}
+    return {
+        "side": side,
+        "stage": stage,
+        "shape": shape,
+        "metric": metric,
+        "value": value,
+        "peak_rss_mb": rss,
+        **extra,
+    }
 
 
 STATS = {"pair_tokens": 100.0, "prompt_tokens": 20.0}
@@ -44,9 +52,12 @@ def test_speedup_inverts_seconds_per_iteration(run):
 
 def test_rows_ratios_targets_and_best_of_repeats(run):
     measurements = [
-        fake("rlhfkit", "sft", 150.0, 2000.0), fake("rlhfkit", "sft", 210.0, 2100.0, cpu_value=240.0),
+        fake("rlhfkit", "sft", 150.0, 2000.0),
+        fake("rlhfkit", "sft", 210.0, 2100.0, cpu_value=240.0),
         fake("trl", "sft", 100.0, 3000.0, cpu_value=200.0),
-        fake("rlhfkit", "ppo", 4.0, 1000.0), fake("rlhfkit", "ppo", 5.0, 900.0), fake("trl", "ppo", 10.0, 2000.0),
+        fake("rlhfkit", "ppo", 4.0, 1000.0),
+        fake("rlhfkit", "ppo", 5.0, 900.0),
+        fake("trl", "ppo", 10.0, 2000.0),
     ]
     rows = {r["stage"]: r for r in run.build_rows(measurements, PEAK, STATS)}
     sft, ppo = rows["sft"], rows["ppo"]
@@ -59,7 +70,9 @@ def test_rows_ratios_targets_and_best_of_repeats(run):
     assert trunk == 12 * 12 * 768**2 and head == 768 * 50257
     # Per CPU second where measured (cpu_value), else per wall second.
     assert sft["mfu_rlhfkit"] == pytest.approx(240.0 * 4 * (trunk + head) / 100e9)
-    assert ppo["mfu_trl"] == pytest.approx(run.W.model_flops("ppo", "gpt2-small", 8 * (20.0 + 32)) / 10.0 / 100e9)
+    assert ppo["mfu_trl"] == pytest.approx(
+        run.W.model_flops("ppo", "gpt2-small", 8 * (20.0 + 32)) / 10.0 / 100e9
+    )
 
     table = run.format_table(list(rows.values()))
     lines = table.splitlines()
@@ -73,7 +86,8 @@ def test_rows_ratios_targets_and_best_of_repeats(run):
 
 def test_missed_target_and_missing_trl_are_shown(run):
     measurements = [
-        fake("rlhfkit", "rm", 1.2, 2500.0), fake("trl", "rm", 1.0, 3000.0),
+        fake("rlhfkit", "rm", 1.2, 2500.0),
+        fake("trl", "rm", 1.0, 3000.0),
         fake("rlhfkit", "sft", 300.0, 1000.0, shape="gpt2-tiny"),
         fake("rlhfkit", "ppo", 3.0, 1000.0, shape="gpt2-tiny"),
         fake("trl", "ppo", None, 300.0, shape="gpt2-tiny", error="no PPOTrainer in trl 1.16.0"),

@@ -47,7 +47,9 @@ def test_yaml_that_does_not_parse(tmp_path, capsys):
 def test_missing_columns_name_file_and_row(tmp_path, capsys, tiny_dir):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
-    code = main(["sft", f"run.dir={tmp_path}", f"data.source={data}", f"data.eval_source={data}", "run.report_to=[]"])
+    code = main(
+        ["sft", f"run.dir={tmp_path}", f"data.source={data}", f"data.eval_source={data}", "run.report_to=[]"]
+    )
     assert code == 2
     assert f"{data}: row 1: missing or non-string column 'output'" in capsys.readouterr().err
 
@@ -67,11 +69,40 @@ def test_tiny_model_command(tmp_path, capsys):
 
 
 def test_generate_and_eval_commands(tmp_path, capsys, tiny_dir):
-    assert main(["generate", "--model", "tiny", "--prompt", "Repeat the word cat 3 times.", "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                "tiny",
+                "--prompt",
+                "Repeat the word cat 3 times.",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert "Human: Repeat the word cat 3 times." in capsys.readouterr().out
     out = tmp_path / "eval.md"
-    assert main(["eval", "--model", "tiny", "--model", str(tiny_dir), "--n", "8", "--max-new-tokens", "4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny",
+                "--model",
+                str(tiny_dir),
+                "--n",
+                "8",
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = out.read_text()
     assert "| model | eval/loss" in table and "gold/score_greedy" in table
     rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
@@ -88,14 +119,44 @@ def test_overrides_may_follow_the_resume_and_overwrite_flags(tmp_path, capsys):
 
 def test_eval_sampled_comparison_with_reference_reward_and_best_of_n(tmp_path, capsys, tiny_dir):
     out = tmp_path / "eval.md"
-    assert main(["eval", "--model", "tiny", "--model", str(tiny_dir), "--reference", str(tiny_dir),
-                 "--reward", "rlhfkit.tasks:gold_scores", "--best-of-n", "1,2,4", "--n", "8", "--max-new-tokens", "8",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny",
+                "--model",
+                str(tiny_dir),
+                "--reference",
+                str(tiny_dir),
+                "--reward",
+                "rlhfkit.tasks:gold_scores",
+                "--best-of-n",
+                "1,2,4",
+                "--n",
+                "8",
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = out.read_text()
     assert "KL to SFT (nats)" in table and f"win rate tiny vs {tiny_dir}" in table
-    reference_row = next(line for line in table.splitlines() if line.startswith(f"| {tiny_dir} | ")
-                         and "KL" not in line and line.count("|") == 8)
+    reference_row = next(
+        line
+        for line in table.splitlines()
+        if line.startswith(f"| {tiny_dir} | ") and "KL" not in line and line.count("|") == 8
+    )
     assert "| 0.000 |" in reference_row  # KL of the reference to itself
-    assert [line.split("|")[1].strip() for line in table.splitlines() if re.match(r"\| [124] \|", line)] == ["1", "2", "4"]
-    assert main(["eval", "--model", "tiny", "--reference", "nope", "--reward", "rlhfkit.tasks:gold_scores"]) == 2
+    assert [line.split("|")[1].strip() for line in table.splitlines() if re.match(r"\| [124] \|", line)] == [
+        "1",
+        "2",
+        "4",
+    ]
+    assert (
+        main(["eval", "--model", "tiny", "--reference", "nope", "--reward", "rlhfkit.tasks:gold_scores"]) == 2
+    )
     assert "--reference nope must be one of the --model values" in capsys.readouterr().err

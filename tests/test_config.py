@@ -19,8 +19,15 @@ from rlhfkit.config import (
 from rlhfkit.errors import ConfigError
 
 REPO = Path(__file__).parents[1]
-YAML_CLASSES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "prefs": PrefsConfig,
-                "pipeline": PipelineConfig, "grpo": PPOConfig, "rloo": PPOConfig}
+YAML_CLASSES = {
+    "sft": SFTConfig,
+    "rm": RMConfig,
+    "ppo": PPOConfig,
+    "prefs": PrefsConfig,
+    "pipeline": PipelineConfig,
+    "grpo": PPOConfig,
+    "rloo": PPOConfig,
+}
 SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
 
 
@@ -32,7 +39,11 @@ def write(tmp_path, text):
 
 def test_defaults_file_and_overrides_layer(tmp_path):
     path = write(tmp_path, "train:\n  lr: 1.0e-3\n  max_steps: 5\nmodel:\n  lora: false\n")
-    cfg = load_config(SFTConfig, path, ["train.lr=2e-4", "run.report_to=tensorboard,wandb", "model.lora_target_modules=[c_attn]"])
+    cfg = load_config(
+        SFTConfig,
+        path,
+        ["train.lr=2e-4", "run.report_to=tensorboard,wandb", "model.lora_target_modules=[c_attn]"],
+    )
     assert cfg.train.lr == pytest.approx(2e-4)
     assert cfg.train.max_steps == 5
     assert cfg.model.lora is False
@@ -59,7 +70,9 @@ def test_unknown_key_names_closest(tmp_path):
 def test_wrong_types_and_literals():
     with pytest.raises(ConfigError, match=r"model.lora must be true or false, got 'yes please'"):
         load_config(SFTConfig, None, ["model.lora=yes please"])
-    with pytest.raises(ConfigError, match=r"data.truncation must be one of 'drop', 'error', 'truncate_prompt'"):
+    with pytest.raises(
+        ConfigError, match=r"data.truncation must be one of 'drop', 'error', 'truncate_prompt'"
+    ):
         load_config(SFTConfig, None, ["data.truncation=cut"])
     with pytest.raises(ConfigError, match=r"not key=value"):
         load_config(SFTConfig, None, ["train.lr"])
@@ -106,8 +119,10 @@ def test_pipeline_stage_override_with_no_effect_names_the_stage_file():
     path = REPO / "configs" / "tiny" / "pipeline.yaml"
     with pytest.raises(ConfigError) as e:
         plan_pipeline(load_config(PipelineConfig, path), path, {"ppo": ["train.max_steps=100"]})
-    assert str(e.value) == (f"{path.parent / 'ppo.yaml'}: train.max_steps=100 has no effect in the ppo stage "
-                            "(its length is ppo.iterations); remove it")
+    assert str(e.value) == (
+        f"{path.parent / 'ppo.yaml'}: train.max_steps=100 has no effect in the ppo stage "
+        "(its length is ppo.iterations); remove it"
+    )
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -127,26 +142,56 @@ def leaves(cfg) -> dict:
 # The lower bounds that config.py's MINIMUMS table held before bounds moved onto the fields
 # (issue #14): (config, key, bound, strict). Each must still be enforced.
 MINIMUMS_BEFORE = [
-    *[(SFTConfig, f"train.{k}", b, False) for k, b in [
-        ("lr", 0), ("weight_decay", 0), ("warmup_steps", 0), ("max_steps", 0), ("batch_size", 1),
-        ("grad_accum", 1), ("log_every", 1), ("eval_every", 1), ("save_every", 1), ("keep_last", 0),
-        ("threads", 1), ("max_nonfinite_steps", 1)]],
+    *[
+        (SFTConfig, f"train.{k}", b, False)
+        for k, b in [
+            ("lr", 0),
+            ("weight_decay", 0),
+            ("warmup_steps", 0),
+            ("max_steps", 0),
+            ("batch_size", 1),
+            ("grad_accum", 1),
+            ("log_every", 1),
+            ("eval_every", 1),
+            ("save_every", 1),
+            ("keep_last", 0),
+            ("threads", 1),
+            ("max_nonfinite_steps", 1),
+        ]
+    ],
     (SFTConfig, "train.max_grad_norm", 0, True),
-    *[(SFTConfig, f"data.{k}", b, False) for k, b in [
-        ("max_length", 1), ("eval_size", 0), ("builtin_size", 1), ("eval_fraction", 0),
-        ("max_train_rows", 1)]],
+    *[
+        (SFTConfig, f"data.{k}", b, False)
+        for k, b in [
+            ("max_length", 1),
+            ("eval_size", 0),
+            ("builtin_size", 1),
+            ("eval_fraction", 0),
+            ("max_train_rows", 1),
+        ]
+    ],
     (SFTConfig, "model.lora_r", 1, False),
-    (PPOConfig, "rollout.batch_size", 1, False), (PPOConfig, "rollout.max_new_tokens", 1, False),
+    (PPOConfig, "rollout.batch_size", 1, False),
+    (PPOConfig, "rollout.max_new_tokens", 1, False),
     (PPOConfig, "rollout.temperature", 0, True),
-    *[(PPOConfig, f"ppo.{k}", b, False) for k, b in [
-        ("iterations", 0), ("epochs", 1), ("minibatches", 1), ("eval_every", 1), ("health_window", 1)]],
+    *[
+        (PPOConfig, f"ppo.{k}", b, False)
+        for k, b in [
+            ("iterations", 0),
+            ("epochs", 1),
+            ("minibatches", 1),
+            ("eval_every", 1),
+            ("health_window", 1),
+        ]
+    ],
     *[(PrefsConfig, k, 1, False) for k in ("n_prompts", "batch_size", "max_new_tokens")],
     *[(PipelineConfig, f"eval.{k}", 1, False) for k in ("prompts", "samples_per_prompt", "batch_size")],
 ]
 
 
-@pytest.mark.parametrize("cls, key, bound, strict", MINIMUMS_BEFORE,
-                         ids=[f"{c.__name__}-{k}" for c, k, *_ in MINIMUMS_BEFORE])
+@pytest.mark.parametrize(
+    "cls, key, bound, strict", MINIMUMS_BEFORE, ids=[f"{c.__name__}-{k}" for c, k, *_ in MINIMUMS_BEFORE]
+)
 def test_bounds_of_before_issue_14_are_still_enforced(cls, key, bound, strict):
     below, op = (bound, ">") if strict else (bound - 1, ">=")
     with pytest.raises(ConfigError, match=rf"^defaults: {re.escape(key)} must be {op} {bound}, got "):
@@ -154,18 +199,21 @@ def test_bounds_of_before_issue_14_are_still_enforced(cls, key, bound, strict):
     load_config(cls, None, [f"{key}={bound + 1}"])
 
 
-@pytest.mark.parametrize("cls, override, message", [
-    (SFTConfig, "data.builtin_noise=1.5", "data.builtin_noise must be <= 1, got 1.5"),
-    (SFTConfig, "data.eval_fraction=2", "data.eval_fraction must be <= 1, got 2.0"),
-    (SFTConfig, "model.lora_dropout=-0.1", "model.lora_dropout must be >= 0, got -0.1"),
-    (RMConfig, "rm.norm_samples=1", "rm.norm_samples must be >= 2, got 1"),
-    (PPOConfig, "ppo.gamma=1.5", "ppo.gamma must be <= 1, got 1.5"),
-    (PPOConfig, "ppo.clip_range=0", "ppo.clip_range must be > 0, got 0.0"),
-    (PPOConfig, "ppo.target_kl=0", "ppo.target_kl must be > 0, got 0.0"),
-    (PPOConfig, "rollout.top_k=-1", "rollout.top_k must be >= 0, got -1"),
-    (PrefsConfig, "temperature=0", "temperature must be > 0, got 0.0"),
-    (PipelineConfig, "eval.best_of_n=[1,0]", "eval.best_of_n[1] must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "cls, override, message",
+    [
+        (SFTConfig, "data.builtin_noise=1.5", "data.builtin_noise must be <= 1, got 1.5"),
+        (SFTConfig, "data.eval_fraction=2", "data.eval_fraction must be <= 1, got 2.0"),
+        (SFTConfig, "model.lora_dropout=-0.1", "model.lora_dropout must be >= 0, got -0.1"),
+        (RMConfig, "rm.norm_samples=1", "rm.norm_samples must be >= 2, got 1"),
+        (PPOConfig, "ppo.gamma=1.5", "ppo.gamma must be <= 1, got 1.5"),
+        (PPOConfig, "ppo.clip_range=0", "ppo.clip_range must be > 0, got 0.0"),
+        (PPOConfig, "ppo.target_kl=0", "ppo.target_kl must be > 0, got 0.0"),
+        (PPOConfig, "rollout.top_k=-1", "rollout.top_k must be >= 0, got -1"),
+        (PrefsConfig, "temperature=0", "temperature must be > 0, got 0.0"),
+        (PipelineConfig, "eval.best_of_n=[1,0]", "eval.best_of_n[1] must be >= 1, got 0"),
+    ],
+)
 def test_bounds_added_with_issue_14(cls, override, message):
     with pytest.raises(ConfigError) as e:
         load_config(cls, None, [override])
@@ -224,8 +272,9 @@ def test_a_key_the_stage_never_reads_is_rejected_unless_it_is_the_default(cls, k
     with pytest.raises(ConfigError) as e:
         load_config(cls, None, [f"{key}={shown}"])
     reason = cls.NO_EFFECT[key]
-    assert str(e.value) == (f"defaults: {key}={shown} has no effect in the {cls.STAGE} stage ({reason}); "
-                            "remove it")
+    assert str(e.value) == (
+        f"defaults: {key}={shown} has no effect in the {cls.STAGE} stage ({reason}); remove it"
+    )
     # The default itself, written out (as in a run's resolved config.yaml), loads.
     section, name = key.rsplit(".", 1)
     path = tmp_path / "c.yaml"
@@ -235,8 +284,11 @@ def test_a_key_the_stage_never_reads_is_rejected_unless_it_is_the_default(cls, k
 
 def test_sft_packing_is_not_implemented():
     assert load_config(SFTConfig, None, ["sft.packing=false"]).sft.packing is False
-    with pytest.raises(ConfigError, match=r"^defaults: sft.packing=true has no effect in the sft stage "
-                                          r"\(not implemented\); remove it$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^defaults: sft.packing=true has no effect in the sft stage "
+        r"\(not implemented\); remove it$",
+    ):
         load_config(SFTConfig, None, ["sft.packing=true"])
 
 
@@ -244,8 +296,10 @@ def test_ppo_file_setting_train_max_steps_names_file_key_and_stage(tmp_path):
     path = write(tmp_path, "train:\n  lr: 1.0e-5\n  max_steps: 100\n")
     with pytest.raises(ConfigError) as e:
         load_config(PPOConfig, path)
-    assert str(e.value) == (f"{path}: train.max_steps=100 has no effect in the ppo stage (its length is "
-                            "ppo.iterations); remove it")
+    assert str(e.value) == (
+        f"{path}: train.max_steps=100 has no effect in the ppo stage (its length is "
+        "ppo.iterations); remove it"
+    )
 
 
 @pytest.mark.parametrize("cls", STAGE_CONFIGS.values(), ids=STAGE_CONFIGS)

@@ -20,8 +20,14 @@ from rlhfkit.run import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
-SCANNED = [("src", "*.py"), ("tests", "*.py"), ("docs", "*.md"), ("configs", "*.yaml"), (".", "README.md"),
-           (".", "DEVELOPERS.md")]
+SCANNED = [
+    ("src", "*.py"),
+    ("tests", "*.py"),
+    ("docs", "*.md"),
+    ("configs", "*.yaml"),
+    (".", "README.md"),
+    (".", "DEVELOPERS.md"),
+]
 
 NUMBER = r"\d+(?:\.\d+)*"
 SECTION_SIGN = re.compile(rf"§\s*({NUMBER})(?:\s+rules?\s+(\d+)(?:\s*[-–]\s*(\d+))?)?")
@@ -32,7 +38,7 @@ FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
 def _is_paper_reference(before: str) -> bool:
     """Text before a section sign, from the last open parenthesis on: a paper's name, not the design."""
-    tail = before[before.rfind("(") + 1:]
+    tail = before[before.rfind("(") + 1 :]
     return "et al" in tail and "design" not in tail.lower()
 
 
@@ -79,8 +85,10 @@ def test_every_design_citation_resolves_to_a_section_heading():
     cited = cited_sections()
     assert len(cited) >= 10, f"found only {len(cited)} design citations: the scanner is broken"
     dangling = [f"{where}: §{section}" for where, section in cited if section not in sections]
-    assert not dangling, ("citations of sections docs/design.md does not have (add the heading, or fix the "
-                          "citation):\n" + "\n".join(dangling))
+    assert not dangling, (
+        "citations of sections docs/design.md does not have (add the heading, or fix the "
+        "citation):\n" + "\n".join(dangling)
+    )
 
 
 def test_design_keeps_its_section_numbers():
@@ -98,18 +106,22 @@ def test_citation_and_heading_parsing():
     assert citations("# design.md section 5: a tiny RM could not learn addition") == ["5"]
     assert citations("coefficient (Ziegler et al. 2019, eq. 2 and §2.2).") == []
     assert citations("as Huang et al. 2024 advise (design §6.8)") == ["6.8"]
-    text = ("## 6. PPO\n### 6.1 Sample\n### §6.2 Score\n## Section 7: Scale\n"
-            "```\n# 9. not a heading\n```\n#10 no\n")
+    text = (
+        "## 6. PPO\n### 6.1 Sample\n### §6.2 Score\n## Section 7: Scale\n"
+        "```\n# 9. not a heading\n```\n#10 no\n"
+    )
     assert headings(text) == {"6", "6.1", "6.2", "7"}
 
 
 def test_src_cites_no_document_outside_the_repository():
-    """"The seed" (the notebook the project started from) is told once, in docs/design.md §8.1; the
+    """ "The seed" (the notebook the project started from) is told once, in docs/design.md §8.1; the
     code explains itself or cites that section instead of a document a reader cannot open."""
-    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
-             for path in sorted((ROOT / "src").rglob("*.py"))
-             for n, line in enumerate(path.read_text().splitlines(), 1)
-             if re.search(r"\bthe seed\b|\bseed's\b", line, re.I)]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bthe seed\b|\bseed's\b", line, re.I)
+    ]
     assert not found, "\n".join(found)
 
 
@@ -124,8 +136,10 @@ def test_metric_table_lists_every_constant():
     names = metric_constants()
     assert len(names) >= 40, f"found only {len(names)} metric constants: the scan is broken"
     missing = [f"{key} = {value!r}" for key, value in sorted(names.items()) if f"`{value}`" not in text]
-    assert not missing, ("metric names docs/design.md §2.2 does not list (add a row `| `CONSTANT` | `name` | "
-                         "written by | meaning |`):\n" + "\n".join(missing))
+    assert not missing, (
+        "metric names docs/design.md §2.2 does not list (add a row `| `CONSTANT` | `name` | "
+        "written by | meaning |`):\n" + "\n".join(missing)
+    )
 
 
 METRIC_ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|\s*`([^`]+)`\s*\|", re.MULTILINE)
@@ -137,6 +151,11 @@ def test_metric_table_rows_name_real_constants():
     names = metric_constants()
     rows = METRIC_ROW.findall(DESIGN.read_text(encoding="utf-8"))
     assert len(rows) >= 40, f"found only {len(rows)} metric rows: the table or the pattern changed"
-    wrong = [f"{key} -> `{value}` (run/metrics.py: {names.get(key, 'no such constant')!r})"
-             for key, value in rows if names.get(key) != value]
-    assert not wrong, "metric rows of docs/design.md that run/metrics.py does not define:\n" + "\n".join(wrong)
+    wrong = [
+        f"{key} -> `{value}` (run/metrics.py: {names.get(key, 'no such constant')!r})"
+        for key, value in rows
+        if names.get(key) != value
+    ]
+    assert not wrong, "metric rows of docs/design.md that run/metrics.py does not define:\n" + "\n".join(
+        wrong
+    )

@@ -63,7 +63,7 @@ def test_no_import_cycle():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -115,7 +115,9 @@ def test_functions_are_short():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
-METRIC_LITERAL = re.compile(r"""["'](?:ppo|rm|gold|eval|train|health|heldout|dpo|grpo|rloo|reinforce_pp|rl)/[a-z0-9_]+["']""")
+METRIC_LITERAL = re.compile(
+    r"""["'](?:ppo|rm|gold|eval|train|health|heldout|dpo|grpo|rloo|reinforce_pp|rl)/[a-z0-9_]+["']"""
+)
 
 
 def test_metric_names_only_through_constants():
@@ -136,7 +138,9 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home/[a-z]|root|tmp)/")
 def test_no_machine_specific_paths():
     """Defaults live inside the checkout (an ignored folder) or under $RLHFKIT_CACHE: a path of one
     machine breaks every other one. Result files of past benchmark runs record where they ran."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     found = []
     for name in files:
         if name.startswith("benchmarks/results/") or name == "tests/test_layout.py":
@@ -156,6 +160,14 @@ def test_train_ppo_reads_as_the_algorithm():
     loop = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train_ppo")
     assert loop.end_lineno - loop.lineno + 1 <= 60
     text = ast.get_source_segment((SRC / "trainers" / "ppo.py").read_text(), loop)
-    steps = ["# 1. rollout", "# 2. score", "# 3. KL-shaped", "# 4.", "# 5.", "# 6. diagnostics", "# 7. health"]
+    steps = [
+        "# 1. rollout",
+        "# 2. score",
+        "# 3. per-token rewards",
+        "# 4.",
+        "# 5.",
+        "# 6. diagnostics",
+        "# 7. health",
+    ]
     assert all(step in text for step in steps)
     assert [text.index(step) for step in steps] == sorted(text.index(step) for step in steps)

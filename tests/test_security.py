@@ -67,7 +67,11 @@ def unsafe_torch_load(tree):
         name = dotted(call.func)
         if name.endswith("torch.load") and not is_true(keyword(call, "weights_only")):
             yield call
-        if name.endswith("torch.save") or name in ("np.load", "numpy.load") and is_true(keyword(call, "allow_pickle")):
+        if (
+            name.endswith("torch.save")
+            or name in ("np.load", "numpy.load")
+            and is_true(keyword(call, "allow_pickle"))
+        ):
             yield call
 
 
@@ -77,12 +81,15 @@ def remote_code_on(tree):
             yield call
 
 
-def auto_class_without_explicit_remote_code_flag(tree):
+def auto_without_remote_code_flag(tree):
     # Every Auto*.from_pretrained says what it does about remote code (the user's flag or False).
     for call in calls(tree):
         name = dotted(call.func)
-        if name.endswith(".from_pretrained") and name.split(".")[-2].startswith("Auto") \
-                and keyword(call, "trust_remote_code") is None:
+        if (
+            name.endswith(".from_pretrained")
+            and name.split(".")[-2].startswith("Auto")
+            and keyword(call, "trust_remote_code") is None
+        ):
             yield call
 
 
@@ -109,7 +116,11 @@ def pickled_weight_saving(tree):
         if value is not None and not is_true(value):
             yield call
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(PICKLE_SUFFIXES):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.endswith(PICKLE_SUFFIXES)
+        ):
             yield node
 
 
@@ -125,7 +136,7 @@ RULES = {
     "pickle-family import": pickle_imports,
     "torch.load without weights_only=True / torch.save / np.load(allow_pickle=True)": unsafe_torch_load,
     "trust_remote_code=True literal": remote_code_on,
-    "Auto*.from_pretrained without an explicit trust_remote_code": auto_class_without_explicit_remote_code_flag,
+    "Auto*.from_pretrained without an explicit trust_remote_code": auto_without_remote_code_flag,
     "eval/exec/compile/__import__": string_evaluation,
     "yaml load without SafeLoader": unsafe_yaml,
     "pickled weights (safe_serialization off, .bin/.pt/.pkl names)": pickled_weight_saving,
@@ -154,7 +165,8 @@ def test_the_rules_catch_what_they_are_for():
         "Auto*.from_pretrained without an explicit trust_remote_code": "AutoTokenizer.from_pretrained(x)",
         "eval/exec/compile/__import__": "eval(text)",
         "yaml load without SafeLoader": "yaml.load(text, Loader=yaml.Loader)",
-        "pickled weights (safe_serialization off, .bin/.pt/.pkl names)": "m.save_pretrained(d, safe_serialization=False)",
+        "pickled weights (safe_serialization off, .bin/.pt/.pkl names)": "m.save_pretrained(d, "
+        "safe_serialization=False)",
     }
     for rule, code in examples.items():
         assert list(RULES[rule](ast.parse(code))), rule

@@ -16,7 +16,10 @@ def atomic_dir(out_dir: str | Path, replace: bool = True) -> Iterator[Path]:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Leftovers of an earlier write of this folder that was killed midway (one writer per folder).
-    for stale in [*out_dir.parent.glob(f".tmp-{out_dir.name}-*"), *out_dir.parent.glob(f".old-{out_dir.name}-*")]:
+    for stale in [
+        *out_dir.parent.glob(f".tmp-{out_dir.name}-*"),
+        *out_dir.parent.glob(f".old-{out_dir.name}-*"),
+    ]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
     try:

@@ -47,7 +47,9 @@ def generate_command(args) -> int:
     model, tokenizer = _load(args.model)
     prompts = args.prompt if args.raw else [render_prompt(p) for p in args.prompt]
     greedy = args.temperature <= 0
-    out = generate(model, tokenizer, prompts, args.max_new_tokens, greedy=greedy, temperature=args.temperature or 1.0)
+    out = generate(
+        model, tokenizer, prompts, args.max_new_tokens, greedy=greedy, temperature=args.temperature or 1.0
+    )
     for prompt, text, finished in zip(prompts, out.texts, out.finished):
         print(f"{prompt} {text}" + ("" if finished else "  [no EOS within --max-new-tokens]"))
         print("-" * 40)
@@ -61,13 +63,19 @@ def eval_command(args) -> int:
     table, completions = [], {}
     for name in args.model:
         model, tokenizer = _load(name)
-        metrics, samples = completion_metrics(model, tokenizer, prompts, references, args.max_new_tokens, gold=gold)
+        metrics, samples = completion_metrics(
+            model, tokenizer, prompts, references, args.max_new_tokens, gold=gold
+        )
         data = tokenize_sft(rows, tokenizer, args.data, "human_assistant", 512, "drop")
         metrics[M.EVAL_LOSS] = held_out_loss(model, data, tokenizer.pad_token_id)
         metrics[M.EVAL_PERPLEXITY] = math.exp(min(metrics[M.EVAL_LOSS], 50.0))
         table.append((name, metrics))
         completions[name] = [s["response"] for s in samples]
-    keys = [M.EVAL_LOSS, M.EVAL_PERPLEXITY, M.EVAL_BLEU] + ([M.GOLD_SCORE_GREEDY] if gold else []) + [M.EVAL_EOS_RATE, M.EVAL_RESPONSE_LEN]
+    keys = (
+        [M.EVAL_LOSS, M.EVAL_PERPLEXITY, M.EVAL_BLEU]
+        + ([M.GOLD_SCORE_GREEDY] if gold else [])
+        + [M.EVAL_EOS_RATE, M.EVAL_RESPONSE_LEN]
+    )
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += ["| " + name + " | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |" for name, m in table]
     lines += ["", f"Side by side ({args.data}, greedy, first {min(args.show, len(prompts))} prompts):", ""]
@@ -80,35 +88,60 @@ def eval_command(args) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-
         atomic_write_text(args.out, text + "\n")
     return 0
 
 
 def sampled_comparison(args) -> list[str]:
-    """The pipeline's evaluation for any models: --samples-per-prompt samples per prompt at --temperature, RM score,
+    """The pipeline's evaluation for any models: --samples-per-prompt samples per prompt at --temperature,
+    RM score,
     KL to --reference, win rates against it, best-of-n from it reranked by --reward."""
 
     if args.reference is not None and args.reference not in args.model:
-        raise RlhfkitError(f"--reference {args.reference} must be one of the --model values ({', '.join(args.model)})")
+        raise RlhfkitError(
+            f"--reference {args.reference} must be one of the --model values ({', '.join(args.model)})"
+        )
     try:
         ns = [int(n) for n in args.best_of_n.split(",") if n.strip()]
     except ValueError:
-        raise RlhfkitError(f"--best-of-n {args.best_of_n!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+        raise RlhfkitError(
+            f"--best-of-n {args.best_of_n!r}: expected comma-separated integers, e.g. 1,2,4,8"
+        ) from None
     if args.samples_per_prompt < 1:
         raise RlhfkitError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")
-    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, best_of_n=ns,
-                            seed=args.seed, samples_per_prompt=args.samples_per_prompt)
+    settings = EvalSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        best_of_n=ns,
+        seed=args.seed,
+        samples_per_prompt=args.samples_per_prompt,
+    )
     models = {name: name for name in args.model}
-    result = evaluate_policies(models, args.reference, args.data, args.n, "human_assistant", settings,
-                               reward=args.reward, normalize_reward=True)
-    lines = [f"Sampled at T = {args.temperature}, {args.samples_per_prompt} sample(s) per prompt:", "",
-             *headline_table(result, {}, first_column="model")]
+    result = evaluate_policies(
+        models,
+        args.reference,
+        args.data,
+        args.n,
+        "human_assistant",
+        settings,
+        reward=args.reward,
+        normalize_reward=True,
+    )
+    lines = [
+        f"Sampled at T = {args.temperature}, {args.samples_per_prompt} sample(s) per prompt:",
+        "",
+        *headline_table(result, {}, first_column="model"),
+    ]
     for pair, rates in result.win_rates.items():
         lines.append(f"- win rate {pair}: " + ", ".join(f"{k} {fmt(v)}" for k, v in rates.items()))
     lines += [gain_line(pair, gain, result.n_prompts) for pair, gain in result.gold_gains.items()]
     if result.best_of_n:
-        lines += ["", f"Best-of-n from {args.reference}, reranked by {args.reward}:", "", *best_of_n_table(result.best_of_n)]
+        lines += [
+            "",
+            f"Best-of-n from {args.reference}, reranked by {args.reward}:",
+            "",
+            *best_of_n_table(result.best_of_n),
+        ]
     return lines
 
 
@@ -132,8 +165,10 @@ def stage_command(args) -> int:
     cfg = load_config(config_class, args.config, args.overrides, presets=METHOD_PRESETS.get(method))
     if method is not None and METHOD_OF_ADVANTAGE[cfg.ppo.advantage] != method:
         other = {v: k for k, v in ONLINE_METHODS.items()}[METHOD_OF_ADVANTAGE[cfg.ppo.advantage]]
-        raise ConfigError(f"ppo.advantage={cfg.ppo.advantage} is a {other} setting, not {args.command}: "
-                          f"run `rlhfkit {other}` (the method names the run's stage folder)")
+        raise ConfigError(
+            f"ppo.advantage={cfg.ppo.advantage} is a {other} setting, not {args.command}: "
+            f"run `rlhfkit {other}` (the method names the run's stage folder)"
+        )
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"rlhfkit {args.command}: done; {what} in {result.final}")
     return 0
@@ -158,8 +193,14 @@ def tiny_model_command(args) -> int:
     return 0
 
 
-COMMANDS = {**dict.fromkeys(STAGES, stage_command), "pipeline": pipeline_command, "data": prefs_command,
-            "generate": generate_command, "eval": eval_command, "tiny-model": tiny_model_command}
+COMMANDS = {
+    **dict.fromkeys(STAGES, stage_command),
+    "pipeline": pipeline_command,
+    "data": prefs_command,
+    "generate": generate_command,
+    "eval": eval_command,
+    "tiny-model": tiny_model_command,
+}
 
 
 def quiet_libraries() -> None:

@@ -110,7 +110,8 @@ class DataConfig:
     builtin_noise: float = fraction(0.0)
     """Fraction of deliberately imperfect demonstrations in `builtin:` data."""
     template: Literal["human_assistant", "chat"] = "human_assistant"
-    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the original gpt2 + Alpaca notebook's format, design §8.1). `chat`: the tokenizer's chat template
+    """`human_assistant`: "Human: ...\\n\\nAssistant: ..." (the original gpt2 + Alpaca notebook's format,
+    design §8.1). `chat`: the tokenizer's chat template
     (conversational rows need it). SFT, RM and PPO must agree: the pipeline wires the sft stage's."""
     max_length: int = at_least(256, 1)
     """Tokens per example, prompt plus completion."""
@@ -191,7 +192,8 @@ class RMSection:
     format: Literal["auto", "generic", "rm-static", "hh-rlhf", "conversational"] = "auto"
     """Preference file layout; `auto` detects it from the columns (message lists: `conversational`)."""
     single_turn: bool = False
-    """Keep only prompts with exactly one Human turn (how the original notebook filtered Dahoas/rm-static to match its single-turn SFT data, design §8.1)."""
+    """Keep only prompts with exactly one Human turn (how the original notebook filtered Dahoas/rm-static
+    to match its single-turn SFT data, design §8.1)."""
     margin: float = 0.0
     """Required reward gap in the Bradley-Terry loss: -log sigmoid(r_c - r_r - margin)."""
     center_coef: float = at_least(0.0, 0)
@@ -211,9 +213,11 @@ class RMConfig:
     STAGE: ClassVar[str] = "rm"
     NO_EFFECT: ClassVar[dict[str, str]] = {
         **MODEL_NO_EFFECT,
-        **dict.fromkeys(("data.builtin_size", "data.builtin_noise"),
-                        "it reads preference pairs, which builtin: tasks do not have; make them with "
-                        "`rlhfkit data prefs`"),
+        **dict.fromkeys(
+            ("data.builtin_size", "data.builtin_noise"),
+            "it reads preference pairs, which builtin: tasks do not have; make them with "
+            "`rlhfkit data prefs`",
+        ),
     }
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -262,9 +266,11 @@ class RolloutSection:
     """Sampling temperature; every scoring pass divides logits by the same T (design §6.1)."""
     top_k: int = at_least(0, 0)
     """0 = no warping. Any other value samples from a distribution the log-probs do not describe,
-    so it is refused unless `allow_mismatched_sampling` (which exists only so tests can reproduce the negative KL of sampling with a warp and scoring without it, design §6.7)."""
+    so it is refused unless `allow_mismatched_sampling` (which exists only so tests can reproduce the
+    negative KL of sampling with a warp and scoring without it, design §6.7)."""
     repetition_penalty: float = at_least(1.0, 0, strict=True)
-    """1 = none. Like top_k, a warp the log-probs do not describe (the original notebook sampled with 1.2 and scored without it, so its KL went negative): refused
+    """1 = none. Like top_k, a warp the log-probs do not describe (the original notebook sampled with 1.2
+    and scored without it, so its KL went negative): refused
     unless `allow_mismatched_sampling`."""
     allow_mismatched_sampling: bool = False
     group_size: int = at_least(1, 1)
@@ -275,18 +281,29 @@ class RolloutSection:
 
 # Online RL methods sharing the one loop (trainers/ppo.py), named by their advantage estimator: the
 # method names the stage folder (runs/<name>/<method>/) and the prefix of its metrics (grpo/kl_k1).
-METHOD_OF_ADVANTAGE = {"gae": "ppo", "grpo": "grpo", "dr_grpo": "grpo", "rloo": "rloo",
-                       "reinforce_pp": "reinforce_pp"}
+METHOD_OF_ADVANTAGE = {
+    "gae": "ppo",
+    "grpo": "grpo",
+    "dr_grpo": "grpo",
+    "rloo": "rloo",
+    "reinforce_pp": "reinforce_pp",
+}
 # Estimators that baseline a row against the other rows of its prompt's group.
 GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo")
-# `rlhfkit grpo|rloo|reinforce-pp` (method reinforce_pp): the PPO stage with these defaults, under the YAML file and the
+# `rlhfkit grpo|rloo|reinforce-pp` (method reinforce_pp): the PPO stage with these defaults, under the YAML
+# file and the
 # overrides (design §10). GRPO (Shao et al. 2024): G samples, KL in the loss (corrected k3), rows
 # averaged per sequence; RLOO (Ahmadian et al. 2024): G >= 2, KL in the reward; REINFORCE++ (Hu 2025):
 # one sample per prompt, KL in the reward, whitened over the global batch (whiten_advantages=None).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "ppo": {},
-    "grpo": {"ppo.advantage": "grpo", "rollout.group_size": 4, "ppo.kl_in": "loss",
-             "ppo.kl_loss_estimator": "k3", "ppo.loss_aggregation": "seq-mean-token-mean"},
+    "grpo": {
+        "ppo.advantage": "grpo",
+        "rollout.group_size": 4,
+        "ppo.kl_in": "loss",
+        "ppo.kl_loss_estimator": "k3",
+        "ppo.loss_aggregation": "seq-mean-token-mean",
+    },
     "rloo": {"ppo.advantage": "rloo", "rollout.group_size": 4, "ppo.kl_in": "reward"},
     "reinforce_pp": {"ppo.advantage": "reinforce_pp", "ppo.kl_in": "reward"},
 }
@@ -387,15 +404,19 @@ class PPOConfig:
         "train.grad_accum": "each minibatch is one optimizer step",
         "train.log_every": "it logs every iteration",
         "train.eval_every": "its eval interval is ppo.eval_every",
-        **dict.fromkeys(("data.eval_fraction", "data.eval_size"),
-                        "its held-out prompts are a builtin: task's test split, ppo.eval_prompts of them"),
+        **dict.fromkeys(
+            ("data.eval_fraction", "data.eval_size"),
+            "its held-out prompts are a builtin: task's test split, ppo.eval_prompts of them",
+        ),
     }
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The SFT policy (e.g. runs/<name>/sft). With LoRA the reference is this model with the adapter off."""
     data: DataConfig = field(default_factory=DataConfig)
     """Prompts: rows in Alpaca or prompt/completion schema (completions unused)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, max_steps=0, save_every=20, log_every=1))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=1e-4, max_steps=0, save_every=20, log_every=1)
+    )
     run: RunConfig = field(default_factory=RunConfig)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     ppo: PPOSection = field(default_factory=PPOSection)
@@ -439,8 +460,12 @@ class PipelineConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | tuple = (),
-                presets: dict[str, Any] | None = None) -> Any:
+def load_config(
+    cls: type,
+    path: str | Path | None = None,
+    overrides: list[str] | tuple = (),
+    presets: dict[str, Any] | None = None,
+) -> Any:
     """Defaults <- `presets` (a command's own defaults, dotted keys) <- YAML file <- `key=value`
     overrides, type-checked into an instance of `cls`, then checked against the stage's NO_EFFECT
     keys and the bounds declared on the fields."""
@@ -471,8 +496,9 @@ def _check_no_effect(cfg: Any, where: str) -> None:
         value = _get_dotted(cfg, key)
         if value != _get_dotted(default, key):
             shown = json.dumps(value) if isinstance(value, bool) or value is None else value
-            raise ConfigError(f"{where}: {key}={shown} has no effect in the {cfg.STAGE} stage ({reason}); "
-                              "remove it")
+            raise ConfigError(
+                f"{where}: {key}={shown} has no effect in the {cfg.STAGE} stage ({reason}); remove it"
+            )
 
 
 def _check_bounds(cfg: Any, where: str, prefix: str = "") -> None:
@@ -522,7 +548,9 @@ def _read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train: ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (model:, data:, train: ...), got {type(data).__name__}"
+        )
     return data
 
 
@@ -608,7 +636,6 @@ def _suggest(prefix: str, key: str, cls: type, root: type) -> str:
     return f"; valid keys here: {', '.join(local)}"
 
 
-
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
@@ -658,4 +685,3 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: {key}: unsupported config type {hint}")  # pragma: no cover
-

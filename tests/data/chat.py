@@ -12,8 +12,10 @@ import pytest
 from rlhfkit.models import load_tokenizer
 
 # ChatML-like, on the tiny model's byte-level vocabulary; `bos_token` first, as Llama-3 and Gemma do.
-TINY_CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+TINY_CHAT = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def tiny_chat_tokenizer(tiny_dir: Path, template: str = TINY_CHAT, add_bos: bool = True):

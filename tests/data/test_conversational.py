@@ -62,8 +62,10 @@ def test_sft_learns_the_final_assistant_turn_only(tokenizer, fixture):
 
 def test_conversational_rows_need_the_chat_template(tiny_dir, tokenizer):
     rows = read("messages.jsonl")
-    seed_format = (r"^m.jsonl: row 0: conversational rows \(role/content messages\) are rendered with the "
-                   r"model's chat template: set data.template=chat \(got human_assistant\)$")
+    seed_format = (
+        r"^m.jsonl: row 0: conversational rows \(role/content messages\) are rendered with the "
+        r"model's chat template: set data.template=chat \(got human_assistant\)$"
+    )
     with pytest.raises(DataError, match=seed_format):
         tokenize_sft(rows, tokenizer, "m.jsonl", "human_assistant", 256, "drop")
     no_template = r"^m.jsonl: row 0: data.template=chat \(or conversational rows\) needs a chat template"
@@ -72,21 +74,28 @@ def test_conversational_rows_need_the_chat_template(tiny_dir, tokenizer):
 
 
 ULTRAFEEDBACK_ROW_2 = {
-    "prompt": [{"role": "user", "content": "Repeat the word cat 2 times."},
-               {"role": "assistant", "content": "cat cat"}, {"role": "user", "content": "Now 3 times."}],
+    "prompt": [
+        {"role": "user", "content": "Repeat the word cat 2 times."},
+        {"role": "assistant", "content": "cat cat"},
+        {"role": "user", "content": "Now 3 times."},
+    ],
     "chosen": "cat cat cat",
     "rejected": "cat",
 }
 TRL_ROW_1 = {
-    "prompt": [{"role": "system", "content": "You answer in one short line."},
-               {"role": "user", "content": "What is 2 plus 3?"}],
+    "prompt": [
+        {"role": "system", "content": "You answer in one short line."},
+        {"role": "user", "content": "What is 2 plus 3?"},
+    ],
     "chosen": "5",
     "rejected": "6",
 }
 
 
-@pytest.mark.parametrize("fixture, row, expected", [("prefs_ultrafeedback.jsonl", 2, ULTRAFEEDBACK_ROW_2),
-                                                    ("prefs_conversational.jsonl", 1, TRL_ROW_1)])
+@pytest.mark.parametrize(
+    "fixture, row, expected",
+    [("prefs_ultrafeedback.jsonl", 2, ULTRAFEEDBACK_ROW_2), ("prefs_conversational.jsonl", 1, TRL_ROW_1)],
+)
 def test_conversational_pairs_are_rendered_with_the_chat_template(tokenizer, fixture, row, expected):
     data = load_preference_pairs(str(FIXTURES / fixture))
     assert len(data) == data.total == 3 and data.rows == [0, 1, 2]
@@ -109,9 +118,11 @@ def test_conversational_pairs_are_rendered_with_the_chat_template(tokenizer, fix
 def test_seed_format_pairs_are_split_into_turns_for_the_chat_template(tokenizer):
     data = load_preference_pairs(str(FIXTURES / "hh_rlhf.jsonl"))
     tokens = tokenize_pairs(data.pairs, tokenizer, "hh_rlhf.jsonl", 512, "error", data.rows, template="chat")
-    goldfish = [{"role": "user", "content": "What's a good name for a goldfish?"},
-                {"role": "assistant", "content": "How about Bubbles?"},
-                {"role": "user", "content": "Something more unusual."}]
+    goldfish = [
+        {"role": "user", "content": "What's a good name for a goldfish?"},
+        {"role": "assistant", "content": "How about Bubbles?"},
+        {"role": "user", "content": "Something more unusual."},
+    ]
     n = len(template_ids(tokenizer, goldfish))
     assert tokens.chosen_ids[2][:n] == template_ids(tokenizer, goldfish)
     assert tokenizer.decode(tokens.chosen_ids[2][n:]) == "You could call it Captain Fin or Marmalade."
@@ -121,18 +132,27 @@ msg = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hell
 not_a_list = r"column 'messages' must be a non-empty list of \{role, content\} messages, got"
 
 
-@pytest.mark.parametrize("messages, error", [
-    ([], not_a_list + " an empty list"),
-    ("hi", not_a_list + " str"),
-    ([{"content": "hi"}, msg[1]], r"'messages' message 0 has no 'role'"),
-    ([{"role": "bot", "content": "hi"}, msg[1]], r"'messages' message 0 has unknown role 'bot' \(expected"),
-    ([msg[0], {"role": "assistant", "content": ["hi"]}], r"'messages' message 1: 'content' must be a string, "
-                                                          r"got list"),
-    ([msg[0], {"role": "assistant"}], r"'messages' message 1: 'content' must be a string, got nothing"),
-    ([msg[0]], r"'messages' must end with an assistant turn, but its last message is 'user'"),
-    ([msg[1]], r"'messages' has no turn before the final assistant turn"),
-    ([msg[0], {"role": "assistant", "content": " "}], r"empty final assistant turn in 'messages'"),
-])
+@pytest.mark.parametrize(
+    "messages, error",
+    [
+        ([], not_a_list + " an empty list"),
+        ("hi", not_a_list + " str"),
+        ([{"content": "hi"}, msg[1]], r"'messages' message 0 has no 'role'"),
+        (
+            [{"role": "bot", "content": "hi"}, msg[1]],
+            r"'messages' message 0 has unknown role 'bot' \(expected",
+        ),
+        (
+            [msg[0], {"role": "assistant", "content": ["hi"]}],
+            r"'messages' message 1: 'content' must be a string, "
+            r"got list",
+        ),
+        ([msg[0], {"role": "assistant"}], r"'messages' message 1: 'content' must be a string, got nothing"),
+        ([msg[0]], r"'messages' must end with an assistant turn, but its last message is 'user'"),
+        ([msg[1]], r"'messages' has no turn before the final assistant turn"),
+        ([msg[0], {"role": "assistant", "content": " "}], r"empty final assistant turn in 'messages'"),
+    ],
+)
 def test_malformed_sft_messages_are_one_line_errors_naming_the_row(tokenizer, messages, error):
     rows = [{"messages": msg}, {"messages": messages}]
     with pytest.raises(DataError, match=rf"^m.jsonl: row 1: {error}") as info:
@@ -143,18 +163,33 @@ def test_malformed_sft_messages_are_one_line_errors_naming_the_row(tokenizer, me
 reply, other = [{"role": "assistant", "content": "x"}], [{"role": "assistant", "content": "y"}]
 
 
-@pytest.mark.parametrize("row, error", [
-    ({"prompt": msg[:1], "chosen": reply, "rejected": [msg[0]]}, r"'rejected' must end with an assistant"),
-    ({"prompt": msg[:1], "chosen": reply, "rejected": []}, r"column 'rejected' must be a non-empty list"),
-    ({"prompt": [{"role": "human", "content": "hi"}], "chosen": reply, "rejected": reply},
-     r"'prompt' message 0 has unknown role 'human'"),
-    ({"chosen": [msg[0], *reply], "rejected": [{"role": "user", "content": "other"}, *reply]},
-     r"'chosen' and 'rejected' conversations differ before the final assistant turn"),
-    ({"chosen": reply, "rejected": other}, r"no turn before the final assistant turn"),
-    ({"prompt": msg[:1], "chosen": reply, "rejected": "y"}, r"column 'rejected' must be a non-empty .* str"),
-    ({"prompt": msg[:1], "chosen": reply, "rejected": [{"role": "assistant", "content": " "}]},
-     r"empty 'rejected' response"),
-])
+@pytest.mark.parametrize(
+    "row, error",
+    [
+        (
+            {"prompt": msg[:1], "chosen": reply, "rejected": [msg[0]]},
+            r"'rejected' must end with an assistant",
+        ),
+        ({"prompt": msg[:1], "chosen": reply, "rejected": []}, r"column 'rejected' must be a non-empty list"),
+        (
+            {"prompt": [{"role": "human", "content": "hi"}], "chosen": reply, "rejected": reply},
+            r"'prompt' message 0 has unknown role 'human'",
+        ),
+        (
+            {"chosen": [msg[0], *reply], "rejected": [{"role": "user", "content": "other"}, *reply]},
+            r"'chosen' and 'rejected' conversations differ before the final assistant turn",
+        ),
+        ({"chosen": reply, "rejected": other}, r"no turn before the final assistant turn"),
+        (
+            {"prompt": msg[:1], "chosen": reply, "rejected": "y"},
+            r"column 'rejected' must be a non-empty .* str",
+        ),
+        (
+            {"prompt": msg[:1], "chosen": reply, "rejected": [{"role": "assistant", "content": " "}]},
+            r"empty 'rejected' response",
+        ),
+    ],
+)
 def test_malformed_conversational_pairs_are_one_line_errors_naming_the_row(tmp_path, row, error):
     good = {"prompt": msg[:1], "chosen": reply, "rejected": other}
     with pytest.raises(DataError, match=rf"^.*p.jsonl: row 1: {error}") as info:
@@ -176,13 +211,26 @@ def test_ppo_prompts_from_conversational_rows_stop_where_the_reply_starts(tokeni
 def test_chat_preference_pairs_are_conversational_rows_the_rm_reads_back(tmp_path, tiny_dir, tokenizer):
     model = tiny_chat_model(tiny_dir, tmp_path / "chat-model")
     out = tmp_path / "prefs.jsonl"
-    cfg = load_config(PrefsConfig, None, [f"model={model}", "template=chat", "n_prompts=24", f"out={out}",
-                                          "max_new_tokens=8", "batch_size=24", "drop_gold_ties=false"])
+    cfg = load_config(
+        PrefsConfig,
+        None,
+        [
+            f"model={model}",
+            "template=chat",
+            "n_prompts=24",
+            f"out={out}",
+            "max_new_tokens=8",
+            "batch_size=24",
+            "drop_gold_ties=false",
+        ],
+    )
     summary = make_preferences(cfg)
     rows = read(out)  # an absolute path: FIXTURES / out is out
     assert summary["pairs"] == len(rows) > 0
-    builtin = {user_turn(r["instruction"], r["input"])[0]["content"]: r
-               for r in task_rows("default", "train", n=24, seed=0)}
+    builtin = {
+        user_turn(r["instruction"], r["input"])[0]["content"]: r
+        for r in task_rows("default", "train", n=24, seed=0)
+    }
     for row in rows:
         assert len(row["prompt"]) == 1 and row["prompt"][0]["role"] == "user"
         assert row["prompt"][0]["content"] in builtin

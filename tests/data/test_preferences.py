@@ -37,7 +37,9 @@ def test_rm_static_single_turn_filter_counts():
     assert first["chosen"].startswith("Trim the stems") and first["rejected"] == "Put it in the freezer."
     assert "response" not in first  # rm-static's response column duplicates chosen
     multi = every.pairs[2]["prompt"]
-    assert multi.startswith("Human: How do I get my toddler") and multi.endswith("About three times a night.\n\nAssistant:")
+    assert multi.startswith("Human: How do I get my toddler") and multi.endswith(
+        "About three times a night.\n\nAssistant:"
+    )
     assert multi.count("\n\nHuman:") == 2 and multi.count("\n\nAssistant:") == 3
 
 
@@ -80,7 +82,11 @@ def test_identical_pairs_are_dropped_and_counted(tmp_path):
         {"prompt": "b", "chosen": "x", "rejected": "y"},
     ]
     data = load_preference_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
-    assert data.dropped_identical == 1 and data.rows == [1] and data.pairs[0]["prompt"] == "Human: b\n\nAssistant:"
+    assert (
+        data.dropped_identical == 1
+        and data.rows == [1]
+        and data.pairs[0]["prompt"] == "Human: b\n\nAssistant:"
+    )
 
 
 single = "\n\nHuman: hi"
@@ -90,18 +96,54 @@ both = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?"
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"prompt": "a", "chosen": "x"}], r"p.jsonl: row 0: missing column 'rejected' for the generic format \(expected prompt"),
-        ([{"question": "a", "answer": "b"}], r"p.jsonl: row 0: missing columns; expected prompt, chosen, rejected .* found answer, question"),
-        ([{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "x"}], r"p.jsonl: row 1: missing column 'rejected'"),
-        ([{"prompt": "a", "chosen": 3, "rejected": "y"}], r"p.jsonl: row 0: column 'chosen' must be a string, got int"),
-        ([{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "x", "rejected": "  "}], r"p.jsonl: row 1: empty 'rejected' response"),
-        ([{"prompt": "a", "chosen": "x", "rejected": "y", "chosen_score": float("nan")}], r"p.jsonl: row 0: column 'chosen_score' must be a finite number, got nan"),
-        ([{"prompt": "a", "chosen": "x", "rejected": "y", "rejected_score": float("inf")}], r"p.jsonl: row 0: column 'rejected_score' must be a finite number, got inf"),
+        (
+            [{"prompt": "a", "chosen": "x"}],
+            r"p.jsonl: row 0: missing column 'rejected' for the generic format \(expected prompt",
+        ),
+        (
+            [{"question": "a", "answer": "b"}],
+            r"p.jsonl: row 0: missing columns; expected prompt, chosen, rejected .* found answer, question",
+        ),
+        (
+            [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "x"}],
+            r"p.jsonl: row 1: missing column 'rejected'",
+        ),
+        (
+            [{"prompt": "a", "chosen": 3, "rejected": "y"}],
+            r"p.jsonl: row 0: column 'chosen' must be a string, got int",
+        ),
+        (
+            [
+                {"prompt": "a", "chosen": "x", "rejected": "y"},
+                {"prompt": "a", "chosen": "x", "rejected": "  "},
+            ],
+            r"p.jsonl: row 1: empty 'rejected' response",
+        ),
+        (
+            [{"prompt": "a", "chosen": "x", "rejected": "y", "chosen_score": float("nan")}],
+            r"p.jsonl: row 0: column 'chosen_score' must be a finite number, got nan",
+        ),
+        (
+            [{"prompt": "a", "chosen": "x", "rejected": "y", "rejected_score": float("inf")}],
+            r"p.jsonl: row 0: column 'rejected_score' must be a finite number, got inf",
+        ),
         ([{"prompt": "  ", "chosen": "x", "rejected": "y"}], r"p.jsonl: row 0: empty 'prompt'"),
-        ([{"prompt": "Human: a\n\nAssistant: b", "chosen": "x", "rejected": "y"}], r"p.jsonl: row 0: 'prompt' mentions 'Assistant:' but does not end"),
-        ([{"chosen": hh(single, "x"), "rejected": hh(both, "y")}], r"p.jsonl: row 0: 'chosen' and 'rejected' transcripts differ"),
-        ([{"chosen": hh(single, "x"), "rejected": hh(single, "")}], r"p.jsonl: row 0: empty 'rejected' response"),
-        ([{"chosen": "\n\nHuman: no reply", "rejected": hh(single, "y")}], r"p.jsonl: row 0: 'chosen' transcript has no '\\n\\nAssistant:' turn"),
+        (
+            [{"prompt": "Human: a\n\nAssistant: b", "chosen": "x", "rejected": "y"}],
+            r"p.jsonl: row 0: 'prompt' mentions 'Assistant:' but does not end",
+        ),
+        (
+            [{"chosen": hh(single, "x"), "rejected": hh(both, "y")}],
+            r"p.jsonl: row 0: 'chosen' and 'rejected' transcripts differ",
+        ),
+        (
+            [{"chosen": hh(single, "x"), "rejected": hh(single, "")}],
+            r"p.jsonl: row 0: empty 'rejected' response",
+        ),
+        (
+            [{"chosen": "\n\nHuman: no reply", "rejected": hh(single, "y")}],
+            r"p.jsonl: row 0: 'chosen' transcript has no '\\n\\nAssistant:' turn",
+        ),
         ([{"chosen": hh(single, "x")}], r"p.jsonl: row 0: missing column 'rejected' for the hh-rlhf format"),
     ],
 )
@@ -126,7 +168,11 @@ def test_empty_after_filtering_says_why(tmp_path):
         {"chosen": hh(single, "same"), "rejected": hh(single, "same")},
     ]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
-    with pytest.raises(DataError, match=r"p.jsonl: dataset is empty after filtering \(1 of 2 rows single-turn, 1 with chosen == rejected\)"):
+    with pytest.raises(
+        DataError,
+        match=r"p.jsonl: dataset is empty after filtering "
+        r"\(1 of 2 rows single-turn, 1 with chosen == rejected\)",
+    ):
         load_preference_pairs(path, single_turn=True)
     with pytest.raises(DataError, match=r"empty after filtering \(1 rows, 1 with chosen == rejected\)"):
         load_preference_pairs(write_jsonl(tmp_path / "q.jsonl", rows[1:]))
@@ -148,7 +194,11 @@ def test_sequences_are_prompt_then_response_without_eos(tokenizer):
 
 def test_truncation_policy_never_drops_silently(tokenizer):
     pairs = [
-        {"prompt": "Human: " + "word " * 200 + "\n\nAssistant:", "chosen": "ok", "rejected": "a much longer answer"},
+        {
+            "prompt": "Human: " + "word " * 200 + "\n\nAssistant:",
+            "chosen": "ok",
+            "rejected": "a much longer answer",
+        },
         {"prompt": "Human: hi\n\nAssistant:", "chosen": "ok", "rejected": "no"},
         {"prompt": "Human: hi\n\nAssistant:", "chosen": "ok", "rejected": "word " * 100},
     ]
@@ -159,7 +209,7 @@ def test_truncation_policy_never_drops_silently(tokenizer):
     assert cut.rows == [4, 5] and cut.truncated_prompts == 1 and cut.dropped_too_long == 1
     assert max(len(cut.chosen_ids[0]), len(cut.rejected_ids[0])) == 32
     answer = tokenizer(" a much longer answer", add_special_tokens=False)["input_ids"]
-    assert cut.rejected_ids[0][-len(answer):] == answer
+    assert cut.rejected_ids[0][-len(answer) :] == answer
     prompt_len = len(cut.rejected_ids[0]) - len(answer)
     assert cut.chosen_ids[0][:prompt_len] == cut.rejected_ids[0][:prompt_len]
     with pytest.raises(DataError, match=r"f.jsonl: row 7: \d+ tokens > data.max_length=32"):

@@ -16,7 +16,10 @@ def tokenizer(tiny_dir):
 
 
 def test_alpaca_schema_renders_in_the_seed_format():
-    assert render_prompt("Add the two numbers.", "2 and 3") == "Human: Add the two numbers.\n\n2 and 3\n\nAssistant:"
+    assert (
+        render_prompt("Add the two numbers.", "2 and 3")
+        == "Human: Add the two numbers.\n\n2 and 3\n\nAssistant:"
+    )
     assert render_prompt("Name a painter.") == "Human: Name a painter.\n\nAssistant:"
 
 
@@ -70,9 +73,13 @@ def test_collate_pads_right_with_masked_labels(tokenizer):
 
 def test_chat_template_is_used_when_asked(tokenizer):
     tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
-    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    )
     tokenizer.pad_token = tokenizer.eos_token
-    data = tokenize_sft([{"instruction": "Name 2 colors.", "output": "red, blue"}], tokenizer, "f", "chat", 64, "drop")
+    data = tokenize_sft(
+        [{"instruction": "Name 2 colors.", "output": "red, blue"}], tokenizer, "f", "chat", 64, "drop"
+    )
     prompt_len = sum(1 for x in data.labels[0] if x == IGNORE)
     assert tokenizer.decode(data.input_ids[0][:prompt_len]) == "<user>Name 2 colors.\n<assistant>"
     assert tokenizer.decode(data.labels[0][prompt_len:-1]) == "red, blue"

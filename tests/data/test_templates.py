@@ -19,8 +19,10 @@ def template_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
 
 
-@pytest.mark.parametrize("instruction, input_, output", [("Name 2 colors.", "", "red, blue"),
-                                                         ("Add the two numbers.", "2 and 3", "5")])
+@pytest.mark.parametrize(
+    "instruction, input_, output",
+    [("Name 2 colors.", "", "red, blue"), ("Add the two numbers.", "2 and 3", "5")],
+)
 def test_default_template_keeps_the_ids_every_stage_built_before(tokenizer, instruction, input_, output):
     example = render(tokenizer, "human_assistant", user_turn(instruction, input_), output, eos=True)
     prompt = render_prompt(instruction, input_)
@@ -39,8 +41,11 @@ def test_default_template_keeps_the_ids_every_stage_built_before(tokenizer, inst
 def test_seed_transcripts_split_into_turns_and_render_back():
     prompt = "Human: Hi there.\n\nAssistant: Hello!\n\nHuman: Name 2 colors.\n\nAssistant:"
     messages = turns(prompt, "f.jsonl: row 0")
-    assert messages == [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello!"},
-                        {"role": "user", "content": "Name 2 colors."}]
+    assert messages == [
+        {"role": "user", "content": "Hi there."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name 2 colors."},
+    ]
     assert transcript(messages) == prompt
     error = r"^f.jsonl: row 3: prompt is not a 'Human: \.\.\.\\n\\nAssistant:' transcript"
     for bad in ("Context.\n\nHuman: hi\n\nAssistant:", "Human: hi", "Human: hi\n\nAssistant: half a reply"):
@@ -72,8 +77,10 @@ def test_a_template_without_bos_keeps_the_one_the_tokenizer_adds(tiny_dir):
 
 
 def test_chat_template_missing_is_one_line_naming_the_row(tokenizer):
-    error = (r"^d.jsonl: row 2: data.template=chat \(or conversational rows\) needs a chat template, and the "
-             r"tokenizer of .* has none; use data.template=human_assistant$")
+    error = (
+        r"^d.jsonl: row 2: data.template=chat \(or conversational rows\) needs a chat template, and the "
+        r"tokenizer of .* has none; use data.template=human_assistant$"
+    )
     with pytest.raises(DataError, match=error):
         render(tokenizer, "chat", user_turn("hi"), "ok", where="d.jsonl: row 2")
 
@@ -85,8 +92,11 @@ def test_smollm2_chat_examples_are_its_own_template_with_one_bos():
     bos = tokenizer.bos_token_id
     assert tokenizer.bos_token == "<|im_start|>" and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer("hi")["input_ids"] == tokenizer("hi", add_special_tokens=False)["input_ids"]
-    messages = [*user_turn("Repeat the word cat 2 times."), {"role": "assistant", "content": "cat cat"},
-                *user_turn("Name 2 colors.")]
+    messages = [
+        *user_turn("Repeat the word cat 2 times."),
+        {"role": "assistant", "content": "cat cat"},
+        *user_turn("Name 2 colors."),
+    ]
     example = render(tokenizer, "chat", messages, "red, blue", eos=True)
     assert example.ids[0] == bos and example.ids[1] != bos
     assert example.prompt_ids == template_ids(tokenizer, messages)

@@ -13,8 +13,9 @@ from rlhfkit.run import metrics as M
 VOCAB, MAX_TOKENS = 16, 24
 
 
-def sampled_responses(n: int, generator: torch.Generator, scale: float = 0.0, sharpen: float = 1.0,
-                      top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sampled_responses(
+    n: int, generator: torch.Generator, scale: float = 0.0, sharpen: float = 1.0, top_k: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sequence k1 (n,), sequence exact KL (n,)) of n sampled responses of 4-24 tokens.
 
     Each token comes from its own state: reference logits ~ N(0, 2^2) over 16 tokens, policy logits =
@@ -38,23 +39,34 @@ def sampled_responses(n: int, generator: torch.Generator, scale: float = 0.0, sh
     return k1, masked_sum(kl_exact(policy, ref), mask, dim=-1)
 
 
-def kl_records(k1: torch.Tensor, exact: torch.Tensor, iterations: int, batch: int, exact_rows: int,
-               generator: torch.Generator, with_z: bool = False) -> list[dict]:
+def kl_records(
+    k1: torch.Tensor,
+    exact: torch.Tensor,
+    iterations: int,
+    batch: int,
+    exact_rows: int,
+    generator: torch.Generator,
+    with_z: bool = False,
+) -> list[dict]:
     """Per-iteration KL metrics of batches of `batch` responses drawn from a pool of (k1, exact KL), the
     first `exact_rows` of each with an exact KL, computed as the trainer computes them."""
     index = torch.randint(k1.shape[0], (iterations, batch), generator=generator)
     records = []
     for rows in index:
-        record = {M.PPO_KL_K1: k1[rows].mean().item(), M.PPO_KL_EXACT: exact[rows[:exact_rows]].mean().item(),
-                  **kl_check_stats(k1[rows], k1[rows[:exact_rows]], exact[rows[:exact_rows]])}
+        record = {
+            M.PPO_KL_K1: k1[rows].mean().item(),
+            M.PPO_KL_EXACT: exact[rows[:exact_rows]].mean().item(),
+            **kl_check_stats(k1[rows], k1[rows[:exact_rows]], exact[rows[:exact_rows]]),
+        }
         if with_z and exact_rows >= 2:  # the per-iteration t statistic the rules no longer read
             record[M.PPO_KL_K1_Z] = k1_exact_z(k1[rows[:exact_rows]], exact[rows[:exact_rows]]).item()
         records.append(record)
     return records
 
 
-def learning_nothing(generator: torch.Generator, pools: list[tuple[torch.Tensor, torch.Tensor]],
-                     eval_every: int = 10) -> list[dict]:
+def learning_nothing(
+    generator: torch.Generator, pools: list[tuple[torch.Tensor, torch.Tensor]], eval_every: int = 10
+) -> list[dict]:
     """One run whose policy drifts without learning: every metric keeps its starting distribution.
 
     KL: batches of 16-64 responses from one of `pools` (kl_pools), 4, 8 or all rows
@@ -62,6 +74,7 @@ def learning_nothing(generator: torch.Generator, pools: list[tuple[torch.Tensor,
     eval): a prompt keeps its previous sample with probability `keep` (the policy barely moved), else
     draws a new one; gold and RM scores share a prompt effect and correlated sample noise (the RM
     partly tracks gold). EOS rate, entropy and value loss: batch means of steady per-row values."""
+
     def draw(*shape):
         return torch.randn(*shape, generator=generator, dtype=torch.float64)
 

@@ -23,7 +23,9 @@ def _draws(prompts: int, size: int, vocabulary: int, seed: int) -> tuple[list[li
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_estimate_equals_the_brute_force_over_every_n_tuple(seed, n):
     rewards, texts = _draws(prompts=3, size=5, vocabulary=4 + seed, seed=seed)
-    assert best_of_n_kl(torch.tensor(rewards), n) == pytest.approx(best_of_n_kl_reference(rewards, texts, n), abs=1e-12)
+    assert best_of_n_kl(torch.tensor(rewards), n) == pytest.approx(
+        best_of_n_kl_reference(rewards, texts, n), abs=1e-12
+    )
 
 
 def test_estimate_is_zero_for_n_1_and_near_the_bound_for_distinct_draws():

@@ -11,9 +11,18 @@ from rlhfkit.evaluate.health import HeldOutEvals, health_warnings, kl_check_stat
 from rlhfkit.run import metrics as M
 from tests.evaluate.simulated_runs import kl_records, sampled_responses
 
-HEALTHY = {M.PPO_KL_K1: 0.5, M.PPO_KL_K1_STDERR: 0.05, M.PPO_KL_EXACT_ROWS: 8, M.PPO_KL_K1_EXACT_DIFF: 0.01,
-           M.PPO_KL_K1_EXACT_DIFF_VAR: 0.5, M.PPO_RATIO_FIRST: 1.0, M.PPO_LOGRATIO_FIRST: 0.0,
-           M.PPO_VF_LOSS: 0.1, M.PPO_EOS_RATE: 0.95, M.PPO_ENTROPY: 1.0}
+HEALTHY = {
+    M.PPO_KL_K1: 0.5,
+    M.PPO_KL_K1_STDERR: 0.05,
+    M.PPO_KL_EXACT_ROWS: 8,
+    M.PPO_KL_K1_EXACT_DIFF: 0.01,
+    M.PPO_KL_K1_EXACT_DIFF_VAR: 0.5,
+    M.PPO_RATIO_FIRST: 1.0,
+    M.PPO_LOGRATIO_FIRST: 0.0,
+    M.PPO_VF_LOSS: 0.1,
+    M.PPO_EOS_RATE: 0.95,
+    M.PPO_ENTROPY: 1.0,
+}
 
 
 def kinds(history, window=3):
@@ -98,30 +107,60 @@ def over_optimisation_history() -> list[dict]:
     """The tiny recipe with ppo.kl_coef=0, recorded style: held-out gold peaks at 0.337 (iteration 50,
     KL 3.6) and falls to 0.228 (iteration 90, KL 11.4) while the RM's reward keeps climbing (1.155 ->
     1.263). Evals every 10 iterations on 64 prompts, paired standard errors 0.02-0.04 for gold."""
-    kl_points = [(1, 0.0), (10, 0.3), (20, 0.9), (30, 1.7), (40, 2.6), (50, 3.6), (60, 5.0), (70, 6.9),
-                 (80, 9.0), (90, 11.4)]
+    kl_points = [
+        (1, 0.0),
+        (10, 0.3),
+        (20, 0.9),
+        (30, 1.7),
+        (40, 2.6),
+        (50, 3.6),
+        (60, 5.0),
+        (70, 6.9),
+        (80, 9.0),
+        (90, 11.4),
+    ]
     # iteration: (gold, RM reward, gold gain s.e., RM gain s.e., gold drop-from-best s.e.)
-    evals = {1: (0.205, 0.020, None, None, None), 10: (0.248, 0.380, 0.030, 0.110, 0.0),
-             20: (0.281, 0.660, 0.033, 0.125, 0.0), 30: (0.312, 0.880, 0.035, 0.135, 0.0),
-             40: (0.329, 1.040, 0.036, 0.140, 0.0), 50: (0.337, 1.155, 0.037, 0.142, 0.0),
-             60: (0.318, 1.192, 0.037, 0.144, 0.021), 70: (0.291, 1.221, 0.038, 0.146, 0.027),
-             80: (0.259, 1.244, 0.038, 0.148, 0.031), 90: (0.228, 1.263, 0.039, 0.150, 0.034)}
+    evals = {
+        1: (0.205, 0.020, None, None, None),
+        10: (0.248, 0.380, 0.030, 0.110, 0.0),
+        20: (0.281, 0.660, 0.033, 0.125, 0.0),
+        30: (0.312, 0.880, 0.035, 0.135, 0.0),
+        40: (0.329, 1.040, 0.036, 0.140, 0.0),
+        50: (0.337, 1.155, 0.037, 0.142, 0.0),
+        60: (0.318, 1.192, 0.037, 0.144, 0.021),
+        70: (0.291, 1.221, 0.038, 0.146, 0.027),
+        80: (0.259, 1.244, 0.038, 0.148, 0.031),
+        90: (0.228, 1.263, 0.039, 0.150, 0.034),
+    }
     history = []
     for done in range(1, 91):
         (a, kl_a), (b, kl_b) = next((p, q) for p, q in zip(kl_points, kl_points[1:]) if p[0] <= done <= q[0])
         kl = kl_a + (kl_b - kl_a) * (done - a) / (b - a)
         variance = 2 * kl + 0.01  # of a response's k1 (and of d = k1 - exact), 64 rows, all with an exact KL
-        record = {M.PPO_KL_K1: kl, M.PPO_KL_K1_STDERR: math.sqrt(variance / 64), M.PPO_KL_EXACT_ROWS: 64,
-                  M.PPO_KL_K1_EXACT_DIFF: (-1) ** done * 0.5 * math.sqrt(variance / 64),
-                  M.PPO_KL_K1_EXACT_DIFF_VAR: variance, M.PPO_RATIO_FIRST: 1.0, M.PPO_LOGRATIO_FIRST: 0.0,
-                  M.PPO_VF_LOSS: 0.2 + 0.003 * done, M.PPO_EOS_RATE: 0.93, M.PPO_ENTROPY: 2.0 - 0.008 * done,
-                  M.PPO_REWARD_RM: 0.02 + 1.25 * min(done, 50) / 50 + 0.11 * max(done - 50, 0) / 40}
+        record = {
+            M.PPO_KL_K1: kl,
+            M.PPO_KL_K1_STDERR: math.sqrt(variance / 64),
+            M.PPO_KL_EXACT_ROWS: 64,
+            M.PPO_KL_K1_EXACT_DIFF: (-1) ** done * 0.5 * math.sqrt(variance / 64),
+            M.PPO_KL_K1_EXACT_DIFF_VAR: variance,
+            M.PPO_RATIO_FIRST: 1.0,
+            M.PPO_LOGRATIO_FIRST: 0.0,
+            M.PPO_VF_LOSS: 0.2 + 0.003 * done,
+            M.PPO_EOS_RATE: 0.93,
+            M.PPO_ENTROPY: 2.0 - 0.008 * done,
+            M.PPO_REWARD_RM: 0.02 + 1.25 * min(done, 50) / 50 + 0.11 * max(done - 50, 0) / 40,
+        }
         if done in evals:
             gold, reward, gold_se, reward_se, drop_se = evals[done]
             record.update({M.GOLD_SCORE: gold, M.HELDOUT_REWARD_RM: reward})
             if gold_se is not None:
-                record.update({M.GOLD_GAIN_STDERR: gold_se, M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
-                               M.GOLD_DROP_STDERR: drop_se})
+                record.update(
+                    {
+                        M.GOLD_GAIN_STDERR: gold_se,
+                        M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
+                        M.GOLD_DROP_STDERR: drop_se,
+                    }
+                )
         history.append(record)
     return history
 
@@ -136,9 +175,22 @@ def test_reward_hacking_fires_on_recorded_over_optimisation_without_a_kl_penalty
 
 def test_reward_hacking_flat_gold_needs_two_evals_in_a_row_and_learning_together_is_quiet():
     def evals(golds, rewards, gold_se=0.03, reward_se=0.1):
-        return [{M.GOLD_SCORE: g, M.HELDOUT_REWARD_RM: r,
-                 **({M.GOLD_GAIN_STDERR: gold_se, M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
-                     M.GOLD_DROP_STDERR: 0.02} if i else {})} for i, (g, r) in enumerate(zip(golds, rewards))]
+        return [
+            {
+                M.GOLD_SCORE: g,
+                M.HELDOUT_REWARD_RM: r,
+                **(
+                    {
+                        M.GOLD_GAIN_STDERR: gold_se,
+                        M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
+                        M.GOLD_DROP_STDERR: 0.02,
+                    }
+                    if i
+                    else {}
+                ),
+            }
+            for i, (g, r) in enumerate(zip(golds, rewards))
+        ]
 
     flat = evals([0.50, 0.51, 0.49, 0.505], [0.0, 0.5, 0.9, 1.2])
     assert first_warnings(flat, window=5) == {"reward-hacking": 3}
@@ -151,8 +203,10 @@ def test_reward_hacking_flat_gold_needs_two_evals_in_a_row_and_learning_together
 def test_held_out_evals_pair_each_eval_with_the_first_and_the_best():
     tracker = HeldOutEvals()
     first_gold, first_reward = [0.1, 0.4, 0.3, 0.2], [0.0, 1.0, 0.5, -0.5]
-    assert tracker.stats(first_gold, first_reward) == {M.GOLD_SCORE: pytest.approx(0.25),
-                                                       M.HELDOUT_REWARD_RM: pytest.approx(0.25)}
+    assert tracker.stats(first_gold, first_reward) == {
+        M.GOLD_SCORE: pytest.approx(0.25),
+        M.HELDOUT_REWARD_RM: pytest.approx(0.25),
+    }
     best, reward = [0.5, 0.6, 0.3, 0.4], [0.5, 1.5, 0.5, 0.0]
     stats = tracker.stats(best, reward)
     assert stats[M.GOLD_GAIN_STDERR] == pytest.approx(paired_gain(best, first_gold, 1)[1])

@@ -9,8 +9,15 @@ from rlhfkit.evaluate.health import health_warnings
 from tests.evaluate.simulated_runs import kl_pools, learning_nothing
 
 RUNS = 1000
-RULES = ("negative-kl", "kl-estimator-bias", "ratio-first", "value-loss", "eos-collapse", "entropy-collapse",
-         "reward-hacking")
+RULES = (
+    "negative-kl",
+    "kl-estimator-bias",
+    "ratio-first",
+    "value-loss",
+    "eos-collapse",
+    "entropy-collapse",
+    "reward-hacking",
+)
 
 
 def false_alarm_rates(runs: int, seed: int = 0) -> dict[str, float]:

@@ -22,10 +22,16 @@ def test_pair_correlation_ignores_per_prompt_offsets_that_sink_the_pooled_one():
 
 def test_pair_correlation_does_not_depend_on_which_response_is_called_chosen():
     generator = torch.Generator().manual_seed(0)
-    rm_differences, gold_differences = torch.randn(50, generator=generator), torch.randn(50, generator=generator)
+    rm_differences, gold_differences = (
+        torch.randn(50, generator=generator),
+        torch.randn(50, generator=generator),
+    )
     flip = torch.where(torch.rand(50, generator=generator) < 0.5, -1.0, 1.0)
-    assert math.isclose(pair_correlation(rm_differences, gold_differences),
-                        pair_correlation(flip * rm_differences, flip * gold_differences), rel_tol=1e-9)
+    assert math.isclose(
+        pair_correlation(rm_differences, gold_differences),
+        pair_correlation(flip * rm_differences, flip * gold_differences),
+        rel_tol=1e-9,
+    )
     # An RM that ranks every pair backwards scores -1.
     assert math.isclose(pair_correlation(-gold_differences, gold_differences), -1.0, rel_tol=1e-9)
 
@@ -47,8 +53,9 @@ def ece_of(p_chosen: torch.Tensor) -> tuple[float, list[dict]]:
     rewards = torch.zeros(2 * n)
     # Pair i: chosen is token 2i with reward logit(p), rejected is token 2i + 1 with reward 0.
     rewards[0::2] = torch.logit(p_chosen.double()).float()
-    pairs = TokenizedPairs(chosen_ids=[[2 * i] for i in range(n)],
-                           rejected_ids=[[2 * i + 1] for i in range(n)])
+    pairs = TokenizedPairs(
+        chosen_ids=[[2 * i] for i in range(n)], rejected_ids=[[2 * i + 1] for i in range(n)]
+    )
     rows = [{} for _ in range(n)]
     metrics, table = rm_metrics(LookupRM(rewards), pairs, rows, pad_token_id=0, batch_size=4096)
     return metrics[M.RM_ECE], table

@@ -15,7 +15,9 @@ from rlhfkit.models.tiny import TinyShape, build_tiny_model
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
 
 
 def test_tiny_model_is_deterministic_given_seed(tmp_path, tiny_dir):
@@ -66,8 +68,16 @@ def test_default_lora_targets_per_architecture():
 def test_lora_on_a_tiny_llama(tmp_path, tiny_dir):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(tmp_path / "llama")
     load_tokenizer(str(tiny_dir)).save_pretrained(tmp_path / "llama")
     model, _ = load_causal_lm(ModelConfig(name=str(tmp_path / "llama"), lora_r=2))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -120,8 +130,10 @@ def test_base_reference_survives_a_move(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     final = tmp_path / "runs" / "x" / "ppo" / "final"
     shutil.copytree(tiny_dir, tmp_path / "runs" / "x" / "sft" / "final")
-    assert base_reference("runs/x/sft", 0, final) == (str(tmp_path / "runs" / "x" / "sft" / "final"),
-                                                      {"base": "../../sft/final"})
+    assert base_reference("runs/x/sft", 0, final) == (
+        str(tmp_path / "runs" / "x" / "sft" / "final"),
+        {"base": "../../sft/final"},
+    )
     outside = str(tiny_dir.resolve())
     assert base_reference(str(tiny_dir), 0, final) == (outside, {"base": outside})
     assert base_reference("tiny", 0, final) == (str(tiny_dir.resolve()), {"base": "tiny", "tiny_seed": 0})
@@ -141,8 +153,10 @@ def test_adapter_base_resolves_from_the_record_relative_to_the_adapter(tmp_path,
     monkeypatch.chdir(tmp_path / "cwd")  # relative to the adapter folder, not to the working directory
     assert load_causal_lm(ModelConfig(name=str(run / "ppo"), lora=False))[0].config.model_type == "gpt2"
     shutil.rmtree(run / "sft")
-    missing = (r"ppo/final/rlhfkit_base.json: base \.\./\.\./sft/final: .*moved/sft/final: "
-               r"model path does not exist; .*move or copy the whole run folder")
+    missing = (
+        r"ppo/final/rlhfkit_base.json: base \.\./\.\./sft/final: .*moved/sft/final: "
+        r"model path does not exist; .*move or copy the whole run folder"
+    )
     with pytest.raises(ModelError, match=missing):
         load_causal_lm(ModelConfig(name=str(run / "ppo"), lora=False))
     # An adapter without the record (peft's own, or an older rlhfkit's): peft's field, as peft reads it.

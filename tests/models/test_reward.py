@@ -24,13 +24,30 @@ def tiny_rm(kind: str):
 
     torch.manual_seed(0)
     if kind == "gpt2":
-        config = GPT2Config(vocab_size=32, n_embd=16, n_layer=2, n_head=2, num_labels=1, pad_token_id=PAD,
-                            bos_token_id=EOS, eos_token_id=EOS)
+        config = GPT2Config(
+            vocab_size=32,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=PAD,
+            bos_token_id=EOS,
+            eos_token_id=EOS,
+        )
         model = GPT2ForSequenceClassification(config)
     else:
-        config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=PAD,
-                             bos_token_id=EOS, eos_token_id=EOS)
+        config = LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            num_labels=1,
+            pad_token_id=PAD,
+            bos_token_id=EOS,
+            eos_token_id=EOS,
+        )
         model = LlamaForSequenceClassification(config)
     return model.eval()
 
@@ -39,8 +56,9 @@ def padded(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tenso
     width = max(len(r) for r in rows)
     filler = [[PAD] * (width - len(r)) for r in rows]
     ids = [f + r if left else r + f for r, f in zip(rows, filler)]
-    mask = [[0] * len(f) + [1] * len(r) if left else [1] * len(r) + [0] * len(f)
-            for r, f in zip(rows, filler)]
+    mask = [
+        [0] * len(f) + [1] * len(r) if left else [1] * len(r) + [0] * len(f) for r, f in zip(rows, filler)
+    ]
     return torch.tensor(ids), torch.tensor(mask)
 
 

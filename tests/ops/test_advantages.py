@@ -56,8 +56,12 @@ def _first_valid(x, mask):
 
 
 SIZES = [(1, 1, 1), (2, 5, 2), (4, 3, 4), (6, 7, 3), (8, 13, 2), (12, 9, 4)]  # (B, T, G)
-CASES = [(name, *size) for name in sorted(ADVANTAGE_ESTIMATORS) for size in SIZES
-         if not (name == "rloo" and size[2] < 2)]  # rloo needs G >= 2 (test_bad_arguments)
+CASES = [
+    (name, *size)
+    for name in sorted(ADVANTAGE_ESTIMATORS)
+    for size in SIZES
+    if not (name == "rloo" and size[2] < 2)
+]  # rloo needs G >= 2 (test_bad_arguments)
 
 
 @pytest.mark.parametrize("name, B, T, G", CASES)
@@ -127,8 +131,10 @@ def test_gae_advantages_is_gae():
     g = torch.Generator().manual_seed(82)
     rewards, values = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     mask = right_padded_mask((4, 6), g)
-    for a, b in zip(gae_advantages(rewards, values, mask, group_size=2, gamma=0.99, lam=0.9),
-                    gae(rewards, values, mask, gamma=0.99, lam=0.9)):
+    for a, b in zip(
+        gae_advantages(rewards, values, mask, group_size=2, gamma=0.99, lam=0.9),
+        gae(rewards, values, mask, gamma=0.99, lam=0.9),
+    ):
         assert torch.equal(a, b)
 
 
@@ -146,8 +152,10 @@ def _group_inputs(seed, B=12, T=7):
 @pytest.mark.parametrize("G", [2, 3, 4, 6])
 def test_group_advantages_sum_to_zero_and_rloo_is_rescaled_dr_grpo(G):
     rewards, mask = _group_inputs(83 + G)
-    rows = {name: _first_valid(ADVANTAGE_ESTIMATORS[name](rewards, None, mask, group_size=G)[0], mask)
-            for name in GROUP_ESTIMATORS}
+    rows = {
+        name: _first_valid(ADVANTAGE_ESTIMATORS[name](rewards, None, mask, group_size=G)[0], mask)
+        for name in GROUP_ESTIMATORS
+    }
     for name in GROUP_ESTIMATORS:
         close(rows[name].view(-1, G).sum(dim=1), torch.zeros(12 // G), 1e-12, 0)
     close(rows["rloo"], G / (G - 1) * rows["dr_grpo"], 1e-12, 1e-12)
@@ -167,10 +175,18 @@ def test_group_advantages_ignore_a_per_group_offset_and_grpo_a_scale():
     offset[torch.arange(12), last] = per_group.repeat_interleave(4)  # the same offset for a group's 4 rows
     for name in GROUP_ESTIMATORS:
         fn = ADVANTAGE_ESTIMATORS[name]
-        close(fn(rewards + offset, None, mask, group_size=4)[0], fn(rewards, None, mask, group_size=4)[0],
-              1e-12, 1e-12)
-    close(grpo_advantages(7.0 * rewards, None, mask, group_size=4, eps=1e-12)[0],
-          grpo_advantages(rewards, None, mask, group_size=4, eps=1e-12)[0], 1e-9, 1e-9)
+        close(
+            fn(rewards + offset, None, mask, group_size=4)[0],
+            fn(rewards, None, mask, group_size=4)[0],
+            1e-12,
+            1e-12,
+        )
+    close(
+        grpo_advantages(7.0 * rewards, None, mask, group_size=4, eps=1e-12)[0],
+        grpo_advantages(rewards, None, mask, group_size=4, eps=1e-12)[0],
+        1e-9,
+        1e-9,
+    )
 
 
 def test_groups_are_prompt_major_and_independent():

@@ -191,8 +191,12 @@ def test_k1_exact_z_matches_its_reference_and_handles_equal_rows():
     from rlhfkit.ops import k1_exact_z
     from rlhfkit.ops.kl import k1_exact_z_reference
 
-    assert k1_exact_z(k1_rows, exact_rows).item() == pytest.approx(k1_exact_z_reference(k1_rows, exact_rows), rel=1e-9)
-    assert k1_exact_z(torch.zeros(8), torch.zeros(8)).item() == 0.0  # policy == reference: no evidence either way
+    assert k1_exact_z(k1_rows, exact_rows).item() == pytest.approx(
+        k1_exact_z_reference(k1_rows, exact_rows), rel=1e-9
+    )
+    assert (
+        k1_exact_z(torch.zeros(8), torch.zeros(8)).item() == 0.0
+    )  # policy == reference: no evidence either way
     with pytest.raises(ValueError, match="B >= 2"):
         k1_exact_z(torch.zeros(1), torch.zeros(1))
 
@@ -203,8 +207,9 @@ def _sequence_k1_and_exact(policy_logits, reference_logits, rows, steps, generat
     sampling_logits = policy_logits.clone()
     if top_k:
         sampling_logits[sampling_logits < sampling_logits.topk(top_k).values[-1]] = -float("inf")
-    tokens = torch.multinomial(torch.softmax(sampling_logits, -1), rows * steps, replacement=True,
-                               generator=generator).view(rows, steps)
+    tokens = torch.multinomial(
+        torch.softmax(sampling_logits, -1), rows * steps, replacement=True, generator=generator
+    ).view(rows, steps)
     logprobs, ref_logprobs = torch.log_softmax(policy_logits, -1), torch.log_softmax(reference_logits, -1)
     k1_rows = (logprobs[tokens] - ref_logprobs[tokens]).sum(-1)
     exact_rows = kl_exact(policy_logits[None], reference_logits[None])[0].expand(rows) * steps
@@ -217,8 +222,10 @@ def test_k1_exact_z_is_standard_normal_for_honest_sampling_and_catches_a_warp_th
     generator = torch.Generator().manual_seed(0)
     reference_logits = torch.linspace(3.0, -3.0, 30)
     policy_logits = reference_logits * 1.5  # sharper than the reference
-    honest = [k1_exact_z(*_sequence_k1_and_exact(policy_logits, reference_logits, 64, 8, generator)).item()
-              for _ in range(200)]
+    honest = [
+        k1_exact_z(*_sequence_k1_and_exact(policy_logits, reference_logits, 64, 8, generator)).item()
+        for _ in range(200)
+    ]
     mean = sum(honest) / len(honest)
     spread = math.sqrt(sum((z - mean) ** 2 for z in honest) / (len(honest) - 1))
     assert abs(mean) < 0.3 and 0.7 < spread < 1.3

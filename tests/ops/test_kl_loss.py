@@ -75,8 +75,10 @@ def test_kl_loss_term_dispatches_masks_and_rejects_bad_input():
     mask = right_padded_mask((3, 7), g)
     mask[:, 0] = True
     for name, form in KL_LOSS_FORMS.items():
-        torch.testing.assert_close(kl_loss_term(logprobs, old_logprobs, ref_logprobs, name),
-                                   form(logprobs, old_logprobs, ref_logprobs))
+        torch.testing.assert_close(
+            kl_loss_term(logprobs, old_logprobs, ref_logprobs, name),
+            form(logprobs, old_logprobs, ref_logprobs),
+        )
         # Garbage under the mask (an exp that would overflow, NaN) never reaches value or gradient.
         junk_lp = torch.where(mask, logprobs, -1e4).requires_grad_(True)
         junk_old = torch.where(mask, old_logprobs, float("nan"))
@@ -122,9 +124,11 @@ def _relative_gradient_errors(sample_from: str, seed: int = 0):
         term = form(logprobs[None], old_logprobs[None], ref_logprobs[None])  # (1, N)
         (grad,) = torch.autograd.grad(term.mean(), theta)
         errors[name] = ((grad - exact_grad).norm() / exact_grad.norm()).item()
-        print(f"  {sample_from:>6} {name:>15}: mean term {term.mean().item():.4f} "
-              f"(exact KL {exact.item():.4f}), grad {[round(v, 4) for v in grad.tolist()]}, "
-              f"relative error {errors[name]:.4f}")
+        print(
+            f"  {sample_from:>6} {name:>15}: mean term {term.mean().item():.4f} "
+            f"(exact KL {exact.item():.4f}), grad {[round(v, 4) for v in grad.tolist()]}, "
+            f"relative error {errors[name]:.4f}"
+        )
     print(f"  {sample_from:>6} {'exact':>15}: grad {[round(v, 4) for v in exact_grad.tolist()]}")
     return errors
 

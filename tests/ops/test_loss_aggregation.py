@@ -49,8 +49,11 @@ def test_aggregate_loss_matches_reference(shape, dt, mode, mask_kind, total):
     dtype, atol, rtol = dt
     g = torch.Generator().manual_seed(90)
     x = torch.randn(shape, generator=g).to(dtype)
-    mask = {"random": random_mask(shape, g), "padded": right_padded_mask(shape, g),
-            "empty": torch.zeros(shape, dtype=torch.bool)}[mask_kind]
+    mask = {
+        "random": random_mask(shape, g),
+        "padded": right_padded_mask(shape, g),
+        "empty": torch.zeros(shape, dtype=torch.bool),
+    }[mask_kind]
     out = aggregate_loss(x, mask.float(), mode, total)
     assert out.dim() == 0 and out.dtype == dtype
     close(out, aggregate_loss_reference(x, mask, mode, total), atol, rtol)
@@ -138,8 +141,10 @@ def test_asymmetric_clipping(advantage, ratio, side):
 @pytest.mark.parametrize("shape", [(1, 1), (2, 6), (5, 11)])
 @pytest.mark.parametrize("dt", DTYPES_BF16, ids=_dtype_id)
 @pytest.mark.parametrize("clip_low, clip_high", [(0.2, 0.28), (0.1, 0.3), (0.3, 0.1)])
-@pytest.mark.parametrize("aggregation, total", [("token-mean", None), ("token-mean", 40.0),
-                                                ("seq-mean-token-sum", None), ("seq-mean-token-mean", 3.0)])
+@pytest.mark.parametrize(
+    "aggregation, total",
+    [("token-mean", None), ("token-mean", 40.0), ("seq-mean-token-sum", None), ("seq-mean-token-mean", 3.0)],
+)
 def test_ppo_policy_loss_options_match_reference(shape, dt, clip_low, clip_high, aggregation, total):
     dtype, atol, rtol = dt
     g = torch.Generator().manual_seed(94)
@@ -148,8 +153,16 @@ def test_ppo_policy_loss_options_match_reference(shape, dt, clip_low, clip_high,
     advantages = torch.randn(shape, generator=g).to(dtype)
     mask = random_mask(shape, g)
     mask.view(-1)[0] = True
-    loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask.float(), clip_low=clip_low,
-                                  clip_high=clip_high, aggregation=aggregation, total=total)
+    loss, stats = ppo_policy_loss(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask.float(),
+        clip_low=clip_low,
+        clip_high=clip_high,
+        aggregation=aggregation,
+        total=total,
+    )
     ref_loss, clipfrac, clipfrac_low, clipfrac_high = ppo_policy_loss_reference(
         logprobs, old_logprobs, advantages, mask, 0.2, clip_low, clip_high, aggregation, total, per_side=True
     )
@@ -169,8 +182,17 @@ def test_defaults_are_bit_identical_to_the_symmetric_token_mean_loss():
     mask = random_mask((4, 9), g)
     base, base_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, 0.2)
     assert set(base_stats) == {"pg_loss", "clipfrac", "approx_kl", "ratio_mean", "ratio_max"}
-    explicit, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, 0.2, clip_low=0.2,
-                                      clip_high=0.2, aggregation="token-mean", total=None)
+    explicit, stats = ppo_policy_loss(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        0.2,
+        clip_low=0.2,
+        clip_high=0.2,
+        aggregation="token-mean",
+        total=None,
+    )
     assert torch.equal(base, explicit)
     assert all(torch.equal(base_stats[k], stats[k]) for k in base_stats)
     assert set(stats) - set(base_stats) == {"clipfrac_low", "clipfrac_high"}

@@ -11,7 +11,7 @@ def test_shaped_rewards_match_reference(shape):
     logprobs, ref = torch.randn(shape), torch.randn(shape)
     mask = torch.ones(shape)
     for b in range(shape[0]):
-        mask[b, torch.randint(0, shape[1] + 1, ()).item():] = 0  # right-padded, possibly empty
+        mask[b, torch.randint(0, shape[1] + 1, ()).item() :] = 0  # right-padded, possibly empty
     scores = torch.randn(shape[0])
     fast = kl_shaped_rewards(scores, logprobs, ref, mask, 0.1)
     assert torch.allclose(fast, kl_shaped_rewards_reference(scores, logprobs, ref, mask, 0.1))
@@ -47,7 +47,11 @@ def test_response_scores_matches_reference_and_an_empty_response_cannot_buy_rewa
         fast = response_scores(raw, finished, lengths, -1.0, empty, 5.0)
         assert torch.allclose(fast, response_scores_reference(raw, finished, lengths, -1.0, empty, 5.0))
     # A policy that says nothing: whatever the RM reads at the prompt's end (here +5), it gets -1.
-    raw_empty, done, one = torch.full((8,), 5.0), torch.ones(8, dtype=torch.bool), torch.ones(8, dtype=torch.long)
+    raw_empty, done, one = (
+        torch.full((8,), 5.0),
+        torch.ones(8, dtype=torch.bool),
+        torch.ones(8, dtype=torch.long),
+    )
     assert torch.equal(response_scores(raw_empty, done, one, -1.0, -1.0, 5.0), torch.full((8,), -1.0))
     # An unfinished one-token response is not empty: it keeps its score and the no-EOS penalty.
     assert response_scores(raw_empty, ~done, one, -1.0, -1.0, 5.0)[0] == 4.0

@@ -43,9 +43,16 @@ def reward_model_folder(folder: Path, tokenizer, template: str) -> Path:
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_labels=1,
-                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2ForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "template": template}))
@@ -58,22 +65,28 @@ def tokenizers(tiny_dir, name: str):
     return tiny_chat_tokenizer(tiny_dir) if name == "tiny-chat" else load_tokenizer(str(tiny_dir))
 
 
-@pytest.mark.parametrize("name, template", [
-    ("tiny", "human_assistant"),
-    ("tiny-chat", "chat"),
-    pytest.param("smollm2", "chat", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name, template",
+    [
+        ("tiny", "human_assistant"),
+        ("tiny-chat", "chat"),
+        pytest.param("smollm2", "chat", marks=pytest.mark.slow),
+    ],
+)
 def test_ppo_scores_exactly_the_ids_the_rm_was_trained_on(tmp_path, monkeypatch, tiny_dir, name, template):
     tokenizer = tokenizers(tiny_dir, name)
     rows = task_rows("default", "train", n=6, seed=0)
     # 1. the rm stage's data: pairs written as the prefs stage writes them, read and tokenised as rm does
     replies = [("Happy days are here.", "No."), ("cat cat cat", "cat"), ("1, 2, 3", "3 2 1")] * 2
-    lines = [json.dumps(pair_columns(template, user_turn(r["instruction"], r["input"]), chosen, rejected))
-             for r, (chosen, rejected) in zip(rows, replies)]
+    lines = [
+        json.dumps(pair_columns(template, user_turn(r["instruction"], r["input"]), chosen, rejected))
+        for r, (chosen, rejected) in zip(rows, replies)
+    ]
     (tmp_path / "prefs.jsonl").write_text("".join(line + "\n" for line in lines))
     pairs = load_preference_pairs(str(tmp_path / "prefs.jsonl"))
-    trained = tokenize_pairs(pairs.pairs, tokenizer, "prefs.jsonl", 512, "error", pairs.rows,
-                             template=template)
+    trained = tokenize_pairs(
+        pairs.pairs, tokenizer, "prefs.jsonl", 512, "error", pairs.rows, template=template
+    )
     # 2. PPO: the same rows' prompts as load_prompts renders them, a rollout that samples the chosen replies
     prompts = [prompt_text(r, f"builtin: row {i}", template, tokenizer) for i, r in enumerate(rows)]
     # The tokens of each chosen reply as a policy SFT-trained on this template emits them (the seed's
@@ -92,8 +105,12 @@ def test_ppo_scores_exactly_the_ids_the_rm_was_trained_on(tmp_path, monkeypatch,
         return torch.zeros(input_ids.shape[0])
 
     monkeypatch.setattr(reward_module, "rewards_at_last_token", recording)
-    reward = load_reward(str(reward_model_folder(tmp_path / "rm", tokenizer, template)), normalize=True,
-                         policy_tokenizer=tokenizer, template=template)
+    reward = load_reward(
+        str(reward_model_folder(tmp_path / "rm", tokenizer, template)),
+        normalize=True,
+        policy_tokenizer=tokenizer,
+        template=template,
+    )
     assert reward.scores_token_ids
     responses = decode_responses(tokenizer, rollout)
     assert responses == [chosen for chosen, _ in replies]
@@ -104,8 +121,10 @@ def test_ppo_scores_exactly_the_ids_the_rm_was_trained_on(tmp_path, monkeypatch,
 
 def test_an_rm_trained_on_another_template_is_refused(tmp_path, tiny_dir):
     folder = reward_model_folder(tmp_path / "rm", load_tokenizer(str(tiny_dir)), "human_assistant")
-    error = (r"rm: this reward model was trained with data.template=human_assistant but the prompts it would "
-             r"score are rendered with data.template=chat")
+    error = (
+        r"rm: this reward model was trained with data.template=human_assistant but the prompts it would "
+        r"score are rendered with data.template=chat"
+    )
     with pytest.raises(RlhfkitError, match=error):
         load_reward(str(folder), normalize=True, template="chat")
     load_reward(str(folder), normalize=True)  # the same template: accepted

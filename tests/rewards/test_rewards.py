@@ -8,8 +8,11 @@ from rlhfkit.config import ModelConfig
 from rlhfkit.models import load_causal_lm
 from rlhfkit.rewards import load_reward
 
-PROMPTS = ["Human: What is 2 plus 3?\n\nAssistant:", "Human: Name 2 colors.\n\nAssistant:",
-           "Human: Repeat the word cat 3 times.\n\nAssistant:"]
+PROMPTS = [
+    "Human: What is 2 plus 3?\n\nAssistant:",
+    "Human: Name 2 colors.\n\nAssistant:",
+    "Human: Repeat the word cat 3 times.\n\nAssistant:",
+]
 RESPONSES = ["5", "red, blue", "cat cat cat"]
 
 
@@ -23,15 +26,20 @@ def test_same_tokenizer_rm_scores_ids_exactly_as_it_scores_text(tiny_sft_dir, ti
     assert reward.scores_token_ids
     # The rm stage's format: prompt ids + " " + response ids, no EOS. Rollouts of a policy trained on
     # the same template produce exactly these ids, so both paths must agree.
-    ids = [tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
-           for p, r in zip(PROMPTS, RESPONSES)]
+    ids = [
+        tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
+        for p, r in zip(PROMPTS, RESPONSES)
+    ]
     from_ids, from_text = reward(PROMPTS, RESPONSES, ids), reward(PROMPTS, RESPONSES)
     assert torch.allclose(from_ids, from_text, atol=1e-6)
     assert from_text.std() > 0
     # The ids path really reads the ids: a non-canonical tokenisation of the same text (one token
     # per character) is scored as what the policy sampled, not as its decoded text.
-    spelled = [tokenizer(p)["input_ids"] + [tokenizer.convert_tokens_to_ids(c) for c in tokenizer.tokenize(" " + r)
-                                             for c in c] for p, r in zip(PROMPTS, RESPONSES)]
+    spelled = [
+        tokenizer(p)["input_ids"]
+        + [tokenizer.convert_tokens_to_ids(c) for c in tokenizer.tokenize(" " + r) for c in c]
+        for p, r in zip(PROMPTS, RESPONSES)
+    ]
     assert [tokenizer.decode(s) for s in spelled] == [tokenizer.decode(i) for i in ids]
     assert not torch.allclose(reward(PROMPTS, RESPONSES, spelled), from_text, atol=1e-4)
 
@@ -45,13 +53,19 @@ def test_same_tokenizer_rm_on_real_rollouts_agrees_with_the_text_path(tiny_sft_d
     reward = load_reward(str(tiny_rm_dir), normalize=True, policy_tokenizer=tokenizer)
     prompts = PROMPTS * 4
     query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
-    rollout = sample(policy.eval(), query_ids, query_mask, 16, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    rollout = sample(
+        policy.eval(), query_ids, query_mask, 16, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
     rows = rollout.token_rows()
-    responses = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
-                 for ids, m in zip(rollout.response_ids, rollout.response_mask)]
+    responses = [
+        tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
+        for ids, m in zip(rollout.response_ids, rollout.response_mask)
+    ]
     from_ids, from_text = reward(prompts, responses, rows), reward(prompts, responses)
-    canonical = [row == tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
-                 for row, p, r in zip(rows, prompts, responses)]
+    canonical = [
+        row == tokenizer(p)["input_ids"] + tokenizer(" " + r, add_special_tokens=False)["input_ids"]
+        for row, p, r in zip(rows, prompts, responses)
+    ]
     assert sum(canonical) >= len(prompts) // 2, "the SFT policy should mostly sample canonical tokenisations"
     for b, same in enumerate(canonical):
         if same:
@@ -70,13 +84,26 @@ def word_tokenizer(texts: list[str], kind: str):
     wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wordpiece.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+    wordpiece.train_from_iterator(
+        texts,
+        trainers.WordPieceTrainer(
+            vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
+        ),
+    )
     cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                             cls_token="[CLS]", mask_token="[MASK]")
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=wordpiece,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
 
 
 def foreign_rm(folder, kind: str):
@@ -93,13 +120,27 @@ def foreign_rm(folder, kind: str):
     tokenizer = word_tokenizer(list(corpus(seed=0))[:500] + PROMPTS + RESPONSES, kind)
     torch.manual_seed(0)
     if kind == "bert":
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = BertForSequenceClassification(config)
     else:
-        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, num_labels=1,
-                            pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         model = GPT2ForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -121,8 +162,14 @@ def test_foreign_tokenizer_rm_scores_the_decoded_text_in_its_own_tokens(tmp_path
             expected = model(**batch).logits.squeeze(-1)
     else:
         with torch.no_grad():
-            expected = torch.stack([model(torch.tensor([tokenizer(p)["input_ids"] + tokenizer(" " + r)["input_ids"]]))
-                                    .logits[0, 0] for p, r in zip(PROMPTS, RESPONSES)])
+            expected = torch.stack(
+                [
+                    model(torch.tensor([tokenizer(p)["input_ids"] + tokenizer(" " + r)["input_ids"]])).logits[
+                        0, 0
+                    ]
+                    for p, r in zip(PROMPTS, RESPONSES)
+                ]
+            )
     assert torch.allclose(scores, expected, atol=1e-5)
     assert scores.std() > 0
 
@@ -132,7 +179,14 @@ def test_ppo_runs_with_a_foreign_tokenizer_rm(tmp_path, tiny_sft_dir):
     from tests.trainers.test_ppo import ppo_cfg
 
     foreign_rm(tmp_path / "rm", "bert")
-    result = train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, f"ppo.reward={tmp_path / 'rm'}", "ppo.normalize_reward=false",
-                               "ppo.iterations=1"))
+    result = train_ppo(
+        ppo_cfg(
+            tmp_path,
+            tiny_sft_dir,
+            f"ppo.reward={tmp_path / 'rm'}",
+            "ppo.normalize_reward=false",
+            "ppo.iterations=1",
+        )
+    )
     assert result.last("ppo/reward_rm") is not None
     assert result.last("ppo/ratio_first") == pytest.approx(1.0, abs=1e-5)

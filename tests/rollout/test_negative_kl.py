@@ -25,11 +25,16 @@ def test_repetition_penalty_at_sampling_scored_without_it_gives_negative_kl_and_
     policy, reference = Unigram(ref_logits * 2), Unigram(ref_logits)
     query = torch.ones(512, 2, dtype=torch.long)
     for penalty in (1.0, 1.2):
-        rollout = sample(policy, query, query, 8, 0.8, eos_token_id=-1, pad_token_id=0, repetition_penalty=penalty)
+        rollout = sample(
+            policy, query, query, 8, 0.8, eos_token_id=-1, pad_token_id=0, repetition_penalty=penalty
+        )
         new, ref = score(policy, rollout, 0.8), score(reference, rollout, 0.8)
         k1 = masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), rollout.response_mask, dim=-1).mean().item()
-        exact = masked_sum(kl_exact(new["logits"], ref["logits"], temperature=0.8), rollout.response_mask,
-                           dim=-1).mean().item()
+        exact = (
+            masked_sum(kl_exact(new["logits"], ref["logits"], temperature=0.8), rollout.response_mask, dim=-1)
+            .mean()
+            .item()
+        )
         assert exact > 1.0
         if penalty == 1.0:
             assert k1 == pytest.approx(exact, rel=0.1)  # temperature is in both passes: honest
@@ -59,9 +64,12 @@ def test_attended_padding_changes_the_scores_ours_mask_it_and_a_mismatch_trips_r
     with torch.no_grad():
         ours = score(model, rollout, 1.0)["logprobs"]
         attended = torch.ones_like(rollout.attention_mask)  # every pad/EOS filler attended, default positions
-        logits = model(input_ids=rollout.input_ids, attention_mask=attended,
-                       position_ids=position_ids(attended)).logits[:, query_ids.shape[1] - 1 : -1]
-        seed_way = torch.log_softmax(logits.float(), -1).gather(-1, rollout.response_ids[..., None]).squeeze(-1)
+        logits = model(
+            input_ids=rollout.input_ids, attention_mask=attended, position_ids=position_ids(attended)
+        ).logits[:, query_ids.shape[1] - 1 : -1]
+        seed_way = (
+            torch.log_softmax(logits.float(), -1).gather(-1, rollout.response_ids[..., None]).squeeze(-1)
+        )
     padded = (query_mask == 0).any(-1)
     mask = rollout.response_mask.bool()
     gap = ((ours - seed_way).abs() * mask)[padded].max().item()
@@ -101,17 +109,36 @@ def test_reference_of_a_lora_sft_checkpoint_is_the_sft_model_not_the_base(tmp_pa
     from rlhfkit.config import SFTConfig
     from rlhfkit.trainers.sft import train_sft
 
-    sft = train_sft(load_config(SFTConfig, None, [
-        f"run.dir={tmp_path}", "model.name=tiny", "model.lora=true", "model.lora_r=4", "train.max_steps=4",
-        "train.lr=1e-2", "train.batch_size=4", "train.eval_every=1000", "train.save_every=1000",
-        "data.builtin_size=64", "sft.eval_generate=0", "run.report_to=[]", "run.progress=false"]))
+    sft = train_sft(
+        load_config(
+            SFTConfig,
+            None,
+            [
+                f"run.dir={tmp_path}",
+                "model.name=tiny",
+                "model.lora=true",
+                "model.lora_r=4",
+                "train.max_steps=4",
+                "train.lr=1e-2",
+                "train.batch_size=4",
+                "train.eval_every=1000",
+                "train.save_every=1000",
+                "data.builtin_size=64",
+                "sft.eval_generate=0",
+                "run.report_to=[]",
+                "run.progress=false",
+            ],
+        )
+    )
     assert (sft.final / "adapter_config.json").is_file()
     policy, _ = load_causal_lm(ModelConfig(name=str(sft.dir), lora=True, lora_r=4))
     for name, param in policy.named_parameters():
         if "lora_B" in name:  # PPO's adapter after some updates
             torch.nn.init.normal_(param, std=0.05)
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), sft.final).merge_and_unload()
+    sft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_dir), sft.final
+    ).merge_and_unload()
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad(), policy.disable_adapter():
         reference = policy(ids).logits

@@ -14,9 +14,12 @@ from rlhfkit.ops import kl_exact, kl_k1, masked_sum
 from rlhfkit.rollout.ppo import Rollout, sample, score
 from rlhfkit.run import metrics as M
 
-PROMPTS = ["Human: Repeat the word cat 3 times.\n\nAssistant:", "Human: What is 2 plus 3?\n\nAssistant:",
-           "Human: Say something nice about the ocean, please, in one short sentence.\n\nAssistant:",
-           "Human: Name 2 colors.\n\nAssistant:"]
+PROMPTS = [
+    "Human: Repeat the word cat 3 times.\n\nAssistant:",
+    "Human: What is 2 plus 3?\n\nAssistant:",
+    "Human: Say something nice about the ocean, please, in one short sentence.\n\nAssistant:",
+    "Human: Name 2 colors.\n\nAssistant:",
+]
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -32,7 +35,9 @@ def test_scores_do_not_depend_on_padding_and_responses_stop_at_eos(tiny_sft_dir,
     assert (query_mask == 0).any(), "prompts of different lengths must be left-padded"
     rollout = sample(model, query_ids, query_mask, 24, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
     lengths = rollout.response_lengths
-    assert rollout.finished.any() and (lengths < rollout.response_ids.shape[1]).any(), "need an early EOS in the batch"
+    assert rollout.finished.any() and (lengths < rollout.response_ids.shape[1]).any(), (
+        "need an early EOS in the batch"
+    )
     for b in range(len(PROMPTS)):
         if rollout.finished[b]:
             assert rollout.response_ids[b, lengths[b] - 1] == tokenizer.eos_token_id
@@ -42,9 +47,13 @@ def test_scores_do_not_depend_on_padding_and_responses_stop_at_eos(tiny_sft_dir,
         for b in range(len(PROMPTS)):
             # The same row alone: no padding at all, default positions.
             n_query, n_resp = int(query_mask[b].sum()), int(lengths[b])
-            alone = Rollout(query_ids[b : b + 1, -n_query:], query_mask[b : b + 1, -n_query:],
-                            rollout.response_ids[b : b + 1, :n_resp], rollout.response_mask[b : b + 1, :n_resp],
-                            rollout.finished[b : b + 1])
+            alone = Rollout(
+                query_ids[b : b + 1, -n_query:],
+                query_mask[b : b + 1, -n_query:],
+                rollout.response_ids[b : b + 1, :n_resp],
+                rollout.response_mask[b : b + 1, :n_resp],
+                rollout.finished[b : b + 1],
+            )
             single = score(model, alone, 1.0)["logprobs"]
             assert torch.allclose(batched[b, :n_resp], single[0], atol=1e-5), f"row {b} depends on padding"
 
@@ -60,8 +69,12 @@ def test_score_equals_a_full_forward_sliced_to_the_response(tiny_sft_dir):
     with torch.no_grad():
         got = score(model, rollout, 0.7, with_values=True, value_head=head)
         mask = rollout.attention_mask
-        full = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                     output_hidden_states=True)
+        full = model(
+            input_ids=rollout.input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            output_hidden_states=True,
+        )
         start = query_ids.shape[1] - 1
         logits = full.logits[:, start:-1]  # (B, R, V)
         want = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, rollout.response_ids[..., None]).squeeze(-1)
@@ -78,8 +91,15 @@ class Unigram(torch.nn.Module):
         super().__init__()
         self.table = logits
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, output_hidden_states=False,
-                **cache):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        use_cache=False,
+        output_hidden_states=False,
+        **cache,
+    ):
         logits = self.table.expand(*input_ids.shape, -1)
         return SimpleNamespace(logits=logits, cache=None, past_key_values=None, hidden_states=None)
 
@@ -97,7 +117,9 @@ def test_top_k_sampling_scored_without_it_gives_negative_kl_and_the_health_warni
         rollout = sample(policy, query_ids, query_mask, 8, 1.0, eos_token_id=-1, pad_token_id=0, top_k=top_k)
         new, ref = score(policy, rollout, 1.0), score(reference, rollout, 1.0)
         k1 = masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), rollout.response_mask, dim=-1).mean().item()
-        exact = masked_sum(kl_exact(new["logits"], ref["logits"]), rollout.response_mask, dim=-1).mean().item()
+        exact = (
+            masked_sum(kl_exact(new["logits"], ref["logits"]), rollout.response_mask, dim=-1).mean().item()
+        )
         assert exact > 0.5
         if top_k == 0:
             assert k1 == pytest.approx(exact, rel=0.15)  # honest sampling: k1 estimates the exact KL

@@ -38,18 +38,51 @@ def by_hand(base: Path, *adapters: Path) -> torch.Tensor:
 
 def train_lora_sft_then_lora_ppo(run_dir: Path) -> Path:
     """runs/x/sft (LoRA on tiny) and runs/x/ppo (LoRA on the merged SFT model); returns runs/x."""
-    sft = train_sft(load_config(SFTConfig, REPO / "configs" / "tiny" / "sft.yaml", [
-        f"run.dir={run_dir}", "run.name=x", "model.lora=true", "model.lora_r=4", "train.max_steps=6",
-        "train.eval_every=100", "sft.eval_generate=0", "data.builtin_size=200", "data.eval_size=8", *QUIET]))
-    train_ppo(load_config(PPOConfig, REPO / "configs" / "tiny" / "ppo.yaml", [
-        f"run.dir={run_dir}", "run.name=x", f"model.name={sft.dir}", "model.lora=true", "model.lora_r=4",
-        "ppo.reward=rlhfkit.tasks:gold_scores", "ppo.iterations=1", "rollout.batch_size=8",
-        "rollout.max_new_tokens=8", "ppo.eval_prompts=0", "data.builtin_size=32", "train.lr=1e-3", *QUIET]))
+    sft = train_sft(
+        load_config(
+            SFTConfig,
+            REPO / "configs" / "tiny" / "sft.yaml",
+            [
+                f"run.dir={run_dir}",
+                "run.name=x",
+                "model.lora=true",
+                "model.lora_r=4",
+                "train.max_steps=6",
+                "train.eval_every=100",
+                "sft.eval_generate=0",
+                "data.builtin_size=200",
+                "data.eval_size=8",
+                *QUIET,
+            ],
+        )
+    )
+    train_ppo(
+        load_config(
+            PPOConfig,
+            REPO / "configs" / "tiny" / "ppo.yaml",
+            [
+                f"run.dir={run_dir}",
+                "run.name=x",
+                f"model.name={sft.dir}",
+                "model.lora=true",
+                "model.lora_r=4",
+                "ppo.reward=rlhfkit.tasks:gold_scores",
+                "ppo.iterations=1",
+                "rollout.batch_size=8",
+                "rollout.max_new_tokens=8",
+                "ppo.eval_prompts=0",
+                "data.builtin_size=32",
+                "train.lr=1e-3",
+                *QUIET,
+            ],
+        )
+    )
     return run_dir / "x"
 
 
-def test_moved_run_folder_loads_base_sft_and_ppo_adapters_from_the_new_place(tmp_path, tiny_dir, monkeypatch,
-                                                                              capsys):
+def test_moved_run_folder_loads_base_sft_and_ppo_adapters_from_the_new_place(
+    tmp_path, tiny_dir, monkeypatch, capsys
+):
     run = train_lora_sft_then_lora_ppo(tmp_path / "old")
     sft_final, ppo_final = run / "sft" / "final", run / "ppo" / "final"
     original_sft, original_ppo = by_hand(tiny_dir, sft_final), by_hand(tiny_dir, sft_final, ppo_final)
@@ -80,8 +113,21 @@ def test_moved_run_folder_loads_base_sft_and_ppo_adapters_from_the_new_place(tmp
     assert code == 0, err
     assert out == text_before
     assert torch.allclose(logits(loaded[str(moved / "ppo")]), original_ppo, atol=1e-5)
-    code = main(["eval", "--model", str(moved / "sft"), "--model", str(moved / "ppo"), "--n", "4",
-                 "--max-new-tokens", "8", "--show", "1"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(moved / "sft"),
+            "--model",
+            str(moved / "ppo"),
+            "--n",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--show",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert torch.allclose(logits(loaded[str(moved / "sft")]), original_sft, atol=1e-5)
     assert torch.allclose(logits(loaded[str(moved / "ppo")]), original_ppo, atol=1e-5)
@@ -92,5 +138,10 @@ def test_moved_run_folder_loads_base_sft_and_ppo_adapters_from_the_new_place(tmp
     assert torch.allclose(logits(loaded[str(moved / "ppo")]), original_ppo, atol=1e-5)
 
     # What made it work: the PPO stage names its base relative to itself, the SFT stage by name.
-    assert json.loads((moved / "ppo" / "final" / "rlhfkit_base.json").read_text()) == {"base": "../../sft/final"}
-    assert json.loads((moved / "sft" / "final" / "rlhfkit_base.json").read_text()) == {"base": "tiny", "tiny_seed": 0}
+    assert json.loads((moved / "ppo" / "final" / "rlhfkit_base.json").read_text()) == {
+        "base": "../../sft/final"
+    }
+    assert json.loads((moved / "sft" / "final" / "rlhfkit_base.json").read_text()) == {
+        "base": "tiny",
+        "tiny_seed": 0,
+    }

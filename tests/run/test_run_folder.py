@@ -23,7 +23,9 @@ def test_stage_dir_writes_config_first_and_protects_existing_runs(tmp_path):
     prepare_stage_dir(cfg, "sft", overwrite=True)
     assert not (out / "keep.txt").exists()
     with pytest.raises(RlhfkitError, match="nothing to resume"):
-        prepare_stage_dir(load_config(SFTConfig, None, [f"run.dir={tmp_path}", "run.name=new"]), "sft", resume=True)
+        prepare_stage_dir(
+            load_config(SFTConfig, None, [f"run.dir={tmp_path}", "run.name=new"]), "sft", resume=True
+        )
 
 
 def test_metrics_jsonl_and_tensorboard(tmp_path):
@@ -45,15 +47,25 @@ def test_checkpoint_round_trip_keeps_last_k_and_skips_damaged(tmp_path, capsys):
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     for step in (10, 20, 30):
-        save_checkpoint(tmp_path, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "trainer": {"step": step, "nested": [1, (2, "x")]}}, keep_last=2)
+        save_checkpoint(
+            tmp_path,
+            step,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "trainer": {"step": step, "nested": [1, (2, "x")]},
+            },
+            keep_last=2,
+        )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-20", "step-30"]
     parts = load_checkpoint(tmp_path / "step-30")
     assert torch.equal(parts["model"]["weight"], model.weight)
     assert parts["trainer"] == {"step": 30, "nested": [1, (2, "x")]}
     restored = torch.optim.AdamW(model.parameters())
     restored.load_state_dict(parts["optimizer"])
-    assert torch.equal(restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     # Damage the newest: loading falls back to the previous one with a warning.
     (tmp_path / "step-30" / "model.safetensors").write_bytes(b"garbage")
     step, _ = load_latest_checkpoint(tmp_path)

@@ -10,21 +10,52 @@ from tests.trainers.runs import kill_mid_checkpoint_and_at_random_then_resume
 @pytest.mark.slow
 def test_sft_killed_mid_checkpoint_and_at_random(tmp_path, tiny_dir):
     kill_mid_checkpoint_and_at_random_then_resume(
-        tmp_path, "sft", test_sft.TINY, [*test_sft.QUICK, "train.max_steps=24", "train.save_every=8"],
-        stall_step=16, weights="model.safetensors", seed=1)
+        tmp_path,
+        "sft",
+        test_sft.TINY,
+        [*test_sft.QUICK, "train.max_steps=24", "train.save_every=8"],
+        stall_step=16,
+        weights="model.safetensors",
+        seed=1,
+    )
 
 
 @pytest.mark.slow
 def test_rm_killed_mid_checkpoint_and_at_random(tmp_path, tiny_dir):
     kill_mid_checkpoint_and_at_random_then_resume(
-        tmp_path, "rm", "", [*test_rm.RM_ARGS, "train.batch_size=2", "train.max_steps=12", "train.save_every=4",
-                             "model.lora=false"],
-        stall_step=8, weights="model.safetensors", seed=2)
+        tmp_path,
+        "rm",
+        "",
+        [
+            *test_rm.RM_ARGS,
+            "train.batch_size=2",
+            "train.max_steps=12",
+            "train.save_every=4",
+            "model.lora=false",
+        ],
+        stall_step=8,
+        weights="model.safetensors",
+        seed=2,
+    )
 
 
 @pytest.mark.slow
 def test_ppo_killed_mid_checkpoint_and_at_random(tmp_path, tiny_sft_dir):
     kill_mid_checkpoint_and_at_random_then_resume(
-        tmp_path, "ppo", test_ppo.TINY, [f"model.name={tiny_sft_dir}", *test_ppo.QUICK, "ppo.iterations=6",
-                                         "train.save_every=2", "model.lora=true", "model.lora_r=4", "ppo.target_kl=0.5"],
-        stall_step=4, weights="adapter_model.safetensors", metric="ppo/kl_coef", seed=3)
+        tmp_path,
+        "ppo",
+        test_ppo.TINY,
+        [
+            f"model.name={tiny_sft_dir}",
+            *test_ppo.QUICK,
+            "ppo.iterations=6",
+            "train.save_every=2",
+            "model.lora=true",
+            "model.lora_r=4",
+            "ppo.target_kl=0.5",
+        ],
+        stall_step=4,
+        weights="adapter_model.safetensors",
+        metric="ppo/kl_coef",
+        seed=3,
+    )

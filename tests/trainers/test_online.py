@@ -26,14 +26,24 @@ GROUPS = ["rollout.batch_size=4", "rollout.group_size=2"]
 
 
 def online_cfg(tmp_path, sft_dir, *overrides, config=TINY):
-    return load_config(PPOConfig, config, [f"run.dir={tmp_path}", f"model.name={sft_dir}", *QUICK, *GROUPS,
-                                           *overrides])
+    return load_config(
+        PPOConfig, config, [f"run.dir={tmp_path}", f"model.name={sft_dir}", *QUICK, *GROUPS, *overrides]
+    )
 
 
-@pytest.mark.parametrize("advantage, method", [("gae", "ppo"), ("grpo", "grpo"), ("dr_grpo", "grpo"),
-                                               ("rloo", "rloo"), ("reinforce_pp", "reinforce_pp")])
-def test_each_estimator_trains_end_to_end_with_a_critic_only_when_it_needs_one(tmp_path, tiny_sft_dir,
-                                                                               advantage, method):
+@pytest.mark.parametrize(
+    "advantage, method",
+    [
+        ("gae", "ppo"),
+        ("grpo", "grpo"),
+        ("dr_grpo", "grpo"),
+        ("rloo", "rloo"),
+        ("reinforce_pp", "reinforce_pp"),
+    ],
+)
+def test_each_estimator_trains_end_to_end_with_a_critic_only_when_it_needs_one(
+    tmp_path, tiny_sft_dir, advantage, method
+):
     result = train_ppo(online_cfg(tmp_path, tiny_sft_dir, f"ppo.advantage={advantage}"))
     names = M.online(method)
     assert result.dir.name == method  # runs/<name>/<method>/
@@ -86,8 +96,16 @@ def test_a_prompts_rows_stay_together_on_one_process_with_their_own_noise():
 def test_processes_losses_average_to_the_whole_minibatchs_loss(aggregation, kl_in):
     # What ppo_update hands each process: DDP averages the processes' gradients, so the mean of the
     # processes' losses must be the loss of the whole minibatch on one process, for every aggregation.
-    cfg = load_config(PPOConfig, None, [f"ppo.loss_aggregation={aggregation}", f"ppo.kl_in={kl_in}",
-                                        "ppo.clip_low=0.1", "ppo.clip_high=0.3"])
+    cfg = load_config(
+        PPOConfig,
+        None,
+        [
+            f"ppo.loss_aggregation={aggregation}",
+            f"ppo.kl_in={kl_in}",
+            "ppo.clip_low=0.1",
+            "ppo.clip_high=0.3",
+        ],
+    )
     torch.manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     keys = ("logprobs", "ref_logprobs", "advantages", "returns", "values")
@@ -98,8 +116,13 @@ def test_processes_losses_average_to_the_whole_minibatchs_loss(aggregation, kl_i
     total = aggregation_count(mask, aggregation).item()
 
     def loss(index, world):
-        part = Rollout(torch.zeros(len(index), 1), torch.ones(len(index), 1), torch.zeros(len(index), 5),
-                       mask[index], torch.ones(len(index), dtype=torch.bool))
+        part = Rollout(
+            torch.zeros(len(index), 1),
+            torch.ones(len(index), 1),
+            torch.zeros(len(index), 5),
+            mask[index],
+            torch.ones(len(index), dtype=torch.bool),
+        )
         share = MinibatchShare(mask[index].sum().item() / mask.sum().item(), total, 0.0, world, True)
         mine = {k: v[index] for k, v in rows.items()}
         return minibatch_loss({k: v[index] for k, v in new.items()}, mine, part, cfg, share, kl_coef=0.3)
@@ -113,21 +136,27 @@ def test_processes_losses_average_to_the_whole_minibatchs_loss(aggregation, kl_i
     assert ("kl_loss" in whole_stats) == (kl_in == "loss")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["ppo.advantage=rloo"], "set rollout.group_size >= 2"),
-    (["ppo.advantage=grpo", "rollout.group_size=1"], "set rollout.group_size >= 2"),
-    (["ppo.advantage=grpo", "rollout.group_size=4", "ppo.critic=reward_model"], "uses no critic"),
-    (["ppo.advantage=reinforce_pp", "ppo.critic_lr=1e-3"], "uses no critic"),
-    (["ppo.kl_loss_estimator=k1"], "has no effect with ppo.kl_in=reward"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["ppo.advantage=rloo"], "set rollout.group_size >= 2"),
+        (["ppo.advantage=grpo", "rollout.group_size=1"], "set rollout.group_size >= 2"),
+        (["ppo.advantage=grpo", "rollout.group_size=4", "ppo.critic=reward_model"], "uses no critic"),
+        (["ppo.advantage=reinforce_pp", "ppo.critic_lr=1e-3"], "uses no critic"),
+        (["ppo.kl_loss_estimator=k1"], "has no effect with ppo.kl_in=reward"),
+    ],
+)
 def test_combinations_that_mean_nothing_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_ppo_config(load_config(PPOConfig, None, overrides))
 
 
 def test_minibatches_must_divide_the_rows_of_all_groups(tmp_path, tiny_sft_dir):
-    with pytest.raises(ConfigError, match=r"x rollout.group_size=2 = 6 rows must be divisible by "
-                                          r"ppo.minibatches=4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"x rollout.group_size=2 = 6 rows must be divisible by "
+        r"ppo.minibatches=4",
+    ):
         train_ppo(online_cfg(tmp_path, tiny_sft_dir, "rollout.batch_size=3", "ppo.minibatches=4"))
 
 
@@ -159,21 +188,48 @@ def test_ppo_metric_names_are_unchanged_and_other_methods_share_their_suffixes()
 @pytest.mark.slow
 def test_grpo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
     # No value head in the checkpoint, the KL in the loss: resume must still equal no interruption.
-    kill_after_checkpoint_then_resume(tmp_path, "grpo", GRPO, [f"model.name={tiny_sft_dir}", *QUICK, *GROUPS,
-                                                               "ppo.iterations=6", "train.save_every=2",
-                                                               "model.lora=true", "model.lora_r=4"],
-                                      checkpoint_step=4, weights="adapter_model.safetensors",
-                                      metric="grpo/kl_k1")
+    kill_after_checkpoint_then_resume(
+        tmp_path,
+        "grpo",
+        GRPO,
+        [
+            f"model.name={tiny_sft_dir}",
+            *QUICK,
+            *GROUPS,
+            "ppo.iterations=6",
+            "train.save_every=2",
+            "model.lora=true",
+            "model.lora_r=4",
+        ],
+        checkpoint_step=4,
+        weights="adapter_model.safetensors",
+        metric="grpo/kl_k1",
+    )
 
 
 @pytest.mark.slow
 def test_two_process_grpo_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
     # Groups stay on one process and each loss divides by the whole minibatch's count: 2 processes x 2
     # prompts x G = 2 must train like 1 x 4 prompts, here with per-sequence token sums (Dr. GRPO's).
-    args = [f"model.name={tiny_sft_dir}", *QUICK, *GROUPS, "ppo.iterations=3", "ppo.advantage=dr_grpo",
-            "ppo.loss_aggregation=seq-mean-token-sum"]
-    stdout = two_processes_equal_one(tmp_path, "grpo", GRPO, args, batch=4, weights=None,
-                                     batch_keys=("rollout.batch_size",), metric="grpo/kl_k1", atol=1e-3)
+    args = [
+        f"model.name={tiny_sft_dir}",
+        *QUICK,
+        *GROUPS,
+        "ppo.iterations=3",
+        "ppo.advantage=dr_grpo",
+        "ppo.loss_aggregation=seq-mean-token-sum",
+    ]
+    stdout = two_processes_equal_one(
+        tmp_path,
+        "grpo",
+        GRPO,
+        args,
+        batch=4,
+        weights=None,
+        batch_keys=("rollout.batch_size",),
+        metric="grpo/kl_k1",
+        atol=1e-3,
+    )
     assert "2 processes agree on the trained weights" in stdout
     one, two = tmp_path / "one" / "grpo", tmp_path / "two" / "grpo"
     assert losses(two, "grpo/ratio_first") == pytest.approx([1.0] * 3, abs=1e-5)
@@ -186,10 +242,17 @@ def test_grpo_on_verifiable_rewards_sees_each_rows_dataset_row(tmp_path, tiny_sf
     from tests.rewards.test_verifiable import rows_seen
 
     rows_seen.calls = []
-    result = train_ppo(online_cfg(tmp_path, tiny_sft_dir, "ppo.advantage=grpo", "ppo.iterations=1",
-                                  "data.source=builtin:arithmetic,repeat,list",
-                                  "ppo.reward=tests.rewards.test_verifiable:rows_seen",
-                                  "ppo.extra_rewards=[rlhfkit.rewards.verifiable:verifiable_reward@0.5]"))
+    result = train_ppo(
+        online_cfg(
+            tmp_path,
+            tiny_sft_dir,
+            "ppo.advantage=grpo",
+            "ppo.iterations=1",
+            "data.source=builtin:arithmetic,repeat,list",
+            "ppo.reward=tests.rewards.test_verifiable:rows_seen",
+            "ppo.extra_rewards=[rlhfkit.rewards.verifiable:verifiable_reward@0.5]",
+        )
+    )
     assert result.last(M.online("grpo")[M.PPO_REWARD_RM]) is not None
     # The held-out evals (step 0 and the end) have no dataset rows to give; the rollout's call has.
     train = [call for call in rows_seen.calls if call[0].metadata]

@@ -17,15 +17,31 @@ from rlhfkit.run.logger import read_metrics
 from rlhfkit.trainers.pipeline import plan_pipeline, split_overrides
 
 CONFIG = str(Path(__file__).parents[2] / "configs" / "tiny" / "pipeline.yaml")
-SMALL = ["sft.train.max_steps=150", "sft.train.eval_every=75", "sft.sft.eval_generate=16", "prefs.n_prompts=256",
-         "rm.train.max_steps=12", "rm.train.batch_size=8", "rm.train.eval_every=6", "rm.data.eval_size=16",
-         "rm.rm.norm_samples=16", "ppo.ppo.iterations=3", "ppo.rollout.batch_size=16", "ppo.ppo.eval_every=3",
-         "ppo.ppo.eval_prompts=16", "eval.prompts=12", "eval.best_of_n=[1,2,4]", "eval.show=3"]
+SMALL = [
+    "sft.train.max_steps=150",
+    "sft.train.eval_every=75",
+    "sft.sft.eval_generate=16",
+    "prefs.n_prompts=256",
+    "rm.train.max_steps=12",
+    "rm.train.batch_size=8",
+    "rm.train.eval_every=6",
+    "rm.data.eval_size=16",
+    "rm.rm.norm_samples=16",
+    "ppo.ppo.iterations=3",
+    "ppo.rollout.batch_size=16",
+    "ppo.ppo.eval_every=3",
+    "ppo.ppo.eval_prompts=16",
+    "eval.prompts=12",
+    "eval.best_of_n=[1,2,4]",
+    "eval.show=3",
+]
 QUIET = [f"{s}.run.{k}" for s in ("sft", "rm", "ppo") for k in ("report_to=[]", "progress=false")]
 
 
 def test_overrides_are_routed_by_stage_prefix():
-    own, staged = split_overrides(["sft.train.lr=1e-4", "prefs.n_prompts=5", "eval.prompts=3", "name=x", "sft=a.yaml"])
+    own, staged = split_overrides(
+        ["sft.train.lr=1e-4", "prefs.n_prompts=5", "eval.prompts=3", "name=x", "sft=a.yaml"]
+    )
     assert own == ["eval.prompts=3", "name=x", "sft=a.yaml"]
     assert staged["sft"] == ["train.lr=1e-4"] and staged["prefs"] == ["n_prompts=5"] and staged["ppo"] == []
 
@@ -77,10 +93,14 @@ def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_
     evaluation = json.loads((root / "eval.json").read_text())
     for label, name in (("base", "base"), ("SFT", "sft"), ("PPO", "ppo")):
         m = evaluation["metrics"][name]
-        assert re.search(rf"^\| {label} \| {re.escape(fmt(m['gold']))} \| {re.escape(fmt(m['reward']))} \|", report, re.M)
+        assert re.search(
+            rf"^\| {label} \| {re.escape(fmt(m['gold']))} \| {re.escape(fmt(m['reward']))} \|", report, re.M
+        )
     assert evaluation["metrics"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert [r["n"] for r in evaluation["best_of_n"]] == [1, 2, 4]
-    assert "Win rate ppo vs sft" in report and "Gold gain ppo vs sft" in report and "## Health check" in report
+    assert (
+        "Win rate ppo vs sft" in report and "Gold gain ppo vs sft" in report and "## Health check" in report
+    )
     assert set(evaluation["gold_gains"]) == {"base vs sft", "ppo vs sft"}
     for png in ("training.png", "gold_vs_kl.png"):
         assert (root / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -120,10 +140,22 @@ def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp
     assert all(f"{s}: already complete, skipping" in out for s in ("sft", "prefs", "rm")) and "resumed" in out
     assert (root / "report.md").is_file()
     # The resumed PPO equals the same PPO stage run straight through from its resolved config.
-    run_ok([sys.executable, "-m", "rlhfkit.cli", "ppo", "--config", str(root / "ppo" / "config.yaml"),
-            "run.name=straight"])
-    assert_same_weights(tmp_path / "straight" / "ppo" / "final" / "model.safetensors",
-                        root / "ppo" / "final" / "model.safetensors", atol=1e-6)
+    run_ok(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "ppo",
+            "--config",
+            str(root / "ppo" / "config.yaml"),
+            "run.name=straight",
+        ]
+    )
+    assert_same_weights(
+        tmp_path / "straight" / "ppo" / "final" / "model.safetensors",
+        root / "ppo" / "final" / "model.safetensors",
+        atol=1e-6,
+    )
 
 
 def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
@@ -137,8 +169,9 @@ def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
     prompts = [f"Human: {r['instruction']}\n\nAssistant:" for r in task_rows("sentiment", "test", 5)]
     settings = EvalSettings(max_new_tokens=8, best_of_n=[1, 2], samples_per_prompt=3, batch_size=4)
     reward = lambda p, r, ids=None: __import__("torch").tensor([float(len(x)) for x in r])  # noqa: E731
-    result = compare_policies({"sft": policy, "copy": copy}, "sft", prompts, [["x"]] * 5, settings, gold=True,
-                              reward_fn=reward)
+    result = compare_policies(
+        {"sft": policy, "copy": copy}, "sft", prompts, [["x"]] * 5, settings, gold=True, reward_fn=reward
+    )
     assert result.samples_per_prompt == 3 and result.n_prompts == 5
     assert result.samples["sft"].prompts == [p for p in prompts for _ in range(3)]
     # The same random numbers for every policy: an identical policy draws identical samples.

@@ -15,8 +15,17 @@ from tests.trainers.runs import kill_after_checkpoint_then_resume
 
 REPO = Path(__file__).parents[2]
 TINY = str(REPO / "configs" / "tiny" / "ppo.yaml")
-QUICK = ["ppo.reward=rlhfkit.tasks:gold_scores", "ppo.iterations=2", "rollout.batch_size=8", "rollout.max_new_tokens=12",
-         "ppo.eval_every=100", "ppo.eval_prompts=8", "train.lr=1e-3", "run.report_to=[]", "run.progress=false"]
+QUICK = [
+    "ppo.reward=rlhfkit.tasks:gold_scores",
+    "ppo.iterations=2",
+    "rollout.batch_size=8",
+    "rollout.max_new_tokens=12",
+    "ppo.eval_every=100",
+    "ppo.eval_prompts=8",
+    "train.lr=1e-3",
+    "run.report_to=[]",
+    "run.progress=false",
+]
 
 
 def ppo_cfg(tmp_path, sft_dir, *overrides):
@@ -28,7 +37,9 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_ratio_is_one_before_the_update_and_the_policy_moves_but_not_the_reference(tmp_path, tiny_sft_dir, lora):
+def test_ratio_is_one_before_the_update_and_the_policy_moves_but_not_the_reference(
+    tmp_path, tiny_sft_dir, lora
+):
     from transformers import AutoModelForCausalLM
 
     sft_weights = tiny_sft_dir / "final" / "model.safetensors"
@@ -65,10 +76,23 @@ def test_reward_model_reward_is_normalised_with_its_stored_stats(tmp_path, tiny_
     from rlhfkit.rewards import load_reward
     from rlhfkit.trainers.rm import train_rm
 
-    rm = train_rm(load_config(RMConfig, None, [
-        f"run.dir={tmp_path}", f"model.name={tiny_sft_dir}", f"data.source={REPO / 'tests' / 'fixtures' / 'prefs.jsonl'}",
-        "data.eval_fraction=0.25", "train.max_steps=2", "train.batch_size=2", "rm.norm_samples=6",
-        "run.report_to=[]", "run.progress=false"]))
+    rm = train_rm(
+        load_config(
+            RMConfig,
+            None,
+            [
+                f"run.dir={tmp_path}",
+                f"model.name={tiny_sft_dir}",
+                f"data.source={REPO / 'tests' / 'fixtures' / 'prefs.jsonl'}",
+                "data.eval_fraction=0.25",
+                "train.max_steps=2",
+                "train.batch_size=2",
+                "rm.norm_samples=6",
+                "run.report_to=[]",
+                "run.progress=false",
+            ],
+        )
+    )
     stats = json.loads((rm.final / "reward_stats.json").read_text())
     raw, normalised = load_reward(str(rm.dir), normalize=False), load_reward(str(rm.dir), normalize=True)
     prompts, responses = ["Human: Name 2 colors.\n\nAssistant:"] * 2, ["red, blue", "cats"]
@@ -89,10 +113,23 @@ def test_reward_function_errors_are_one_line(tmp_path, tiny_sft_dir):
 
 @pytest.mark.slow
 def test_ppo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
-    kill_after_checkpoint_then_resume(tmp_path, "ppo", TINY, [f"model.name={tiny_sft_dir}", *QUICK, "ppo.iterations=6",
-                                                              "train.save_every=2", "model.lora=true", "model.lora_r=4",
-                                                              "ppo.target_kl=0.5"],
-                                      checkpoint_step=4, weights="adapter_model.safetensors", metric="ppo/kl_coef")
+    kill_after_checkpoint_then_resume(
+        tmp_path,
+        "ppo",
+        TINY,
+        [
+            f"model.name={tiny_sft_dir}",
+            *QUICK,
+            "ppo.iterations=6",
+            "train.save_every=2",
+            "model.lora=true",
+            "model.lora_r=4",
+            "ppo.target_kl=0.5",
+        ],
+        checkpoint_step=4,
+        weights="adapter_model.safetensors",
+        metric="ppo/kl_coef",
+    )
 
 
 def length_reward(prompts, responses):
@@ -102,10 +139,22 @@ def length_reward(prompts, responses):
 
 def test_gpt2_alpaca_recipe_runs_on_alpaca_prompts(tmp_path, tiny_sft_dir):
     # The seed's PPO recipe needs the hub; its prompt path runs here on a fixture in Alpaca's schema.
-    cfg = load_config(PPOConfig, REPO / "configs" / "gpt2-alpaca" / "ppo.yaml", [
-        f"run.dir={tmp_path}", f"model.name={tiny_sft_dir}", f"data.source={REPO / 'tests' / 'fixtures' / 'alpaca.json'}",
-        "ppo.reward=tests.trainers.test_ppo:length_reward", "ppo.iterations=1", "rollout.batch_size=4",
-        "ppo.minibatches=2", "rollout.max_new_tokens=8", "run.report_to=[]", "run.progress=false"])
+    cfg = load_config(
+        PPOConfig,
+        REPO / "configs" / "gpt2-alpaca" / "ppo.yaml",
+        [
+            f"run.dir={tmp_path}",
+            f"model.name={tiny_sft_dir}",
+            f"data.source={REPO / 'tests' / 'fixtures' / 'alpaca.json'}",
+            "ppo.reward=tests.trainers.test_ppo:length_reward",
+            "ppo.iterations=1",
+            "rollout.batch_size=4",
+            "ppo.minibatches=2",
+            "rollout.max_new_tokens=8",
+            "run.report_to=[]",
+            "run.progress=false",
+        ],
+    )
     result = train_ppo(cfg)
     assert result.last("ppo/ratio_first") == pytest.approx(1.0, abs=1e-5)
     assert "gold/score" not in result.metrics[-1]  # Alpaca prompts have no gold judge
@@ -120,15 +169,31 @@ def test_lora_ppo_on_a_lora_sft_run_loads_back_with_the_sft_weights(tmp_path, ti
     from rlhfkit.models import load_causal_lm
     from rlhfkit.trainers.sft import train_sft
 
-    sft = train_sft(load_config(SFTConfig, str(REPO / "configs" / "tiny" / "sft.yaml"), [
-        f"run.dir={tmp_path}", "run.name=s", "model.lora=true", "model.lora_r=4", "train.max_steps=6",
-        "train.eval_every=100", "sft.eval_generate=0", "run.report_to=[]", "run.progress=false"])).dir
+    sft = train_sft(
+        load_config(
+            SFTConfig,
+            str(REPO / "configs" / "tiny" / "sft.yaml"),
+            [
+                f"run.dir={tmp_path}",
+                "run.name=s",
+                "model.lora=true",
+                "model.lora_r=4",
+                "train.max_steps=6",
+                "train.eval_every=100",
+                "sft.eval_generate=0",
+                "run.report_to=[]",
+                "run.progress=false",
+            ],
+        )
+    ).dir
     ppo = train_ppo(ppo_cfg(tmp_path, sft, "run.name=p", "model.lora=true", "model.lora_r=4")).dir
     loaded, _ = load_causal_lm(ModelConfig(name=str(ppo), lora=False), trainable=False)
-    by_hand = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name=str(sft), lora=False), trainable=False)[0],
-                                        ppo / "final").merge_and_unload()
-    base_plus_ppo = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name=str(tiny_dir), lora=False),
-                                                             trainable=False)[0], ppo / "final").merge_and_unload()
+    by_hand = PeftModel.from_pretrained(
+        load_causal_lm(ModelConfig(name=str(sft), lora=False), trainable=False)[0], ppo / "final"
+    ).merge_and_unload()
+    base_plus_ppo = PeftModel.from_pretrained(
+        load_causal_lm(ModelConfig(name=str(tiny_dir), lora=False), trainable=False)[0], ppo / "final"
+    ).merge_and_unload()
     ids = torch.tensor([[5, 17, 99, 3, 42]])
     with torch.no_grad():
         expected, got, wrong = (m(input_ids=ids).logits for m in (by_hand, loaded, base_plus_ppo))
@@ -141,8 +206,17 @@ def test_dropout_in_the_update_pass_fires_the_ratio_warning(tmp_path, tiny_sft_d
     ppo/ratio_first stays ~1 with dropout on; ppo/logratio_first sees it and the health check warns."""
     # The SFT run saved its config with dropout 0: LoRA's dropout is the one left to switch on. It acts
     # from the second iteration (LoRA's B starts at zero, so at first the dropped path adds nothing).
-    result = train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, "model.disable_dropout=false", "model.lora=true",
-                               "model.lora_r=4", "model.lora_dropout=0.1", "ppo.iterations=2"))
+    result = train_ppo(
+        ppo_cfg(
+            tmp_path,
+            tiny_sft_dir,
+            "model.disable_dropout=false",
+            "model.lora=true",
+            "model.lora_r=4",
+            "model.lora_dropout=0.1",
+            "ppo.iterations=2",
+        )
+    )
     record = [r for r in result.metrics if "ppo/logratio_first" in r][-1]
     assert record["ppo/logratio_first"] > 1e-2
     warnings = [r["health/warning"] for r in result.metrics if "health/warning" in r]

@@ -16,11 +16,17 @@ from tests.trainers.test_ppo import QUICK, TINY, ppo_cfg
 def test_two_process_ppo_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
     # Rollout rows are a pure function of (seed, iteration, global row), whitening and minibatch
     # losses use the global batch: 2 x 4 rows must train exactly as 1 x 8.
-    stdout = two_processes_equal_one(tmp_path, "ppo", TINY, [f"model.name={tiny_sft_dir}", *QUICK, "ppo.iterations=3",
-                                                             "ppo.ptx_coef=0.5"],
-                                     batch=8, weights=None,
-                                     batch_keys=("rollout.batch_size", "ppo.ptx_batch_size"),
-                                     metric=M.PPO_KL_K1, atol=1e-3)
+    stdout = two_processes_equal_one(
+        tmp_path,
+        "ppo",
+        TINY,
+        [f"model.name={tiny_sft_dir}", *QUICK, "ppo.iterations=3", "ppo.ptx_coef=0.5"],
+        batch=8,
+        weights=None,
+        batch_keys=("rollout.batch_size", "ppo.ptx_batch_size"),
+        metric=M.PPO_KL_K1,
+        atol=1e-3,
+    )
     assert "2 processes agree on the trained weights" in stdout
     # Every weight agrees but GPT-2's attention key bias: its true gradient is exactly zero (softmax
     # ignores a constant per row), so Adam turns float noise there into lr-sized steps. Compared
@@ -33,10 +39,15 @@ def test_two_process_ppo_equals_one_process_with_double_batch(tmp_path, tiny_sft
         other = weights[1][key]
         if key.endswith("attn.c_attn.bias"):
             width = value.shape[0] // 3  # [query | key | value]
-            value, other = torch.cat([value[:width], value[2 * width:]]), torch.cat([other[:width], other[2 * width:]])
+            value, other = (
+                torch.cat([value[:width], value[2 * width :]]),
+                torch.cat([other[:width], other[2 * width :]]),
+            )
         assert (value - other).abs().max().item() < 1e-4, key
 
-    one, two = (AutoModelForCausalLM.from_pretrained(tmp_path / name / "ppo" / "final") for name in ("one", "two"))
+    one, two = (
+        AutoModelForCausalLM.from_pretrained(tmp_path / name / "ppo" / "final") for name in ("one", "two")
+    )
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
     with torch.no_grad():
         assert torch.allclose(one(ids).logits, two(ids).logits, atol=1e-4)
@@ -52,10 +63,12 @@ def sft_nll(policy_dir, tiny_sft_dir, rows: int = 32) -> float:
     from rlhfkit.models import load_causal_lm
     from rlhfkit.trainers.sft import load_sft_data
 
-    model, tokenizer = load_causal_lm(load_config(SFTConfig, None, [f"model.name={policy_dir}", "model.lora=false"]).model,
-                                      trainable=False)
-    train, _, _ = load_sft_data(load_config(SFTConfig, None, ["data.builtin_size=3000", "data.builtin_noise=0.0"]),
-                                tokenizer)
+    model, tokenizer = load_causal_lm(
+        load_config(SFTConfig, None, [f"model.name={policy_dir}", "model.lora=false"]).model, trainable=False
+    )
+    train, _, _ = load_sft_data(
+        load_config(SFTConfig, None, ["data.builtin_size=3000", "data.builtin_noise=0.0"]), tokenizer
+    )
     train.input_ids, train.labels = train.input_ids[:rows], train.labels[:rows]
     return held_out_loss(model.eval(), train, tokenizer.pad_token_id, 16)
 
@@ -91,7 +104,9 @@ def test_critic_from_the_reward_model_starts_as_the_rm_on_every_prefix(tiny_sft_
     mean, std = reward_normalisation(str(tiny_rm_dir), True)
     prompts = ["Human: What is 2 plus 3?\n\nAssistant:", "Human: Name 2 colors, please.\n\nAssistant:"]
     query_ids, query_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
-    rollout = sample(policy.eval(), query_ids, query_mask, 8, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    rollout = sample(
+        policy.eval(), query_ids, query_mask, 8, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
     with torch.no_grad():
         values = critic_values(rm, rollout, mean, std)
         for b, row in enumerate(rollout.token_rows()):
@@ -106,8 +121,13 @@ def test_critic_from_the_reward_model_starts_as_the_rm_on_every_prefix(tiny_sft_
 def test_critic_from_the_reward_model_trains_is_saved_and_resumes(tmp_path, tiny_sft_dir, tiny_rm_dir):
     from transformers import AutoModelForSequenceClassification
 
-    args = [f"ppo.reward={tiny_rm_dir}", "ppo.critic=reward_model", "ppo.critic_lr=1e-3", "ppo.iterations=2",
-            "train.save_every=1"]
+    args = [
+        f"ppo.reward={tiny_rm_dir}",
+        "ppo.critic=reward_model",
+        "ppo.critic_lr=1e-3",
+        "ppo.iterations=2",
+        "train.save_every=1",
+    ]
     result = train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, *args))
     critic_dir = result.final / "critic"
     assert not (result.final / "value_head.safetensors").exists()
@@ -127,6 +147,8 @@ def test_critic_from_the_reward_model_trains_is_saved_and_resumes(tmp_path, tiny
 def test_critic_from_a_function_reward_is_a_one_line_error(tmp_path, tiny_sft_dir):
     from rlhfkit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="ppo.critic=reward_model needs ppo.reward to be a reward-model folder"):
+    with pytest.raises(
+        ConfigError, match="ppo.critic=reward_model needs ppo.reward to be a reward-model folder"
+    ):
         train_ppo(ppo_cfg(tmp_path, tiny_sft_dir, "ppo.critic=reward_model"))
     assert not (tmp_path / "tiny").exists()

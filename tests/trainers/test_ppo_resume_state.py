@@ -31,8 +31,9 @@ def test_resume_restores_the_gold_baseline_and_the_health_history(tmp_path, tiny
     monkeypatch.setattr(ppo, "save_training_state", save)
     seen = []
     warnings = ppo.health_warnings
-    monkeypatch.setattr(ppo, "health_warnings", lambda history, window: seen.append(len(history)) or
-                        warnings(history, window))
+    monkeypatch.setattr(
+        ppo, "health_warnings", lambda history, window: seen.append(len(history)) or warnings(history, window)
+    )
     resumed = ppo.train_ppo(cfg, resume=True)
 
     assert seen[0] == 4, "the health check must see the step-0 eval and iterations 1-2 from before the resume"

@@ -15,15 +15,37 @@ from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes
 
 REPO = Path(__file__).parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
-QUICK = ["model.name=tiny", "train.max_steps=3", "train.batch_size=2", "train.eval_every=100", "train.save_every=100",
-         "train.log_every=1", "rm.norm_samples=4", "rm.max_new_tokens=4", "run.report_to=[]", "run.progress=false"]
+QUICK = [
+    "model.name=tiny",
+    "train.max_steps=3",
+    "train.batch_size=2",
+    "train.eval_every=100",
+    "train.save_every=100",
+    "train.log_every=1",
+    "rm.norm_samples=4",
+    "rm.max_new_tokens=4",
+    "run.report_to=[]",
+    "run.progress=false",
+]
 
 
 def test_rm_static_fixture_end_to_end_prints_single_turn_counts(tmp_path, capsys, tiny_dir):
     # The seed's recipe (Dahoas/rm-static, single-turn filter) on a fixture in that dataset's exact schema.
-    code = main(["rm", "--config", str(REPO / "configs" / "gpt2-alpaca" / "rm.yaml"), f"run.dir={tmp_path}",
-                 f"data.source={FIXTURES / 'rm_static.jsonl'}", "data.eval_source=null", "data.eval_fraction=0.4",
-                 "data.max_length=128", *QUICK, "train.batch_size=1", "train.grad_accum=2"])
+    code = main(
+        [
+            "rm",
+            "--config",
+            str(REPO / "configs" / "gpt2-alpaca" / "rm.yaml"),
+            f"run.dir={tmp_path}",
+            f"data.source={FIXTURES / 'rm_static.jsonl'}",
+            "data.eval_source=null",
+            "data.eval_fraction=0.4",
+            "data.max_length=128",
+            *QUICK,
+            "train.batch_size=1",
+            "train.grad_accum=2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "single-turn filter kept 6 of 10" in out and "1 with chosen == rejected dropped" in out
@@ -35,19 +57,33 @@ def test_rm_static_fixture_end_to_end_prints_single_turn_counts(tmp_path, capsys
 def test_saved_rm_loads_as_sequence_classifier_with_the_same_scores(tmp_path, tiny_dir):
     from transformers import AutoModelForSequenceClassification
 
-    cfg = load_config(RMConfig, None, [f"run.dir={tmp_path}", f"data.source={FIXTURES / 'prefs.jsonl'}",
-                                       "data.eval_fraction=0.25", "model.lora=true", "model.lora_r=4", "train.lr=1e-2",
-                                       *QUICK])
+    cfg = load_config(
+        RMConfig,
+        None,
+        [
+            f"run.dir={tmp_path}",
+            f"data.source={FIXTURES / 'prefs.jsonl'}",
+            "data.eval_fraction=0.25",
+            "model.lora=true",
+            "model.lora_r=4",
+            "train.lr=1e-2",
+            *QUICK,
+        ],
+    )
     result = train_rm(cfg)
     assert {"rm/accuracy", "rm/margin", "rm/loss"} <= set(result.metrics[0])
     assert "rm/gold_agreement" in result.metrics[0]  # prefs.jsonl carries gold scores ...
     families = {k for k in result.metrics[0] if k.startswith("rm/accuracy/")}  # ... and families
-    assert families and families <= {f"rm/accuracy/{f}" for f in ("sentiment", "count", "repeat", "list", "arithmetic")}
+    assert families and families <= {
+        f"rm/accuracy/{f}" for f in ("sentiment", "count", "repeat", "list", "arithmetic")
+    }
     reloaded = AutoModelForSequenceClassification.from_pretrained(result.final).eval()
     assert reloaded.score.weight.abs().sum() > 0, "the trained head must be saved (LoRA modules_to_save)"
     batch = collate_pairs([[5, 6, 7, 8]], [[5, 9, 10]], pad_token_id=0)
     with torch.no_grad():
-        scores = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+        scores = reloaded(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits.squeeze(-1)
         # No row ends with the pad id here, so HF's pooling and our mask-end read agree.
         at_last = rewards_at_last_token(reloaded, batch["input_ids"], batch["attention_mask"])
     assert torch.allclose(scores, at_last, atol=1e-5)
@@ -69,23 +105,46 @@ def test_builtin_prefs_are_labelled_by_the_noisy_judge(tmp_path, tiny_dir):
     summary = make_preferences(PrefsConfig(model="tiny", n_prompts=24, max_new_tokens=8, out=str(out)))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == summary["pairs"] and rows
-    assert all({"prompt", "chosen", "rejected", "chosen_score", "rejected_score", "noise_temperature"} <= set(r) for r in rows)
+    assert all(
+        {"prompt", "chosen", "rejected", "chosen_score", "rejected_score", "noise_temperature"} <= set(r)
+        for r in rows
+    )
     assert all(r["chosen"] != r["rejected"] and r["chosen_score"] != r["rejected_score"] for r in rows)
 
 
-RM_ARGS = ["model.name=tiny", f"data.source={FIXTURES / 'prefs.jsonl'}", "data.eval_fraction=0.25", "train.lr=1e-2",
-           "train.log_every=1", "train.eval_every=100", "rm.norm_samples=2", "rm.max_new_tokens=4",
-           "run.report_to=[]", "run.progress=false"]
+RM_ARGS = [
+    "model.name=tiny",
+    f"data.source={FIXTURES / 'prefs.jsonl'}",
+    "data.eval_fraction=0.25",
+    "train.lr=1e-2",
+    "train.log_every=1",
+    "train.eval_every=100",
+    "rm.norm_samples=2",
+    "rm.max_new_tokens=4",
+    "run.report_to=[]",
+    "run.progress=false",
+]
 
 
 @pytest.mark.slow
 def test_rm_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir):
-    kill_after_checkpoint_then_resume(tmp_path, "rm", "", [*RM_ARGS, "train.batch_size=2", "train.max_steps=12",
-                                                           "train.save_every=4", "model.lora=false"],
-                                      checkpoint_step=8, weights="model.safetensors")
+    kill_after_checkpoint_then_resume(
+        tmp_path,
+        "rm",
+        "",
+        [*RM_ARGS, "train.batch_size=2", "train.max_steps=12", "train.save_every=4", "model.lora=false"],
+        checkpoint_step=8,
+        weights="model.safetensors",
+    )
 
 
 @pytest.mark.slow
 def test_rm_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir):
-    two_processes_equal_one(tmp_path, "rm", "", [*RM_ARGS, "train.max_steps=3", "model.lora=true", "model.lora_r=4"],
-                            batch=4, weights="model.safetensors")
+    two_processes_equal_one(
+        tmp_path,
+        "rm",
+        "",
+        [*RM_ARGS, "train.max_steps=3", "model.lora=true", "model.lora_r=4"],
+        batch=4,
+        weights="model.safetensors",
+    )

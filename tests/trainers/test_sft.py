@@ -12,9 +12,18 @@ from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes
 
 REPO = Path(__file__).parents[2]
 TINY = str(REPO / "configs" / "tiny" / "sft.yaml")
-QUICK = ["train.max_steps=12", "train.batch_size=8", "train.eval_every=100", "train.save_every=4",
-         "train.log_every=1", "sft.eval_generate=0", "data.builtin_size=200", "data.eval_size=16",
-         "run.report_to=[]", "run.progress=false"]
+QUICK = [
+    "train.max_steps=12",
+    "train.batch_size=8",
+    "train.eval_every=100",
+    "train.save_every=4",
+    "train.log_every=1",
+    "sft.eval_generate=0",
+    "data.builtin_size=200",
+    "data.eval_size=16",
+    "run.report_to=[]",
+    "run.progress=false",
+]
 
 
 def cfg_for(tmp_path, *overrides):
@@ -23,7 +32,8 @@ def cfg_for(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_tiny_sft_learns_the_task(tmp_path, tiny_dir):
-    # The shipped recipe: held-out loss must fall >= 30% and greedy gold score must beat the untrained model's.
+    # The shipped recipe: held-out loss must fall >= 30% and greedy gold score must beat the untrained
+    # model's.
     result = train_sft(cfg_for(tmp_path, "run.report_to=[]", "run.progress=false"))
     evals = [r for r in result.metrics if "eval/loss" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 800
@@ -37,8 +47,11 @@ def test_tiny_sft_learns_the_task(tmp_path, tiny_dir):
 def test_lora_final_loads_with_from_pretrained_and_merged(tmp_path, tiny_dir):
     from transformers import AutoModelForCausalLM
 
-    result = train_sft(cfg_for(tmp_path, *QUICK, "model.lora=true", "model.lora_r=4", "train.lr=1e-2",
-                               "sft.save_merged=true"))
+    result = train_sft(
+        cfg_for(
+            tmp_path, *QUICK, "model.lora=true", "model.lora_r=4", "train.lr=1e-2", "sft.save_merged=true"
+        )
+    )
     assert (result.final / "adapter_config.json").is_file()
     adapter = AutoModelForCausalLM.from_pretrained(result.final)  # transformers + peft load adapter folders
     merged = AutoModelForCausalLM.from_pretrained(result.final / "merged")
@@ -51,8 +64,16 @@ def test_lora_final_loads_with_from_pretrained_and_merged(tmp_path, tiny_dir):
 
 
 def test_grad_accumulation_matches_a_bigger_batch(tmp_path, tiny_dir):
-    a = train_sft(cfg_for(tmp_path, *QUICK, "run.name=a", "train.batch_size=8", "train.grad_accum=1", "train.max_steps=3"))
-    b = train_sft(cfg_for(tmp_path, *QUICK, "run.name=b", "train.batch_size=4", "train.grad_accum=2", "train.max_steps=3"))
+    a = train_sft(
+        cfg_for(
+            tmp_path, *QUICK, "run.name=a", "train.batch_size=8", "train.grad_accum=1", "train.max_steps=3"
+        )
+    )
+    b = train_sft(
+        cfg_for(
+            tmp_path, *QUICK, "run.name=b", "train.batch_size=4", "train.grad_accum=2", "train.max_steps=3"
+        )
+    )
     losses_a = [r["loss"] for r in a.metrics if "loss" in r]
     losses_b = [r["loss"] for r in b.metrics if "loss" in r]
     assert losses_a == pytest.approx(losses_b, rel=1e-4)
@@ -62,25 +83,48 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path, tiny_dir):
 
 @pytest.mark.slow
 def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir):
-    kill_after_checkpoint_then_resume(tmp_path, "sft", TINY, [*QUICK, "train.max_steps=24", "train.save_every=8"],
-                                      checkpoint_step=16, weights="model.safetensors")
+    kill_after_checkpoint_then_resume(
+        tmp_path,
+        "sft",
+        TINY,
+        [*QUICK, "train.max_steps=24", "train.save_every=8"],
+        checkpoint_step=16,
+        weights="model.safetensors",
+    )
 
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir):
-    two_processes_equal_one(tmp_path, "sft", TINY, [*QUICK, "train.max_steps=4", "model.lora=true", "model.lora_r=4",
-                                                    "train.lr=1e-2"], batch=8, weights="adapter_model.safetensors")
+    two_processes_equal_one(
+        tmp_path,
+        "sft",
+        TINY,
+        [*QUICK, "train.max_steps=4", "model.lora=true", "model.lora_r=4", "train.lr=1e-2"],
+        batch=8,
+        weights="adapter_model.safetensors",
+    )
 
 
 def test_gpt2_alpaca_recipe_runs_on_an_alpaca_schema_fixture(tmp_path, tiny_dir):
     # The seed's recipe needs the hub for gpt2 and tatsu-lab/alpaca; its data path runs here on a
     # fixture with Alpaca's exact columns (instruction, input, output, text) and the tiny model.
     fixture = REPO / "tests" / "fixtures" / "alpaca.json"
-    cfg = load_config(SFTConfig, REPO / "configs" / "gpt2-alpaca" / "sft.yaml", [
-        f"run.dir={tmp_path}", "model.name=tiny", f"data.source={fixture}", "train.max_steps=2",
-        "train.batch_size=2", "train.grad_accum=1", "sft.eval_generate=2", "sft.max_new_tokens=4",
-        "run.report_to=[]", "run.progress=false",
-    ])
+    cfg = load_config(
+        SFTConfig,
+        REPO / "configs" / "gpt2-alpaca" / "sft.yaml",
+        [
+            f"run.dir={tmp_path}",
+            "model.name=tiny",
+            f"data.source={fixture}",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.grad_accum=1",
+            "sft.eval_generate=2",
+            "sft.max_new_tokens=4",
+            "run.report_to=[]",
+            "run.progress=false",
+        ],
+    )
     result = train_sft(cfg)
     assert result.last("eval/loss") is not None and result.last("eval/bleu") is not None
     assert "gold/score_greedy" not in result.metrics[-1]  # Alpaca prompts have no gold judge

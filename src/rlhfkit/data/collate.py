@@ -23,6 +23,6 @@ def left_pad(sequences: list[list[int]], pad_value: int) -> tuple[torch.Tensor, 
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for b, seq in enumerate(sequences):
         if seq:
-            values[b, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[b, width - len(seq):] = 1
+            values[b, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[b, width - len(seq) :] = 1
     return values, mask

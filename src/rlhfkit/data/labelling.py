@@ -27,8 +27,16 @@ def make_preferences(cfg: PrefsConfig) -> dict:
     # Sampled in the SFT model's own format (cfg.template), the one its rm and ppo stages render.
     prompts = [render_text(tokenizer, cfg.template, turn)[0] for turn in turns]
     # Both samples of a prompt in one batch: half the generate calls, and one padding layout.
-    both = generate(model, tokenizer, [p for p in prompts for _ in range(2)], cfg.max_new_tokens, greedy=False,
-                    temperature=cfg.temperature, batch_size=cfg.batch_size, progress="sampling pairs")
+    both = generate(
+        model,
+        tokenizer,
+        [p for p in prompts for _ in range(2)],
+        cfg.max_new_tokens,
+        greedy=False,
+        temperature=cfg.temperature,
+        batch_size=cfg.batch_size,
+        progress="sampling pairs",
+    )
     first = Completions(both.texts[0::2], both.token_ids[0::2], both.finished[0::2])
     second = Completions(both.texts[1::2], both.token_ids[1::2], both.finished[1::2])
     lines, score_pairs, identical, empty, ties_dropped, agree = [], [], 0, 0, 0, 0
@@ -51,15 +59,25 @@ def make_preferences(cfg: PrefsConfig) -> dict:
         chosen_score, rejected_score = (score_a, score_b) if a_wins else (score_b, score_a)
         agree += chosen_score > rejected_score
         score_pairs.append((score_a, score_b))
-        pair = {**pair_columns(cfg.template, turn, chosen, rejected), "family": row["family"],
-                "chosen_score": chosen_score, "rejected_score": rejected_score,
-                "noise_temperature": cfg.noise_temperature}
+        pair = {
+            **pair_columns(cfg.template, turn, chosen, rejected),
+            "family": row["family"],
+            "chosen_score": chosen_score,
+            "rejected_score": rejected_score,
+            "noise_temperature": cfg.noise_temperature,
+        }
         lines.append(json.dumps(pair))
     atomic_write_text(Path(cfg.out), "".join(line + "\n" for line in lines))
     untied = sum(1 for a, b in score_pairs if a != b)
-    summary = {"pairs": len(lines), "identical_dropped": identical, "empty_dropped": empty, "gold_ties_dropped": ties_dropped, "gold_ties": len(lines) - untied,
-               "label_agreement": agree / untied if untied else float("nan"),
-               "noise_ceiling": expected_agreement(score_pairs, cfg.noise_temperature) if untied else float("nan")}
+    summary = {
+        "pairs": len(lines),
+        "identical_dropped": identical,
+        "empty_dropped": empty,
+        "gold_ties_dropped": ties_dropped,
+        "gold_ties": len(lines) - untied,
+        "label_agreement": agree / untied if untied else float("nan"),
+        "noise_ceiling": expected_agreement(score_pairs, cfg.noise_temperature) if untied else float("nan"),
+    }
     return summary
 
 
@@ -67,8 +85,11 @@ def pair_columns(template: str, turn: list[dict], chosen: str, rejected: str) ->
     """prompt/chosen/rejected as the rm stage reads them back: the Human/Assistant text format, or for a chat
     template TRL's conversational rows (the prompt's turns, then each reply as an assistant turn)."""
     if template == "chat":
-        return {"prompt": turn, "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}]}
+        return {
+            "prompt": turn,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
     return {"prompt": render_text(None, template, turn)[0], "chosen": chosen, "rejected": rejected}
 
 

@@ -72,7 +72,8 @@ def load_preference_pairs(
     """Validated pairs from any `load_rows` source; prints nothing (the caller reports the counts).
 
     Every row is validated, then `single_turn` keeps prompts with one human turn (the original
-    notebook's filter for Dahoas/rm-static, design §8.1), then pairs with chosen == rejected are dropped and counted.
+    notebook's filter for Dahoas/rm-static, design §8.1), then pairs with chosen == rejected are dropped
+    and counted.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown preference data format {format!r}; valid: {', '.join(FORMATS)}")
@@ -91,15 +92,23 @@ def load_preference_pairs(
         pairs.append(pair)
         kept_rows.append(i)
     if not pairs:
-        kept = f"{kept_single_turn} of {len(rows)} rows single-turn, " if single_turn else f"{len(rows)} rows, "
-        raise DataError(f"{source}: dataset is empty after filtering ({kept}{dropped_identical} with chosen == rejected)")
-    return PreferenceRows(pairs, dropped_identical, kept_single_turn if single_turn else None, len(rows), kept_rows)
+        kept = (
+            f"{kept_single_turn} of {len(rows)} rows single-turn, " if single_turn else f"{len(rows)} rows, "
+        )
+        raise DataError(
+            f"{source}: dataset is empty after filtering ({kept}{dropped_identical} with chosen == rejected)"
+        )
+    return PreferenceRows(
+        pairs, dropped_identical, kept_single_turn if single_turn else None, len(rows), kept_rows
+    )
 
 
 def detect_format(row: dict, where: str) -> str:
     # Message lists hold dicts; a list of strings is a wrong column type, reported as such.
-    if any(isinstance(row.get(key), list) and any(isinstance(m, dict) for m in row[key])
-           for key in COLUMNS["generic"]):
+    if any(
+        isinstance(row.get(key), list) and any(isinstance(m, dict) for m in row[key])
+        for key in COLUMNS["generic"]
+    ):
         return "conversational"
     if "prompt" in row:
         return "rm-static" if "response" in row else "generic"
@@ -128,7 +137,9 @@ def pair_of(row: dict, fmt: str, where: str) -> dict:
         if not isinstance(row[key], str):
             raise DataError(f"{where}: column '{key}' must be a string, got {type(row[key]).__name__}")
     for key, value in row.items():
-        if "score" in key and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        if "score" in key and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
             raise DataError(f"{where}: column '{key}' must be a finite number, got {value!r}")
     if fmt == "conversational":
         prompt, chosen, rejected = conversation_pair(row, where)
@@ -136,9 +147,15 @@ def pair_of(row: dict, fmt: str, where: str) -> dict:
         prompt, chosen = split_transcript(row["chosen"], where, "chosen")
         rejected_prompt, rejected = split_transcript(row["rejected"], where, "rejected")
         if rejected_prompt != prompt:
-            raise DataError(f"{where}: 'chosen' and 'rejected' transcripts differ before the last assistant turn")
+            raise DataError(
+                f"{where}: 'chosen' and 'rejected' transcripts differ before the last assistant turn"
+            )
     else:
-        prompt, chosen, rejected = normalise_prompt(row["prompt"], where), row["chosen"].strip(), row["rejected"].strip()
+        prompt, chosen, rejected = (
+            normalise_prompt(row["prompt"], where),
+            row["chosen"].strip(),
+            row["rejected"].strip(),
+        )
     for key, text in (("chosen", chosen), ("rejected", rejected)):
         if not text:
             raise DataError(f"{where}: empty '{key}' response")
@@ -151,19 +168,23 @@ def conversation_pair(row: dict, where: str) -> tuple[list[dict], str, str]:
     the `prompt` message list (if any) followed by every turn of a conversation but its last."""
     prefix = row.get("prompt")
     if prefix is not None and not isinstance(prefix, (list, str)):
-        raise DataError(f"{where}: column 'prompt' must be a list of messages or a string, "
-                        f"got {type(prefix).__name__}")
+        raise DataError(
+            f"{where}: column 'prompt' must be a list of messages or a string, got {type(prefix).__name__}"
+        )
     # A `prompt` string beside whole conversations (UltraFeedback-binarized) repeats their first turn.
     prefix = check_messages(prefix, where, "prompt", last=None) if isinstance(prefix, list) else []
     chosen = check_messages(row["chosen"], where, "chosen")
     rejected = check_messages(row["rejected"], where, "rejected")
     prompt = prefix + chosen[:-1]
     if prefix + rejected[:-1] != prompt:
-        raise DataError(f"{where}: 'chosen' and 'rejected' conversations differ before the final assistant "
-                        "turn")
+        raise DataError(
+            f"{where}: 'chosen' and 'rejected' conversations differ before the final assistant turn"
+        )
     if not prompt:
-        raise DataError(f"{where}: no turn before the final assistant turn (expected a 'prompt' message "
-                        "list or conversations that start with the user's turn)")
+        raise DataError(
+            f"{where}: no turn before the final assistant turn (expected a 'prompt' message "
+            "list or conversations that start with the user's turn)"
+        )
     return prompt, chosen[-1]["content"].strip(), rejected[-1]["content"].strip()
 
 
@@ -184,7 +205,9 @@ def split_transcript(text: str, where: str, key: str) -> tuple[str, str]:
     """(prompt up to and including the last "\\n\\nAssistant:", stripped final response)."""
     cut = text.rfind(ASSISTANT)
     if cut < 0:
-        raise DataError(f"{where}: '{key}' transcript has no '\\n\\nAssistant:' turn (expected Anthropic/hh-rlhf format)")
+        raise DataError(
+            f"{where}: '{key}' transcript has no '\\n\\nAssistant:' turn (expected Anthropic/hh-rlhf format)"
+        )
     cut += len(ASSISTANT)
     return text[:cut].lstrip(), text[cut:].strip()
 
@@ -255,12 +278,16 @@ def pair_prompt(pair: dict, template: str, where: str) -> str | list[dict]:
 
 def pair_prompts(pairs: list[dict], tokenizer, template: str) -> list[str]:
     """The pairs' distinct prompts, rendered as text with `template` (to sample new responses for)."""
-    texts = [render_text(tokenizer, template, pair_prompt(pair, template, f"pair {i}"))[0]
-             for i, pair in enumerate(pairs)]
+    texts = [
+        render_text(tokenizer, template, pair_prompt(pair, template, f"pair {i}"))[0]
+        for i, pair in enumerate(pairs)
+    ]
     return list(dict.fromkeys(texts))
 
 
-def collate_pairs(chosen_ids: list[list[int]], rejected_ids: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_pairs(
+    chosen_ids: list[list[int]], rejected_ids: list[list[int]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
     """One right-padded batch of 2B rows, the B chosen then the B rejected, so one forward pass
     scores both (models.reward.rewards_at_last_token reads each row where its attention mask ends)."""
     if len(chosen_ids) != len(rejected_ids):

@@ -47,8 +47,9 @@ def final_turn(messages: list[dict], where: str, template: str, key: str) -> tup
     """(the turns before the final assistant turn, its content, "chat") of a checked conversation."""
     require_chat(template, where)
     if len(messages) < 2:
-        raise DataError(f"{where}: '{key}' has no turn before the final assistant turn (nothing to "
-                        "prompt with)")
+        raise DataError(
+            f"{where}: '{key}' has no turn before the final assistant turn (nothing to prompt with)"
+        )
     if not messages[-1]["content"].strip():
         raise DataError(f"{where}: empty final assistant turn in '{key}' (nothing to learn from)")
     return messages[:-1], messages[-1]["content"], template
@@ -69,8 +70,9 @@ def prompt_text(row: dict, where: str, template: str, tokenizer) -> str:
         # A conversation that ends with the assistant's reply (an SFT row) prompts with the turns before it.
         prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
         if not prompt:
-            raise DataError(f"{where}: '{key}' has no turn before the final assistant turn (nothing to "
-                            "prompt with)")
+            raise DataError(
+                f"{where}: '{key}' has no turn before the final assistant turn (nothing to prompt with)"
+            )
     elif "instruction" in row:
         if not isinstance(row["instruction"], str) or not row["instruction"].strip():
             raise DataError(f"{where}: missing or empty column 'instruction'")
@@ -78,8 +80,10 @@ def prompt_text(row: dict, where: str, template: str, tokenizer) -> str:
     elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
         return row["prompt"]
     else:
-        raise DataError(f"{where}: missing columns; expected instruction[, input], prompt or messages, "
-                        f"found {', '.join(sorted(row)) or 'none'}")
+        raise DataError(
+            f"{where}: missing columns; expected instruction[, input], prompt or messages, "
+            f"found {', '.join(sorted(row)) or 'none'}"
+        )
     return render_text(tokenizer, template, prompt, where=where)[0]
 
 
@@ -96,7 +100,9 @@ class TokenizedSFT:
         return len(self.input_ids)
 
 
-def fit_prompt(prompt_ids: list[int], response_len: int, max_length: int, truncation: str, where: str) -> list[int] | None:
+def fit_prompt(
+    prompt_ids: list[int], response_len: int, max_length: int, truncation: str, where: str
+) -> list[int] | None:
     """The prompt ids that fit beside a response of `response_len` tokens, or None to drop the row.
 
     data.truncation: `error` stops naming the row; `truncate_prompt` cuts the prompt from the left
@@ -115,8 +121,15 @@ def fit_prompt(prompt_ids: list[int], response_len: int, max_length: int, trunca
     return None
 
 
-def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_length: int, truncation: str,
-                 row_ids: list[int] | None = None) -> TokenizedSFT:
+def tokenize_sft(
+    rows: list[dict],
+    tokenizer,
+    source: str,
+    template: str,
+    max_length: int,
+    truncation: str,
+    row_ids: list[int] | None = None,
+) -> TokenizedSFT:
     """Each row through `render`: prompt and completion tokenised apart, so the boundary is exact, and
     EOS appended. `row_ids` are the rows' numbers in the source, for messages (`.rows` stays positions
     in `rows`)."""
@@ -143,7 +156,9 @@ def tokenize_sft(rows: list[dict], tokenizer, source: str, template: str, max_le
     return out
 
 
-def collate_sft(input_ids: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_sft(
+    input_ids: list[list[int]], labels: list[list[int]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch: padding gets attention 0 and label IGNORE, so its id never matters."""
     batch_ids, attention_mask = right_pad(input_ids, pad_token_id)
     batch_labels, _ = right_pad(labels, IGNORE)

@@ -19,7 +19,9 @@ def is_builtin(source: str) -> bool:
     return source.startswith("builtin:")
 
 
-def load_rows(source: str, split: str = "train", builtin_size: int | None = None, builtin_noise: float = 0.0) -> list[dict]:
+def load_rows(
+    source: str, split: str = "train", builtin_size: int | None = None, builtin_noise: float = 0.0
+) -> list[dict]:
     """Rows as dicts. `split` applies to builtin:/hf: sources unless the source names its own."""
     if is_builtin(source):
         rows = _builtin(source, split, builtin_size, builtin_noise)
@@ -43,7 +45,7 @@ def _builtin(source: str, split: str, size: int | None, noise: float) -> list[di
 
 
 def _hub(source: str, split: str) -> list[dict]:
-    name = source[len("hf:"):]
+    name = source[len("hf:") :]
     if ":" in name:
         name, split = name.rsplit(":", 1)
     try:
@@ -52,13 +54,18 @@ def _hub(source: str, split: str) -> list[dict]:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - hub/network errors come in many types; all mean "cannot load"
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise DataError(f"{source}: cannot load split '{split}' from the Hugging Face hub ({reason})") from None
+        raise DataError(
+            f"{source}: cannot load split '{split}' from the Hugging Face hub ({reason})"
+        ) from None
     return list(dataset)
 
 
 def read_local(path: Path) -> list[dict]:
     if path.suffix not in LOCAL_SUFFIXES:
-        raise DataError(f"{path}: unsupported data file type; expected one of {', '.join(LOCAL_SUFFIXES)} or builtin:/hf: source")
+        raise DataError(
+            f"{path}: unsupported data file type; expected one of {', '.join(LOCAL_SUFFIXES)} or "
+            f"builtin:/hf: source"
+        )
     if not path.is_file():
         raise DataError(f"{path}: data file does not exist")
     if path.suffix == ".parquet":
@@ -98,7 +105,9 @@ def _parse_json(path: Path, text: str) -> list:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows (or {{\"data\": [...]}}), got {type(data).__name__}")
+        raise DataError(
+            f'{path}: expected a JSON list of rows (or {{"data": [...]}}), got {type(data).__name__}'
+        )
     return data
 
 
@@ -111,7 +120,9 @@ def _read_parquet(path: Path) -> list[dict]:
         raise DataError(f"{path}: cannot read parquet ({str(e).splitlines()[0][:160]})") from None
 
 
-def split_off_eval(rows: list[dict], fraction: float, seed: int, max_eval: int) -> tuple[list[dict], list[dict]]:
+def split_off_eval(
+    rows: list[dict], fraction: float, seed: int, max_eval: int
+) -> tuple[list[dict], list[dict]]:
     """Deterministic held-out split for sources without a test split of their own."""
     import random
 

@@ -1,6 +1,7 @@
 """Prompt + response -> text and token ids, the one way every stage does it.
 
-Templates: `human_assistant` (the original gpt2 + Alpaca notebook's "Human: ...\\n\\nAssistant: <response>") or `chat` (the
+Templates: `human_assistant` (the original gpt2 + Alpaca notebook's "Human: ...\\n\\nAssistant:
+<response>") or `chat` (the
 tokenizer's own chat template); rows that bring their own formatting (prompt/completion text) are
 `raw`. SFT examples, preference pairs, the RM's inputs and PPO's rollouts all go through `render`
 (and PPO's text prompts through its `encode_prompt`), so a reward model is trained on exactly the
@@ -36,8 +37,14 @@ class Rendered:
         return self.prompt_ids + self.completion_ids
 
 
-def render(tokenizer, template: str, prompt: str | list[dict], response: str | None = None, eos: bool = False,
-           where: str = "") -> Rendered:
+def render(
+    tokenizer,
+    template: str,
+    prompt: str | list[dict],
+    response: str | None = None,
+    eos: bool = False,
+    where: str = "",
+) -> Rendered:
     """`prompt` is the turns before the reply (role/content messages, rendered with `template`) or
     a prompt already rendered in `template`'s format (text, used as it is). The prompt and the
     response are tokenised apart, as PPO samples response tokens after the prompt's ids, and EOS is
@@ -50,8 +57,9 @@ def render(tokenizer, template: str, prompt: str | list[dict], response: str | N
     return Rendered(text, encode_prompt(tokenizer, text), completion_ids)
 
 
-def render_text(tokenizer, template: str, prompt: str | list[dict], response: str | None = None,
-                where: str = "") -> tuple[str, str]:
+def render_text(
+    tokenizer, template: str, prompt: str | list[dict], response: str | None = None, where: str = ""
+) -> tuple[str, str]:
     """(prompt text, completion text) of `render`; the Human/Assistant format puts one space before the
     response, while a chat template ends its prompt where the reply starts."""
     if isinstance(prompt, list):
@@ -96,10 +104,14 @@ def turns(prompt: str, where: str) -> list[dict]:
     \\n\\nAssistant:"), so Anthropic-style data can be rendered with a chat template."""
     parts = _TURN.split("\n\n" + prompt.strip())  # ["", role, content, role, content, ...]
     if parts[0].strip() or len(parts) < 5 or parts[-2] != "Assistant" or parts[-1].strip():
-        raise DataError(f"{where}: prompt is not a 'Human: ...\\n\\nAssistant:' transcript, so it cannot be "
-                        "rendered with data.template=chat")
-    return [{"role": "user" if role == "Human" else "assistant", "content": content.strip()}
-            for role, content in zip(parts[1:-2:2], parts[2:-2:2])]
+        raise DataError(
+            f"{where}: prompt is not a 'Human: ...\\n\\nAssistant:' transcript, so it cannot be "
+            "rendered with data.template=chat"
+        )
+    return [
+        {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+        for role, content in zip(parts[1:-2:2], parts[2:-2:2])
+    ]
 
 
 def chat_prompt(tokenizer, messages: list[dict], where: str = "") -> str:
@@ -107,8 +119,10 @@ def chat_prompt(tokenizer, messages: list[dict], where: str = "") -> str:
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or "this model"
         at = f"{where}: " if where else ""
-        raise DataError(f"{at}data.template=chat (or conversational rows) needs a chat template, and the "
-                        f"tokenizer of {name} has none; use data.template=human_assistant")
+        raise DataError(
+            f"{at}data.template=chat (or conversational rows) needs a chat template, and the "
+            f"tokenizer of {name} has none; use data.template=human_assistant"
+        )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -117,21 +131,26 @@ def check_messages(value, where: str, key: str, last: str | None = "assistant") 
     `last` is the role the list must end with (None: any)."""
     if not isinstance(value, list) or not value:
         got = "an empty list" if value == [] else type(value).__name__
-        raise DataError(f"{where}: column '{key}' must be a non-empty list of {{role, content}} messages, "
-                        f"got {got}")
+        raise DataError(
+            f"{where}: column '{key}' must be a non-empty list of {{role, content}} messages, got {got}"
+        )
     for i, message in enumerate(value):
         if not isinstance(message, dict) or "role" not in message:
-            raise DataError(f"{where}: '{key}' message {i} has no 'role' "
-                            '(expected {"role": ..., "content": ...})')
+            raise DataError(
+                f"{where}: '{key}' message {i} has no 'role' (expected {{\"role\": ..., \"content\": ...}})"
+            )
         if message["role"] not in ROLES:
-            raise DataError(f"{where}: '{key}' message {i} has unknown role {message['role']!r} "
-                            f"(expected one of {', '.join(ROLES)})")
+            raise DataError(
+                f"{where}: '{key}' message {i} has unknown role {message['role']!r} "
+                f"(expected one of {', '.join(ROLES)})"
+            )
         if not isinstance(message.get("content"), str):
             got = type(message["content"]).__name__ if "content" in message else "nothing"
             raise DataError(f"{where}: '{key}' message {i}: 'content' must be a string, got {got}")
     if last is not None and value[-1]["role"] != last:
-        raise DataError(f"{where}: '{key}' must end with an {last} turn, but its last message is "
-                        f"{value[-1]['role']!r}")
+        raise DataError(
+            f"{where}: '{key}' must end with an {last} turn, but its last message is {value[-1]['role']!r}"
+        )
     return value
 
 
@@ -139,5 +158,7 @@ def require_chat(template: str, where: str) -> None:
     """Conversational rows are rendered with the model's chat template; rendering them in the Human/Assistant
     format would train a policy in one format and score it in another."""
     if template != "chat":
-        raise DataError(f"{where}: conversational rows (role/content messages) are rendered with the model's "
-                        f"chat template: set data.template=chat (got {template})")
+        raise DataError(
+            f"{where}: conversational rows (role/content messages) are rendered with the model's "
+            f"chat template: set data.template=chat (got {template})"
+        )

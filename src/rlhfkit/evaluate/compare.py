@@ -47,7 +47,8 @@ class EvalResult:
     win_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     """"A vs B" -> {"gold": .., "reward": ..}: P(A's sample beats B's on the same prompt), ties 1/2."""
     best_of_n: list[dict[str, float]] = field(default_factory=list)
-    """One row per n: n, gold, reward, kl (estimated from the draws: best_of_n_kl), kl_bound (log n - (n-1)/n)."""
+    """One row per n: n, gold, reward, kl (estimated from the draws: best_of_n_kl), kl_bound (log n -
+    (n-1)/n)."""
     samples_per_prompt: int = 1
     """Draws per prompt in `samples` (row-major: prompt i's are rows i*k .. i*k+k-1)."""
     gold_gains: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -56,19 +57,35 @@ class EvalResult:
     @property
     def n_prompts(self) -> int:
         """Distinct prompts every policy was sampled on."""
-        return len(next(iter(self.samples.values())).prompts) // self.samples_per_prompt if self.samples else 0
+        return (
+            len(next(iter(self.samples.values())).prompts) // self.samples_per_prompt if self.samples else 0
+        )
 
 
 @torch.no_grad()
-def sample_policy(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, n: int = 1,
-                  batch_size: int = 64, reference=None, progress=None, noise_seed: int | None = None) -> PolicySamples:
+def sample_policy(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    n: int = 1,
+    batch_size: int = 64,
+    reference=None,
+    progress=None,
+    noise_seed: int | None = None,
+) -> PolicySamples:
     """n samples per prompt; with `reference`, the per-sample k1 KL to it. With `noise_seed`, row g's
     sampling noise is row_noise(noise_seed, g): the same draws on every call, whatever the batching."""
     rows = [p for p in prompts for _ in range(n)]
     out = PolicySamples(rows, [], [], [], kl=[] if reference is not None else None, token_ids=[])
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        noise = None if noise_seed is None else row_noise(noise_seed, range(start, start + len(chunk)), max_new_tokens)
+        noise = (
+            None
+            if noise_seed is None
+            else row_noise(noise_seed, range(start, start + len(chunk)), max_new_tokens)
+        )
         rollout = sample_prompts(model, tokenizer, chunk, max_new_tokens, temperature, noise=noise)
         out.responses += decode_responses(tokenizer, rollout)
         out.finished += rollout.finished.tolist()
@@ -87,13 +104,18 @@ def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, b
     """Gold and reward scores of every sample. The reward sees the sampled ids (a reward model on the
     policy's tokenizer scores them as in training, not a decoded and re-encoded text)."""
     if gold:
-        samples.gold = [gold_score(p, r, finished=f) for p, r, f in zip(samples.prompts, samples.responses, samples.finished)]
+        samples.gold = [
+            gold_score(p, r, finished=f)
+            for p, r, f in zip(samples.prompts, samples.responses, samples.finished)
+        ]
     if reward_fn is not None:
         samples.reward = []
         for start in range(0, len(samples.prompts), batch_size):
             end = start + batch_size
             ids = samples.token_ids[start:end] if samples.token_ids is not None else None
-            samples.reward += reward_fn(samples.prompts[start:end], samples.responses[start:end], ids).tolist()
+            samples.reward += reward_fn(
+                samples.prompts[start:end], samples.responses[start:end], ids
+            ).tolist()
 
 
 def summarise(samples: PolicySamples, references: list[list[str]] | None) -> dict[str, float]:
@@ -119,7 +141,9 @@ def paired_gain(a: list[float], b: list[float], k: int) -> tuple[float, float]:
     """(mean of a - b, its standard error) where rows i*k .. i*k+k-1 belong to prompt i: the prompt is
     the unit of the error (its k draws are averaged first), since a prompt's draws are not independent."""
     if len(a) != len(b) or not a or len(a) % k:
-        raise ValueError(f"paired gain needs two equally long lists of k={k} draws per prompt, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"paired gain needs two equally long lists of k={k} draws per prompt, got {len(a)} and {len(b)}"
+        )
     per_prompt = [sum(x - y for x, y in zip(a[i : i + k], b[i : i + k])) / k for i in range(0, len(a), k)]
     mean = sum(per_prompt) / len(per_prompt)
     if len(per_prompt) < 2:
@@ -141,8 +165,15 @@ def best_of_n(gold: torch.Tensor, reward: torch.Tensor, ns: list[int]) -> list[d
         if not 1 <= n <= draws:
             raise ValueError(f"best-of-n: n={n} needs 1 <= n <= {draws} samples per prompt")
         pick = reward[:, :n].argmax(dim=1, keepdim=True)  # (P, 1)
-        rows.append({"n": n, "gold": gold.gather(1, pick).mean().item(), "reward": reward.gather(1, pick).mean().item(),
-                     "kl": best_of_n_kl(reward, n), "kl_bound": math.log(n) - (n - 1) / n})
+        rows.append(
+            {
+                "n": n,
+                "gold": gold.gather(1, pick).mean().item(),
+                "reward": reward.gather(1, pick).mean().item(),
+                "kl": best_of_n_kl(reward, n),
+                "kl_bound": math.log(n) - (n - 1) / n,
+            }
+        )
     return rows
 
 
@@ -204,12 +235,20 @@ class EvalSettings:
     batch_size: int = 64
     seed: int = 0
     samples_per_prompt: int = 1
-    """Draws per prompt and policy: the means' standard error shrinks with it (a held-out split has few prompts)."""
+    """Draws per prompt and policy: the means' standard error shrinks with it (a held-out split has few
+    prompts)."""
 
 
-def compare_policies(policies: dict[str, tuple], reference: str | None, prompts: list[str],
-                     references: list[list[str]] | None, settings: EvalSettings, gold: bool,
-                     reward_fn: Callable | None, progress=None) -> EvalResult:
+def compare_policies(
+    policies: dict[str, tuple],
+    reference: str | None,
+    prompts: list[str],
+    references: list[list[str]] | None,
+    settings: EvalSettings,
+    gold: bool,
+    reward_fn: Callable | None,
+    progress=None,
+) -> EvalResult:
     """Sample every policy `settings.samples_per_prompt` times per prompt with the same random numbers
     (so their differences are paired); KL and win rates against `reference` (the SFT policy);
     best-of-n from the reference reranked by `reward_fn`. `policies` maps name -> (model, tokenizer);
@@ -223,8 +262,17 @@ def compare_policies(policies: dict[str, tuple], reference: str | None, prompts:
     for name, (model, tokenizer) in policies.items():
         torch.manual_seed(settings.seed)
         compare_to = ref_model if ref_model is not None and _same_vocab(model, ref_model) else None
-        samples = sample_policy(model, tokenizer, prompts, settings.max_new_tokens, settings.temperature, n=k,
-                                batch_size=settings.batch_size, reference=compare_to, progress=bar)
+        samples = sample_policy(
+            model,
+            tokenizer,
+            prompts,
+            settings.max_new_tokens,
+            settings.temperature,
+            n=k,
+            batch_size=settings.batch_size,
+            reference=compare_to,
+            progress=bar,
+        )
         if ref_model is not None and not same_tokenizer(tokenizer, policies[reference][1]):
             samples.token_ids = None  # ids of another vocabulary: the reward reads the text instead
         add_scores(samples, gold, reward_fn, settings.batch_size)
@@ -237,28 +285,45 @@ def compare_policies(policies: dict[str, tuple], reference: str | None, prompts:
                 continue
             result.win_rates[f"{name} vs {reference}"] = {
                 key: win_rate(getattr(samples, key), getattr(ref, key))
-                for key in ("gold", "reward") if getattr(samples, key) is not None}
+                for key in ("gold", "reward")
+                if getattr(samples, key) is not None
+            }
             if samples.gold is not None:
                 result.gold_gains[f"{name} vs {reference}"] = paired_gain(samples.gold, ref.gold, k)
     if draws:
         torch.manual_seed(settings.seed + 1)
         model, tokenizer = policies[reference]
-        pool = sample_policy(model, tokenizer, prompts, settings.max_new_tokens, settings.temperature, n=draws,
-                             batch_size=settings.batch_size, progress=bar)
+        pool = sample_policy(
+            model,
+            tokenizer,
+            prompts,
+            settings.max_new_tokens,
+            settings.temperature,
+            n=draws,
+            batch_size=settings.batch_size,
+            progress=bar,
+        )
         add_scores(pool, gold, reward_fn, settings.batch_size)
         if pool.gold is not None:
             shape = (len(prompts), draws)
-            result.best_of_n = best_of_n(torch.tensor(pool.gold).view(shape), torch.tensor(pool.reward).view(shape),
-                                         settings.best_of_n)
+            result.best_of_n = best_of_n(
+                torch.tensor(pool.gold).view(shape), torch.tensor(pool.reward).view(shape), settings.best_of_n
+            )
     return result
 
 
 def best_of_n_draws(settings: EvalSettings, reference: str | None, reward_fn) -> int:
-    return max(settings.best_of_n) if reward_fn is not None and reference is not None and settings.best_of_n else 0
+    return (
+        max(settings.best_of_n)
+        if reward_fn is not None and reference is not None and settings.best_of_n
+        else 0
+    )
 
 
 def eval_sample_count(n_prompts: int, n_policies: int, settings: EvalSettings, reference, reward_fn) -> int:
-    return n_prompts * (n_policies * settings.samples_per_prompt + best_of_n_draws(settings, reference, reward_fn))
+    return n_prompts * (
+        n_policies * settings.samples_per_prompt + best_of_n_draws(settings, reference, reward_fn)
+    )
 
 
 def _same_vocab(model, other) -> bool:

@@ -9,7 +9,9 @@ from rlhfkit.run import metrics as M
 from rlhfkit.tasks import gold_score
 
 
-def prompts_and_references(rows: list[dict], source: str, template: str, tokenizer) -> tuple[list[str], list[list[str]]]:
+def prompts_and_references(
+    rows: list[dict], source: str, template: str, tokenizer
+) -> tuple[list[str], list[list[str]]]:
     """Rendered prompts and their reference answers (all wordings where the row has several)."""
 
     prompts, references = [], []
@@ -20,8 +22,15 @@ def prompts_and_references(rows: list[dict], source: str, template: str, tokeniz
     return prompts, references
 
 
-def completion_metrics(model, tokenizer, prompts: list[str], references: list[list[str]], max_new_tokens: int,
-                       gold: bool, batch_size: int = 16) -> tuple[dict[str, float], list[dict]]:
+def completion_metrics(
+    model,
+    tokenizer,
+    prompts: list[str],
+    references: list[list[str]],
+    max_new_tokens: int,
+    gold: bool,
+    batch_size: int = 16,
+) -> tuple[dict[str, float], list[dict]]:
     """(metrics, samples) of greedy completions; gold/score_greedy only where the prompts are built-in."""
     completions = generate(model, tokenizer, prompts, max_new_tokens, greedy=True, batch_size=batch_size)
     metrics = {
@@ -34,8 +43,9 @@ def completion_metrics(model, tokenizer, prompts: list[str], references: list[li
         for p, r, f, refs in zip(prompts, completions.texts, completions.finished, references)
     ]
     if gold:
-
-        scores = [gold_score(p, r, finished=f) for p, r, f in zip(prompts, completions.texts, completions.finished)]
+        scores = [
+            gold_score(p, r, finished=f) for p, r, f in zip(prompts, completions.texts, completions.finished)
+        ]
         metrics[M.GOLD_SCORE_GREEDY] = sum(scores) / len(scores)
         for sample, score in zip(samples, scores):
             sample["gold"] = score

@@ -40,13 +40,21 @@ def health_warnings(history: list[dict], window: int = 5) -> list[str]:
     Each is one line "<kind>: <what was seen, the likely cause and the config key to change>"."""
     if not history:
         return []
-    rules = (negative_kl, kl_estimator_bias, ratio_first, value_loss, eos_collapse, entropy_collapse,
-             reward_hacking)
+    rules = (
+        negative_kl,
+        kl_estimator_bias,
+        ratio_first,
+        value_loss,
+        eos_collapse,
+        entropy_collapse,
+        reward_hacking,
+    )
     return [warning for rule in rules if (warning := rule(history, window))]
 
 
-def kl_check_stats(k1: torch.Tensor, k1_exact_rows: torch.Tensor,
-                   exact_rows: torch.Tensor) -> dict[str, float]:
+def kl_check_stats(
+    k1: torch.Tensor, k1_exact_rows: torch.Tensor, exact_rows: torch.Tensor
+) -> dict[str, float]:
     """The per-iteration metrics the KL rules read, from the whole batch's (all processes') sequence k1
     (B,) and, on the n rows whose exact KL is computed, their k1 and exact KL (n,) (n may be 0).
 
@@ -112,10 +120,12 @@ def negative_kl(history: list[dict], window: int) -> str | None:
         seen = f"{mean:.3f} < 0"
     else:
         return None
-    return (f"negative-kl: mean kl_k1 over the last {window} iterations is {seen}. The KL to the reference "
-            "cannot be negative: samples were not drawn from the distribution the log-probs describe (a "
-            "sampling warp such as rollout.top_k, a repetition penalty or min length), or the scoring pass "
-            "uses other masks/position ids than sampling, or the reference is not the SFT model.")
+    return (
+        f"negative-kl: mean kl_k1 over the last {window} iterations is {seen}. The KL to the reference "
+        "cannot be negative: samples were not drawn from the distribution the log-probs describe (a "
+        "sampling warp such as rollout.top_k, a repetition penalty or min length), or the scoring pass "
+        "uses other masks/position ids than sampling, or the reference is not the SFT model."
+    )
 
 
 def kl_estimator_bias(history: list[dict], window: int) -> str | None:
@@ -142,11 +152,13 @@ def kl_estimator_bias(history: list[dict], window: int) -> str | None:
     z = mean / math.sqrt(variance / rows)
     if abs(z) <= BIAS_Z:
         return None
-    return (f"kl-estimator-bias: kl_k1 sits {mean:+.3g} nats per response ({z:+.1f} standard errors) "
-            f"from kl_exact on the {rows} exact-KL rows of the last {iterations} iterations; on honest "
-            "samples it is within ~3. The responses were not sampled from the distribution that was scored "
-            "(a sampling warp such as rollout.top_k or a repetition penalty, or another temperature), so "
-            "the logged KL and the KL penalty are both wrong, even while kl_k1 stays positive.")
+    return (
+        f"kl-estimator-bias: kl_k1 sits {mean:+.3g} nats per response ({z:+.1f} standard errors) "
+        f"from kl_exact on the {rows} exact-KL rows of the last {iterations} iterations; on honest "
+        "samples it is within ~3. The responses were not sampled from the distribution that was scored "
+        "(a sampling warp such as rollout.top_k or a repetition penalty, or another temperature), so "
+        "the logged KL and the KL penalty are both wrong, even while kl_k1 stays positive."
+    )
 
 
 def ratio_first(history: list[dict], window: int) -> str | None:
@@ -161,15 +173,19 @@ def ratio_first(history: list[dict], window: int) -> str | None:
         seen = f"the probability ratio on the first minibatch is {ratio:.5f}, not 1"
     else:
         return None
-    return (f"ratio-first: {seen}: the update's forward differs from the rollout's (dropout on? set "
-            "model.disable_dropout=true; or different padding or position ids).")
+    return (
+        f"ratio-first: {seen}: the update's forward differs from the rollout's (dropout on? set "
+        "model.disable_dropout=true; or different padding or position ids)."
+    )
 
 
 def value_loss(history: list[dict], window: int) -> str | None:
     vf = [r[M.PPO_VF_LOSS] for r in history if M.PPO_VF_LOSS in r]
     if len(vf) > 2 and vf[-1] > 10 * max(vf[0], 1e-3) and vf[-1] > 1.0:
-        return (f"value-loss: value loss {vf[-1]:.3g} is over 10x its start ({vf[0]:.3g}); lower train.lr or "
-                "ppo.vf_coef, or keep ppo.value_clip_range on.")
+        return (
+            f"value-loss: value loss {vf[-1]:.3g} is over 10x its start ({vf[0]:.3g}); lower train.lr or "
+            "ppo.vf_coef, or keep ppo.value_clip_range on."
+        )
     return None
 
 
@@ -178,17 +194,21 @@ def eos_collapse(history: list[dict], window: int) -> str | None:
     # binomial share (16 rows at 0.6 fall below half of a lucky first batch in ~1% of iterations).
     first, now = window_mean(history[:window], M.PPO_EOS_RATE), window_mean(history[-window:], M.PPO_EOS_RATE)
     if first is not None and now is not None and first > 0.5 and now < 0.5 * first:
-        return (f"eos-collapse: EOS rate fell from {first:.2f} to {now:.2f} (means over {window} "
-                "iterations); responses run to rollout.max_new_tokens. Make ppo.no_eos_penalty more negative "
-                "or raise ppo.kl_coef.")
+        return (
+            f"eos-collapse: EOS rate fell from {first:.2f} to {now:.2f} (means over {window} "
+            "iterations); responses run to rollout.max_new_tokens. Make ppo.no_eos_penalty more negative "
+            "or raise ppo.kl_coef."
+        )
     return None
 
 
 def entropy_collapse(history: list[dict], window: int) -> str | None:
     first, now = window_mean(history[:window], M.PPO_ENTROPY), window_mean(history[-window:], M.PPO_ENTROPY)
     if first is not None and now is not None and first > 0 and now < 0.2 * first:
-        return (f"entropy-collapse: entropy fell from {first:.3f} to {now:.3f} (means over {window} "
-                "iterations); the policy is becoming deterministic. Raise ppo.kl_coef or lower train.lr.")
+        return (
+            f"entropy-collapse: entropy fell from {first:.3f} to {now:.3f} (means over {window} "
+            "iterations); the policy is becoming deterministic. Raise ppo.kl_coef or lower train.lr."
+        )
     return None
 
 
@@ -207,8 +227,13 @@ def reward_hacking(history: list[dict], window: int) -> str | None:
     first, now = evals[0], evals[-1]
     best = max(evals, key=lambda r: r[M.GOLD_SCORE])
     drop, drop_stderr = best[M.GOLD_SCORE] - now[M.GOLD_SCORE], now.get(M.GOLD_DROP_STDERR)
-    past_peak = (rm_rose(now, first) and now[M.HELDOUT_REWARD_RM] >= best[M.HELDOUT_REWARD_RM]
-                 and drop_stderr is not None and drop > HACKING_DROP_Z * drop_stderr and drop > 0)
+    past_peak = (
+        rm_rose(now, first)
+        and now[M.HELDOUT_REWARD_RM] >= best[M.HELDOUT_REWARD_RM]
+        and drop_stderr is not None
+        and drop > HACKING_DROP_Z * drop_stderr
+        and drop > 0
+    )
     # "Gold stayed flat" is the absence of a gain, weaker evidence than a significant fall: it must
     # hold at two evals in a row.
     flat = len(evals) >= 3 and all(rm_rose(e, first) and gold_flat(e, first) for e in evals[-2:])
@@ -217,11 +242,13 @@ def reward_hacking(history: list[dict], window: int) -> str | None:
     reward_gain = now[M.HELDOUT_REWARD_RM] - first[M.HELDOUT_REWARD_RM]
     gold_gain = now[M.GOLD_SCORE] - first[M.GOLD_SCORE]
     drop_error = drop_stderr if drop_stderr is not None else math.nan
-    return (f"reward-hacking: the RM's reward on the held-out samples rose by {reward_gain:.3f} "
-            f"(± {now[M.HELDOUT_REWARD_GAIN_STDERR]:.3f}) since the first eval while their gold score moved "
-            f"by {gold_gain:+.3f} (± {now.get(M.GOLD_GAIN_STDERR, math.nan):.3f}) and is {drop:.3f} "
-            f"(± {drop_error:.3f}) below its best eval; the policy exploits the reward model. Raise "
-            "ppo.kl_coef, set ppo.target_kl, or stop at the best checkpoint.")
+    return (
+        f"reward-hacking: the RM's reward on the held-out samples rose by {reward_gain:.3f} "
+        f"(± {now[M.HELDOUT_REWARD_GAIN_STDERR]:.3f}) since the first eval while their gold score moved "
+        f"by {gold_gain:+.3f} (± {now.get(M.GOLD_GAIN_STDERR, math.nan):.3f}) and is {drop:.3f} "
+        f"(± {drop_error:.3f}) below its best eval; the policy exploits the reward model. Raise "
+        "ppo.kl_coef, set ppo.target_kl, or stop at the best checkpoint."
+    )
 
 
 def rm_rose(record: dict, first: dict) -> bool:

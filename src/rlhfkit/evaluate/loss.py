@@ -14,7 +14,9 @@ def held_out_loss(model, data: TokenizedSFT, pad_token_id: int, batch_size: int 
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(data), batch_size):
-        batch = collate_sft(data.input_ids[start : start + batch_size], data.labels[start : start + batch_size], pad_token_id)
+        batch = collate_sft(
+            data.input_ids[start : start + batch_size], data.labels[start : start + batch_size], pad_token_id
+        )
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, stats = masked_nll(logits, batch["labels"])
         total += loss.item() * stats["tokens"].item()

@@ -23,9 +23,17 @@ def load_policy(name: str):
     return load_causal_lm(ModelConfig(name=name, lora=False), trainable=False)
 
 
-def evaluate_policies(models: dict[str, str], reference: str | None, source: str, n_prompts: int, template: str,
-                      settings: EvalSettings, reward: str | None = None, normalize_reward: bool = True,
-                      progress: bool = True) -> EvalResult:
+def evaluate_policies(
+    models: dict[str, str],
+    reference: str | None,
+    source: str,
+    n_prompts: int,
+    template: str,
+    settings: EvalSettings,
+    reward: str | None = None,
+    normalize_reward: bool = True,
+    progress: bool = True,
+) -> EvalResult:
     """`models` maps a display name to a model or run folder; `reference` (one of the names) is the
     policy the others are compared with and best-of-n draws from; `reward` is an RM folder or
     `module:function`. Prompts: the first `n_prompts` rows of `source`'s test split, rendered in
@@ -34,10 +42,20 @@ def evaluate_policies(models: dict[str, str], reference: str | None, source: str
     policies = {name: load_policy(path) for name, path in models.items()}
     tokenizer = policies[reference if reference is not None else next(iter(policies))][1]
     prompts, references = prompts_and_references(rows, source, template, tokenizer)
-    reward_fn = load_reward(reward, normalize=normalize_reward, policy_tokenizer=tokenizer) if reward else None
+    reward_fn = (
+        load_reward(reward, normalize=normalize_reward, policy_tokenizer=tokenizer) if reward else None
+    )
     total = eval_sample_count(len(prompts), len(policies), settings, reference, reward_fn)
     bar = progress_bar(total, 0, "eval samples", progress)
-    result = compare_policies(policies, reference, prompts, references, settings, gold=is_builtin(source),
-                              reward_fn=reward_fn, progress=bar)
+    result = compare_policies(
+        policies,
+        reference,
+        prompts,
+        references,
+        settings,
+        gold=is_builtin(source),
+        reward_fn=reward_fn,
+        progress=bar,
+    )
     bar.close()
     return result

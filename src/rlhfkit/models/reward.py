@@ -34,14 +34,17 @@ def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
         model.score.weight.zero_()  # start at reward 0 for every input: no arbitrary initial preference
     model.requires_grad_(True)
     if trainable and cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "SEQ_CLS")
+        model = add_lora(
+            model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "SEQ_CLS"
+        )
     elif not trainable:
         model.requires_grad_(False)
     return model, tokenizer
 
 
-def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          **extra) -> torch.Tensor:
+def rewards_at_last_token(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra
+) -> torch.Tensor:
     """(B,) scalar rewards read at each row's last attended position (right- or left-padded rows).
 
     A decoder RM (a `score` head: GPT-2, Llama, ..., LoRA-wrapped or DDP-wrapped too) runs with
@@ -53,8 +56,13 @@ def rewards_at_last_token(model, input_ids: torch.Tensor, attention_mask: torch.
     if head is None:
         return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.squeeze(-1).float()
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): a left-padded row starts at 0
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                output_hidden_states=True, **extra)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        output_hidden_states=True,
+        **extra,
+    )
     # hidden_states[-1] is after the final norm (GPT-2's ln_f, Llama's norm), the input the head is
     # trained on (tests/models/test_reward.py checks it against the model's own logits).
     hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0]), last_attended(attention_mask)]  # (B, H)
@@ -76,7 +84,6 @@ def score_head(model):
 def load_reward_model(location: str, trust_remote_code: bool = False):
     """A saved reward model (final/ of an rm stage), frozen, for scoring."""
     from transformers import AutoModelForSequenceClassification
-
 
     path = resolve_model_path(location)
     try:

@@ -49,7 +49,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, shape: TinyShape | None
     """Train the tokenizer, initialise GPT-2 weights from `seed`, save both to `out_dir` atomically."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-
     shape = shape or TinyShape()
     # Both splits, rendered in the Human/Assistant template, so "Human:"/"Assistant:" and every held-out
     # prompt's words get whole tokens (the model never sees the test rows, only the tokenizer).

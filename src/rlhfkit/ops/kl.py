@@ -135,8 +135,10 @@ def k1_exact_z(k1_rows: torch.Tensor, exact_rows: torch.Tensor) -> torch.Tensor:
     positive, and z grows with the batch. Identical rows (d all equal, e.g. at KL 0) give z = 0.
     """
     if k1_rows.shape != exact_rows.shape or k1_rows.dim() != 1 or k1_rows.shape[0] < 2:
-        raise ValueError(f"k1_exact_z needs two (B,) tensors with B >= 2, got {tuple(k1_rows.shape)} "
-                         f"and {tuple(exact_rows.shape)}")
+        raise ValueError(
+            f"k1_exact_z needs two (B,) tensors with B >= 2, got {tuple(k1_rows.shape)} "
+            f"and {tuple(exact_rows.shape)}"
+        )
     d = k1_rows.double() - exact_rows.double()
     stderr = d.std() / math.sqrt(d.shape[0])
     return torch.where(stderr > 0, d.mean() / stderr.clamp(min=1e-300), torch.zeros((), dtype=d.dtype))

@@ -151,8 +151,10 @@ def _elementwise(logprobs, old_logprobs, ref_logprobs, fn) -> tuple[torch.Tensor
         values.append(value)
         grads.append(grad)
     shape = logprobs.shape
-    return (torch.tensor(values, dtype=torch.float64).reshape(shape),
-            torch.tensor(grads, dtype=torch.float64).reshape(shape))
+    return (
+        torch.tensor(values, dtype=torch.float64).reshape(shape),
+        torch.tensor(grads, dtype=torch.float64).reshape(shape),
+    )
 
 
 def kl_loss_k1_reference(logprobs, old_logprobs, ref_logprobs) -> tuple[torch.Tensor, torch.Tensor]:

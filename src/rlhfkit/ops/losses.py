@@ -145,7 +145,8 @@ def masked_nll(
     """
     if labels.shape != logits.shape[:-1] or labels.dim() != 2:
         raise ValueError(
-            f"expected logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}"
+            f"expected logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
         )
     shift_logits = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
     targets = labels[:, 1:]  # (B, T-1)
@@ -351,8 +352,9 @@ def ppo_policy_loss_reference(
     per_token_t = torch.tensor(per_token, dtype=torch.float64).reshape(logprobs.shape)
     loss = aggregate_loss_reference(per_token_t, mask, aggregation, total).item()
     n = len(sides)
-    fractions = [sum(s in kinds for s in sides) / n if n else 0.0
-                 for kinds in (("low", "high"), ("low",), ("high",))]
+    fractions = [
+        sum(s in kinds for s in sides) / n if n else 0.0 for kinds in (("low", "high"), ("low",), ("high",))
+    ]
     return (loss, *fractions) if per_side else (loss, fractions[0])
 
 

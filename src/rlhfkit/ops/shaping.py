@@ -11,7 +11,11 @@ import torch
 
 
 def kl_shaped_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
 ) -> torch.Tensor:
     """rewards[b, t] = -kl_coef * (logprobs - ref_logprobs)[b, t] * mask[b, t]
                       + scores[b] * [t == last valid position of row b].
@@ -30,7 +34,11 @@ def kl_shaped_rewards(
 
 
 def kl_shaped_rewards_reference(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
 ) -> torch.Tensor:
     rewards = torch.zeros_like(logprobs)
     for b in range(logprobs.shape[0]):
@@ -45,8 +53,12 @@ def kl_shaped_rewards_reference(
 
 
 def response_scores(
-    raw: torch.Tensor, finished: torch.Tensor, lengths: torch.Tensor, no_eos_penalty: float,
-    empty_score: float | None, clip: float,
+    raw: torch.Tensor,
+    finished: torch.Tensor,
+    lengths: torch.Tensor,
+    no_eos_penalty: float,
+    empty_score: float | None,
+    clip: float,
 ) -> torch.Tensor:
     """The scalar score of each response before KL shaping:
 
@@ -66,8 +78,12 @@ def response_scores(
 
 
 def response_scores_reference(
-    raw: torch.Tensor, finished: torch.Tensor, lengths: torch.Tensor, no_eos_penalty: float,
-    empty_score: float | None, clip: float,
+    raw: torch.Tensor,
+    finished: torch.Tensor,
+    lengths: torch.Tensor,
+    no_eos_penalty: float,
+    empty_score: float | None,
+    clip: float,
 ) -> torch.Tensor:
     out = torch.empty_like(raw)
     for b in range(raw.shape[0]):

@@ -20,12 +20,24 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.rewards.function import RewardSample, python_reward
 from rlhfkit.rewards.model import REWARD_STATS, model_reward, reward_normalisation, same_tokenizer
 
-__all__ = ["REWARD_STATS", "RewardSample", "combined_reward", "is_function_reward", "load_reward",
-           "reward_normalisation", "same_tokenizer"]
+__all__ = [
+    "REWARD_STATS",
+    "RewardSample",
+    "combined_reward",
+    "is_function_reward",
+    "load_reward",
+    "reward_normalisation",
+    "same_tokenizer",
+]
 
 
-def load_reward(spec: str, normalize: bool, policy_tokenizer=None, template: str = "human_assistant",
-                extra: list[str] | tuple = ()) -> Callable[..., torch.Tensor]:
+def load_reward(
+    spec: str,
+    normalize: bool,
+    policy_tokenizer=None,
+    template: str = "human_assistant",
+    extra: list[str] | tuple = (),
+) -> Callable[..., torch.Tensor]:
     """`module:function` (rewards/function.py's two forms) or a reward-model folder (an rm stage's, or
     any local AutoModelForSequenceClassification folder), plus the `extra` rewards, each `spec` or
     `spec@weight`, added with their weights. `template` is the data.template the prompts are
@@ -51,8 +63,10 @@ def combined_reward(terms: list[tuple[Callable[..., torch.Tensor], float]]) -> C
     """sum_i weight_i x reward_i, each reward called with the same rows (e.g. an RM + a format check)."""
 
     def reward(prompts, responses, token_ids=None, finished=None, metadata=None) -> torch.Tensor:
-        return sum(weight * term(prompts, responses, token_ids, finished=finished, metadata=metadata)
-                   for term, weight in terms)
+        return sum(
+            weight * term(prompts, responses, token_ids, finished=finished, metadata=metadata)
+            for term, weight in terms
+        )
 
     # A reward model among the terms reads the sampled ids when it shares the policy's tokenizer.
     reward.scores_token_ids = any(getattr(term, "scores_token_ids", False) for term, _ in terms)

@@ -53,24 +53,35 @@ def python_reward(spec: str):
         raise RlhfkitError(f"ppo.reward={spec}: cannot import ({e})") from None
     rows = takes_samples(function)
 
-    def reward(prompts: list[str], responses: list[str], token_ids=None, finished=None,
-               metadata=None) -> torch.Tensor:
+    def reward(
+        prompts: list[str], responses: list[str], token_ids=None, finished=None, metadata=None
+    ) -> torch.Tensor:
         try:
             if rows:
-                samples = [RewardSample(p, r, None if token_ids is None else token_ids[i],
-                                        True if finished is None else bool(finished[i]),
-                                        {} if metadata is None else metadata[i])
-                           for i, (p, r) in enumerate(zip(prompts, responses))]
+                samples = [
+                    RewardSample(
+                        p,
+                        r,
+                        None if token_ids is None else token_ids[i],
+                        True if finished is None else bool(finished[i]),
+                        {} if metadata is None else metadata[i],
+                    )
+                    for i, (p, r) in enumerate(zip(prompts, responses))
+                ]
                 scores = [float(s) for s in function(samples)]
             else:
                 scores = [float(s) for s in function(prompts, responses)]
         except Exception as e:  # noqa: BLE001 - a user's plugin may raise anything; name it and stop
             raise RlhfkitError(f"ppo.reward={spec} raised {type(e).__name__}: {str(e)[:160]}") from None
         if len(scores) != len(prompts):
-            raise RlhfkitError(f"ppo.reward={spec} returned {len(scores)} scores for {len(prompts)} responses")
+            raise RlhfkitError(
+                f"ppo.reward={spec} returned {len(scores)} scores for {len(prompts)} responses"
+            )
         bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
         if bad:
-            raise RlhfkitError(f"ppo.reward={spec} returned a non-finite score ({scores[bad[0]]}) for response {bad[0]}")
+            raise RlhfkitError(
+                f"ppo.reward={spec} returned a non-finite score ({scores[bad[0]]}) for response {bad[0]}"
+            )
         return torch.tensor(scores)
 
     return reward

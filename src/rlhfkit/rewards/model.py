@@ -21,7 +21,12 @@ REWARD_STATS = "reward_stats.json"
 
 def same_tokenizer(a, b) -> bool:
     """Same vocabulary (ids) and the same pad id: ids from one mean the same tokens in the other."""
-    return a is not None and b is not None and a.get_vocab() == b.get_vocab() and a.pad_token_id == b.pad_token_id
+    return (
+        a is not None
+        and b is not None
+        and a.get_vocab() == b.get_vocab()
+        and a.pad_token_id == b.pad_token_id
+    )
 
 
 def stats_path(folder: str) -> Path:
@@ -36,7 +41,9 @@ def reward_normalisation(folder: str, normalize: bool) -> tuple[float, float]:
         return 0.0, 1.0
     stats_file = stats_path(folder)
     if not stats_file.is_file():
-        raise RlhfkitError(f"{stats_file}: missing; train the RM with `rlhfkit rm` or set ppo.normalize_reward=false")
+        raise RlhfkitError(
+            f"{stats_file}: missing; train the RM with `rlhfkit rm` or set ppo.normalize_reward=false"
+        )
     stats = json.loads(stats_file.read_text())
     return stats["mean"], max(stats["std"], 1e-6)
 
@@ -47,9 +54,11 @@ def check_template(folder: str, template: str) -> None:
     stats_file = stats_path(folder)
     trained = json.loads(stats_file.read_text()).get("template") if stats_file.is_file() else None
     if trained is not None and trained != template:
-        raise RlhfkitError(f"{folder}: this reward model was trained with data.template={trained} but the "
-                           f"prompts it would score are rendered with data.template={template}; use the same "
-                           "template in both")
+        raise RlhfkitError(
+            f"{folder}: this reward model was trained with data.template={trained} but the "
+            f"prompts it would score are rendered with data.template={template}; use the same "
+            "template in both"
+        )
 
 
 def model_reward(folder: str, normalize: bool, policy_tokenizer, template: str = "human_assistant"):
@@ -75,8 +84,13 @@ def model_reward(folder: str, normalize: bool, policy_tokenizer, template: str =
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     @torch.no_grad()
-    def reward(prompts: list[str], responses: list[str], token_ids: list[list[int]] | None = None,
-               finished=None, metadata=None) -> torch.Tensor:
+    def reward(
+        prompts: list[str],
+        responses: list[str],
+        token_ids: list[list[int]] | None = None,
+        finished=None,
+        metadata=None,
+    ) -> torch.Tensor:
         # `finished` and `metadata` are for function rewards; the RM reads the text (or ids) alone.
         scores = rewards_at_last_token(model, **inputs(prompts, responses, token_ids))
         return (scores - mean) / std

@@ -69,8 +69,9 @@ def verifiable_reward(samples: list[RewardSample]) -> list[float]:
     for sample in samples:
         family, params = parse_prompt(sample.metadata.get("instruction") or sample.prompt)
         if family.name not in CHECKS:
-            raise ValueError(f"{family.name} prompts have no checkable answer "
-                             f"(checkable: {', '.join(CHECKS)})")
+            raise ValueError(
+                f"{family.name} prompts have no checkable answer (checkable: {', '.join(CHECKS)})"
+            )
         scores.append(CHECKS[family.name](params, sample.response))
     return scores
 

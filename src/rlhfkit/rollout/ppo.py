@@ -1,7 +1,8 @@
 """PPO rollouts: sample with the KV cache, then score under exactly the masks training will use.
 
 Design §6 rules 1-2: tokens are drawn from softmax(logits / T) with no other warping (a warp is
-only possible through `top_k` or `repetition_penalty`, which the health check is there to catch), and every log-prob
+only possible through `top_k` or `repetition_penalty`, which the health check is there to catch), and every
+log-prob
 comes from a scoring pass over left-padded prompts + right-padded responses with
 position_ids = cumsum(attention_mask) - 1, the same pass the PPO update runs. So on the first
 minibatch the new/old probability ratio is exactly 1.
@@ -52,15 +53,27 @@ class Rollout:
         return self.response_mask.sum(-1)
 
     def rows(self, index) -> Rollout:
-        return Rollout(*(t[index] for t in (self.query_ids, self.query_mask, self.response_ids, self.response_mask,
-                                            self.finished)))
+        return Rollout(
+            *(
+                t[index]
+                for t in (
+                    self.query_ids,
+                    self.query_mask,
+                    self.response_ids,
+                    self.response_mask,
+                    self.finished,
+                )
+            )
+        )
 
     def token_rows(self) -> list[list[int]]:
         """Per row, unpadded: the prompt's ids, then the response's up to (not including) its EOS,
         the input format of a reward model that shares the policy's tokenizer."""
         lengths = self.response_lengths - self.finished.long()
-        return [q[m.bool()].tolist() + r[:n].tolist()
-                for q, m, r, n in zip(self.query_ids, self.query_mask, self.response_ids, lengths.tolist())]
+        return [
+            q[m.bool()].tolist() + r[:n].tolist()
+            for q, m, r, n in zip(self.query_ids, self.query_mask, self.response_ids, lengths.tolist())
+        ]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,9 +82,18 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           eos_token_id: int, pad_token_id: int, top_k: int = 0, repetition_penalty: float = 1.0,
-           noise: torch.Tensor | None = None) -> Rollout:
+def sample(
+    model,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    noise: torch.Tensor | None = None,
+) -> Rollout:
     """Draw responses token by token with the KV cache; stop a row at its first EOS.
 
     Each token is drawn by inverting the CDF of softmax(logits / T) at a uniform from `noise`
@@ -92,8 +114,13 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     done = torch.zeros(batch, dtype=torch.bool)
     seen = None  # (B, V) tokens already in each row, for a repetition penalty
     for step in range(max_new_tokens):
-        out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, use_cache=True,
-                    **{cache: past})
+        out = model(
+            input_ids=step_input,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **{cache: past},
+        )
         past = getattr(out, cache)
         logits = out.logits[:, -1].float()  # (B, V)
         if repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor (design §6.7)
@@ -107,8 +134,10 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         if not torch.isfinite(probs).all():
-            raise RlhfkitError("rollout: the policy's next-token probabilities are not finite (its weights diverged); "
-                               "likely cause: train.lr too high or float16 overflow")
+            raise RlhfkitError(
+                "rollout: the policy's next-token probabilities are not finite (its weights diverged); "
+                "likely cause: train.lr too high or float16 overflow"
+            )
         cdf = probs.cumsum(-1)  # (B, V)
         # First token whose CDF exceeds u * total: zero-probability tokens are never picked.
         token = torch.searchsorted(cdf, (noise[:, step] * cdf[:, -1])[:, None], right=True).squeeze(-1)
@@ -140,14 +169,20 @@ def critic_values(critic, rollout: Rollout, mean: float = 0.0, std: float = 1.0)
     prompt + the first t response tokens: a critic initialised from the RM starts out predicting
     the reward the response would get if it ended there (design §6.8)."""
     attention = rollout.attention_mask
-    out = critic(input_ids=rollout.input_ids, attention_mask=attention, position_ids=position_ids(attention),
-                 output_hidden_states=True)
+    out = critic(
+        input_ids=rollout.input_ids,
+        attention_mask=attention,
+        position_ids=position_ids(attention),
+        output_hidden_states=True,
+    )
     start = rollout.query_ids.shape[1] - 1
     hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H)
     return (critic.score(hidden).squeeze(-1).float() - mean) / std
 
 
-def score(model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None) -> dict[str, torch.Tensor]:
+def score(
+    model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None
+) -> dict[str, torch.Tensor]:
     """Response log-probs (B, R) and logits (B, R, V) under `model` at temperature T; optionally values.
 
     The same call serves the rollout (old/ref log-probs, no grad) and the update (with grad).
@@ -158,10 +193,15 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
     # (B, P, V) head output of the prompt positions (a large share of a small model's FLOPs and
     # memory, in every rollout and update forward). Slicing from the end also suits a model that
     # ignores logits_to_keep and returns every position.
-    out = model(input_ids=rollout.input_ids, attention_mask=attention, position_ids=position_ids(attention),
-                output_hidden_states=with_values, logits_to_keep=n_response + 1)
+    out = model(
+        input_ids=rollout.input_ids,
+        attention_mask=attention,
+        position_ids=position_ids(attention),
+        output_hidden_states=with_values,
+        logits_to_keep=n_response + 1,
+    )
     start = rollout.query_ids.shape[1] - 1  # logits at position t predict token t+1
-    logits = out.logits[:, -(n_response + 1):-1].float()  # (B, R, V)
+    logits = out.logits[:, -(n_response + 1) : -1].float()  # (B, R, V)
     result = {"logprobs": logprobs_from_logits(logits, rollout.response_ids, temperature=temperature)}
     if with_values:
         hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H): value of the state before each token
@@ -172,20 +212,42 @@ def score(model, rollout: Rollout, temperature: float, with_values: bool = False
 
 def row_noise(seed: int, rows: range, steps: int) -> torch.Tensor:
     """(len(rows), steps) sampling uniforms for `sample`; row g's are a pure function of (seed, g)."""
-    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(seed * 100_003 + g)) for g in rows])
+    return torch.stack(
+        [torch.rand(steps, generator=torch.Generator().manual_seed(seed * 100_003 + g)) for g in rows]
+    )
 
 
-def sample_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
-                   top_k: int = 0, repetition_penalty: float = 1.0, noise: torch.Tensor | None = None) -> Rollout:
+def sample_prompts(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    noise: torch.Tensor | None = None,
+) -> Rollout:
     """Tokenise rendered prompts as every stage does (`encode_prompt`, so a reward model trained on
     `render`'s ids reads these), left-pad, then `sample`: the rollout PPO trains on and eval measures."""
     query_ids, query_mask = left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     model.eval()
-    return sample(model, query_ids, query_mask, max_new_tokens, temperature, tokenizer.eos_token_id,
-                  tokenizer.pad_token_id, top_k=top_k, repetition_penalty=repetition_penalty, noise=noise)
+    return sample(
+        model,
+        query_ids,
+        query_mask,
+        max_new_tokens,
+        temperature,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        noise=noise,
+    )
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
     """Response texts up to the first EOS (the tokens the response mask covers)."""
-    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
-            for ids, m in zip(rollout.response_ids, rollout.response_mask)]
+    return [
+        tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
+        for ids, m in zip(rollout.response_ids, rollout.response_mask)
+    ]

@@ -20,8 +20,16 @@ class Completions:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: bool = True,
-             temperature: float = 1.0, batch_size: int = 16, progress: str | None = None) -> Completions:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+    progress: str | None = None,
+) -> Completions:
     """Complete every prompt. Sampling is plain softmax(logits / T): no top-k/top-p warping.
 
     `progress` names a progress bar over the batches (long jobs such as preference sampling)."""
@@ -39,10 +47,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: 
             input_ids, attention_mask = left_pad(chunk, tokenizer.pad_token_id)
             sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
             out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=not greedy, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **sampling,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=not greedy,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+                **sampling,
             )
-            for row in out[:, input_ids.shape[1]:].tolist():
+            for row in out[:, input_ids.shape[1] :].tolist():
                 ended = eos in row
                 row = row[: row.index(eos) + 1] if ended else row
                 token_ids.append(row)

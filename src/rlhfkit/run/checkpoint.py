@@ -29,9 +29,17 @@ def flatten_state(obj, tensors: dict[str, torch.Tensor], prefix: str = "t"):
         tensors[key] = obj.detach().cpu().contiguous()
         return {"__tensor__": key}
     if isinstance(obj, dict):
-        return {"__dict__": [[flatten_state(k, tensors, prefix), flatten_state(v, tensors, prefix)] for k, v in obj.items()]}
+        return {
+            "__dict__": [
+                [flatten_state(k, tensors, prefix), flatten_state(v, tensors, prefix)] for k, v in obj.items()
+            ]
+        }
     if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [flatten_state(v, tensors, prefix) for v in obj]}
+        return {
+            "__list__" if isinstance(obj, list) else "__tuple__": [
+                flatten_state(v, tensors, prefix) for v in obj
+            ]
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot checkpoint a {type(obj).__name__} without pickle")

@@ -38,8 +38,11 @@ def prepare_stage_dir(cfg, stage: str, resume: bool = False, overwrite: bool = F
     out.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     if resume and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != text:
-        print(f"rlhfkit: warning: resuming {out} with a config that differs from its config.yaml; "
-              "the new one is saved as config.resumed.yaml", flush=True)
+        print(
+            f"rlhfkit: warning: resuming {out} with a config that differs from its config.yaml; "
+            "the new one is saved as config.resumed.yaml",
+            flush=True,
+        )
         atomic_write_text(out / "config.resumed.yaml", text)
     else:
         atomic_write_text(out / "config.yaml", text)

@@ -19,7 +19,9 @@ class MetricsLogger:
         self._wandb = None
         unknown = set(report_to) - {"tensorboard", "wandb"}
         if unknown:
-            raise RlhfkitError(f"run.report_to: unknown backend {sorted(unknown)[0]!r}; use tensorboard and/or wandb")
+            raise RlhfkitError(
+                f"run.report_to: unknown backend {sorted(unknown)[0]!r}; use tensorboard and/or wandb"
+            )
         if not enabled:
             return
         if "tensorboard" in report_to:
@@ -30,7 +32,9 @@ class MetricsLogger:
             try:
                 import wandb
             except ImportError:
-                raise RlhfkitError("run.report_to includes wandb but it is not installed: pip install wandb") from None
+                raise RlhfkitError(
+                    "run.report_to includes wandb but it is not installed: pip install wandb"
+                ) from None
             self._wandb = wandb.init(project="rlhfkit", name=Path(out_dir).parent.name, config=config or {})
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

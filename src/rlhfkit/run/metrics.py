@@ -6,7 +6,8 @@ GRAD_NORM = "grad_norm"
 TOKENS_PER_S = "tokens_per_s"
 EPOCH = "epoch"
 SKIPPED_STEPS = "train/skipped_steps"
-"""Optimizer steps skipped because the loss or gradient norm was NaN/inf (trainers/guard.py NonFiniteGuard)."""
+"""Optimizer steps skipped because the loss or gradient norm was NaN/inf (trainers/guard.py
+NonFiniteGuard)."""
 
 EVAL_LOSS = "eval/loss"
 EVAL_PERPLEXITY = "eval/perplexity"

@@ -22,25 +22,41 @@ from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import check_finite_weights
 
 
-def save_training_state(ctx: StageContext, step: int, model, optimizer, scheduler, extra: dict | None = None) -> None:
+def save_training_state(
+    ctx: StageContext, step: int, model, optimizer, scheduler, extra: dict | None = None
+) -> None:
     """checkpoints/step-<step>/, unless the last optimizer step was skipped as non-finite."""
     if ctx.guard.in_a_row:
         if ctx.is_main:
-            print(f"rlhfkit: warning: {ctx.guard.label} {step}: not checkpointed, its last update was non-finite",
-                  flush=True)
+            print(
+                f"rlhfkit: warning: {ctx.guard.label} {step}: not checkpointed, its last update was "
+                f"non-finite",
+                flush=True,
+            )
         return
     state = trainable_state(ctx.accelerator.unwrap_model(model))
     check_finite_weights(state.items(), f"{ctx.guard.label} {step}", ctx.cfg.train.lr)
     if ctx.is_main:
         checkpoints = ctx.out / "checkpoints"
-        trainer = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                   "skipped_steps": ctx.guard.skipped, **(extra or {})}
+        trainer = {
+            "step": step,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "skipped_steps": ctx.guard.skipped,
+            **(extra or {}),
+        }
         try:
-            save_checkpoint(checkpoints, step, {"model": state, "optimizer": optimizer.state_dict(), "trainer": trainer},
-                            keep_last=ctx.cfg.train.keep_last)
+            save_checkpoint(
+                checkpoints,
+                step,
+                {"model": state, "optimizer": optimizer.state_dict(), "trainer": trainer},
+                keep_last=ctx.cfg.train.keep_last,
+            )
         except OSError as e:
-            raise RlhfkitError(f"{checkpoints}: cannot write checkpoint step-{step} ({e.strerror or e}); earlier "
-                               "checkpoints are intact: free space, then continue with --resume") from None
+            raise RlhfkitError(
+                f"{checkpoints}: cannot write checkpoint step-{step} ({e.strerror or e}); earlier "
+                "checkpoints are intact: free space, then continue with --resume"
+            ) from None
         ctx.saved_steps.append(step)
     ctx.accelerator.wait_for_everyone()
 
@@ -58,9 +74,11 @@ def restore_training_state(ctx: StageContext, model, optimizer, scheduler) -> tu
         load_trainable_state(ctx.accelerator.unwrap_model(model), parts["model"])
         optimizer.load_state_dict(parts["optimizer"])
     except (ValueError, RuntimeError, KeyError) as e:
-        raise RlhfkitError(f"{ctx.out}/checkpoints: checkpoint step-{step} does not fit this model "
-                           f"({str(e).splitlines()[0][:160]}); resume with the run's own config.yaml settings "
-                           "or start over with --overwrite") from None
+        raise RlhfkitError(
+            f"{ctx.out}/checkpoints: checkpoint step-{step} does not fit this model "
+            f"({str(e).splitlines()[0][:160]}); resume with the run's own config.yaml settings "
+            "or start over with --overwrite"
+        ) from None
     trainer = parts["trainer"]
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
@@ -96,7 +114,11 @@ def set_aside_checkpoints(ctx: StageContext, first_bad: int) -> str:
             if step >= first_bad - 1 and step in ctx.saved_steps:
                 path.rename(path.with_name(f"nonfinite-{path.name}"))
                 moved.append(path.name)
-    return f"; checkpoints {', '.join(moved)} renamed nonfinite-*, so --resume starts before the trouble" if moved else ""
+    return (
+        f"; checkpoints {', '.join(moved)} renamed nonfinite-*, so --resume starts before the trouble"
+        if moved
+        else ""
+    )
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

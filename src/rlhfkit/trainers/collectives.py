@@ -63,5 +63,8 @@ def check_replicas_agree(accelerator, net: torch.nn.Module, stage: str) -> None:
     if (totals - totals[0]).abs().max() > 1e-9 * totals[0].abs():
         raise RuntimeError(f"{stage}: processes ended with different weights (|w| sums {totals.tolist()})")
     if accelerator.is_main_process:
-        print(f"rlhfkit: {stage}: {len(totals)} processes agree on the trained weights (|w| sum "
-              f"{totals[0].item():.6f})", flush=True)
+        print(
+            f"rlhfkit: {stage}: {len(totals)} processes agree on the trained weights (|w| sum "
+            f"{totals[0].item():.6f})",
+            flush=True,
+        )

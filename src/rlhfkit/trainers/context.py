@@ -32,4 +32,6 @@ class StageContext:
         if self.is_main:
             prepare_stage_dir(self.cfg, self.stage, resume=self.resume, overwrite=self.overwrite)
         self.accelerator.wait_for_everyone()
-        self.logger = MetricsLogger(self.out, self.cfg.run.report_to, config_to_dict(self.cfg), enabled=self.is_main)
+        self.logger = MetricsLogger(
+            self.out, self.cfg.run.report_to, config_to_dict(self.cfg), enabled=self.is_main
+        )

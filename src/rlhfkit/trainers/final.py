@@ -18,9 +18,14 @@ from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import check_finite_weights
 
 
-def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
-               extra_files: dict[str, str | bytes] | None = None,
-               extra_models: dict[str, tuple] | None = None) -> Path:
+def save_final(
+    ctx: StageContext,
+    model,
+    tokenizer,
+    save_merged: bool = False,
+    extra_files: dict[str, str | bytes] | None = None,
+    extra_models: dict[str, tuple] | None = None,
+) -> Path:
     """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked);
     `extra_models` {name: (model, tokenizer)} become from_pretrained() folders final/<name>/."""
     final = ctx.out / "final"
@@ -29,11 +34,20 @@ def save_final(ctx: StageContext, model, tokenizer, save_merged: bool = False,
         check_finite_weights(unwrapped.named_parameters(), f"{ctx.stage} final/", ctx.cfg.train.lr)
     if ctx.is_main:
         try:
-            _write_final(final, unwrapped, tokenizer, save_merged, extra_files, extra_models,
-                         _adapter_base(ctx.cfg, final))
+            _write_final(
+                final,
+                unwrapped,
+                tokenizer,
+                save_merged,
+                extra_files,
+                extra_models,
+                _adapter_base(ctx.cfg, final),
+            )
         except OSError as e:
-            raise RlhfkitError(f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
-                               "then rerun with --resume") from None
+            raise RlhfkitError(
+                f"{final}: cannot write ({e.strerror or e}); checkpoints/ is intact: free space, "
+                "then rerun with --resume"
+            ) from None
         if ctx.cfg.run.push_to_hub:
             push_to_hub(final, ctx.cfg.run.push_to_hub)
     ctx.accelerator.wait_for_everyone()
@@ -44,13 +58,21 @@ def _adapter_base(cfg, final: Path) -> tuple[str, dict] | None:
     """The model this stage was loaded from, as (peft's field, rlhfkit's record). A LoRA adapter trained
     on a merged LoRA SFT model must name the SFT run, not the original base peft records: otherwise
     loading final/ silently gives base + adapter without the SFT weights (the trap that made the
-    original notebook's PPO reference the base model, design §6.3). The record names it relative to final/, so the run folder can move."""
+    original notebook's PPO reference the base model, design §6.3). The record names it relative to final/,
+    so the run folder can move."""
     model = getattr(cfg, "model", None)
     return base_reference(model.name, model.tiny_seed, final) if model is not None else None
 
 
-def _write_final(final: Path, unwrapped, tokenizer, save_merged: bool, extra_files: dict | None,
-                 extra_models: dict | None = None, adapter_base: tuple[str, dict] | None = None) -> None:
+def _write_final(
+    final: Path,
+    unwrapped,
+    tokenizer,
+    save_merged: bool,
+    extra_files: dict | None,
+    extra_models: dict | None = None,
+    adapter_base: tuple[str, dict] | None = None,
+) -> None:
     with atomic_dir(final) as tmp:
         unwrapped.save_pretrained(tmp, safe_serialization=True)
         adapter_config = tmp / "adapter_config.json"
@@ -83,4 +105,7 @@ def push_to_hub(folder: Path, repo_id: str) -> None:
         api.upload_folder(folder_path=str(folder), repo_id=repo_id)
         print(f"rlhfkit: pushed {folder} to the hub as {repo_id}", flush=True)
     except Exception as e:  # noqa: BLE001 - any failure here must not lose the local result
-        print(f"rlhfkit: push_to_hub {repo_id} failed ({type(e).__name__}); {folder} is saved locally", flush=True)
+        print(
+            f"rlhfkit: push_to_hub {repo_id} failed ({type(e).__name__}); {folder} is saved locally",
+            flush=True,
+        )

@@ -40,15 +40,23 @@ class NonFiniteGuard:
         if self.in_a_row >= self.limit:
             aside = self.on_stop(self.first_bad) if self.on_stop else ""
             raise RlhfkitError(
-                f"{self.label} {step}: non-finite loss or gradient in {self.in_a_row} steps in a row, the first at "
-                f"{self.label} {self.first_bad} ({values}); stopped{aside}. Likely cause: train.lr too high, a bad data row or reward, or float16 overflow "
-                "(try model.dtype=bfloat16/float32); train.max_nonfinite_steps sets how many are tolerated")
-        print(f"rlhfkit: warning: {self.label} {step}: non-finite {values}; optimizer step skipped "
-              f"({self.in_a_row} in a row, stop at {self.limit})", flush=True)
+                f"{self.label} {step}: non-finite loss or gradient in {self.in_a_row} steps in a row, the "
+                f"first at "
+                f"{self.label} {self.first_bad} ({values}); stopped{aside}. Likely cause: train.lr too "
+                f"high, a bad data row or reward, or float16 overflow "
+                "(try model.dtype=bfloat16/float32); train.max_nonfinite_steps sets how many are tolerated"
+            )
+        print(
+            f"rlhfkit: warning: {self.label} {step}: non-finite {values}; optimizer step skipped "
+            f"({self.in_a_row} in a row, stop at {self.limit})",
+            flush=True,
+        )
         return False
 
 
-def guarded_step(guard: NonFiniteGuard, optimizer, scheduler, loss: float, grad_norm: float, step: int) -> None:
+def guarded_step(
+    guard: NonFiniteGuard, optimizer, scheduler, loss: float, grad_norm: float, step: int
+) -> None:
     """optimizer.step() unless the loss or the gradient norm is non-finite; the lr schedule
     advances either way (it is a function of the step number)."""
     if guard.allows(loss, grad_norm, step):
@@ -62,5 +70,7 @@ def check_finite_weights(named, where: str, lr: float) -> None:
     far too high) can overflow the weights without any NaN gradient for the guard to see."""
     bad = next((name for name, value in named if not torch.isfinite(value).all()), None)
     if bad is not None:
-        raise RlhfkitError(f"{where}: weight {bad} is not finite; not saved. Likely cause: train.lr="
-                           f"{lr:g} too high or float16 overflow")
+        raise RlhfkitError(
+            f"{where}: weight {bad} is not finite; not saved. Likely cause: train.lr="
+            f"{lr:g} too high or float16 overflow"
+        )

@@ -14,14 +14,18 @@ from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import guarded_step
 
 
-def prepare_training(ctx: StageContext, model, n_examples: int, head: str | None = None, head_lr: float | None = None):
+def prepare_training(
+    ctx: StageContext, model, n_examples: int, head: str | None = None, head_lr: float | None = None
+):
     """(model, optimizer, scheduler, start step, global batch): AdamW with warm-up + cosine, wrapped
     by accelerate, restored from the latest checkpoint under --resume."""
     t = ctx.cfg.train
     global_batch = t.batch_size * t.grad_accum * ctx.accelerator.num_processes
     if n_examples < global_batch:
-        raise ConfigError(f"{n_examples} training examples cannot fill one global batch of {global_batch} "
-                         "(train.batch_size x train.grad_accum x processes)")
+        raise ConfigError(
+            f"{n_examples} training examples cannot fill one global batch of {global_batch} "
+            "(train.batch_size x train.grad_accum x processes)"
+        )
     optimizer = build_optimizer(model, t.lr, t.weight_decay, head, head_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
     model, optimizer = ctx.accelerator.prepare(model, optimizer)
@@ -30,8 +34,13 @@ def prepare_training(ctx: StageContext, model, n_examples: int, head: str | None
     return model, optimizer, scheduler, start_step, global_batch
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head: str | None = None,
-                    head_lr: float | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    head: str | None = None,
+    head_lr: float | None = None,
+) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and norms (1-D tensors), as in GPT-2 / nanoGPT. Parameters
     whose name contains `head` get `head_lr` (a freshly initialised head learns faster than the trunk)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -39,7 +48,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
     for in_head in (False, True):
         part = [p for n, p in named if (head is not None and head_lr is not None and head in n) == in_head]
         group_lr = head_lr if in_head else lr
-        groups.append({"params": [p for p in part if p.ndim >= 2], "weight_decay": weight_decay, "lr": group_lr})
+        groups.append(
+            {"params": [p for p in part if p.ndim >= 2], "weight_decay": weight_decay, "lr": group_lr}
+        )
         groups.append({"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr": group_lr})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 

@@ -59,7 +59,9 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
     return own, staged
 
 
-def plan_pipeline(cfg: PipelineConfig, config_path: str | Path | None, staged: dict[str, list[str]]) -> PipelinePlan:
+def plan_pipeline(
+    cfg: PipelineConfig, config_path: str | Path | None, staged: dict[str, list[str]]
+) -> PipelinePlan:
     """Every stage's config, wired to the previous stage's output (the wiring wins over the files)."""
     here = Path(config_path).parent if config_path else Path(".")
     root = Path(cfg.dir) / cfg.name
@@ -69,7 +71,10 @@ def plan_pipeline(cfg: PipelineConfig, config_path: str | Path | None, staged: d
     def load(cls, stage: str, wiring: list[str]):
         path = here / getattr(cfg, stage)
         if not path.is_file():
-            raise ConfigError(f"{config_path}: {stage}: {path} not found (stage config paths are relative to the pipeline file)")
+            raise ConfigError(
+                f"{config_path}: {stage}: {path} not found (stage config paths are relative to the "
+                f"pipeline file)"
+            )
         return load_config(cls, path, [*staged.get(stage, []), *wiring])
 
     sft = load(SFTConfig, "sft", run)
@@ -80,15 +85,25 @@ def plan_pipeline(cfg: PipelineConfig, config_path: str | Path | None, staged: d
         root=root,
         sft=sft,
         prefs=load(PrefsConfig, "prefs", [f"model={sft_dir}", f"out={prefs_file}", f"template={template}"]),
-        rm=load(RMConfig, "rm", [*run, f"model.name={sft_dir}", f"data.source={prefs_file}",
-                                 f"data.template={template}"]),
-        ppo=load(PPOConfig, "ppo", [*run, f"model.name={sft_dir}", f"ppo.reward={rm_dir}",
-                                    f"data.template={template}"]),
+        rm=load(
+            RMConfig,
+            "rm",
+            [*run, f"model.name={sft_dir}", f"data.source={prefs_file}", f"data.template={template}"],
+        ),
+        ppo=load(
+            PPOConfig,
+            "ppo",
+            [*run, f"model.name={sft_dir}", f"ppo.reward={rm_dir}", f"data.template={template}"],
+        ),
     )
 
 
-def run_pipeline(cfg: PipelineConfig, config_path: str | Path | None = None, overrides: list[str] = (),
-                 overwrite: bool = False) -> Path:
+def run_pipeline(
+    cfg: PipelineConfig,
+    config_path: str | Path | None = None,
+    overrides: list[str] = (),
+    overwrite: bool = False,
+) -> Path:
     """Run (or continue) every stage, evaluate, and return the path of report.md. `cfg` already holds
     the pipeline's own overrides; `overrides` may still hold stage-prefixed ones (`sft.train.lr=...`)."""
 
@@ -145,41 +160,94 @@ def evaluate_pipeline(cfg: PipelineConfig, plan: PipelinePlan) -> Path:
     """Base, SFT and PPO policies sampled on held-out prompts, best-of-n from SFT, then report.md."""
 
     source = plan.ppo.data.eval_source or plan.ppo.data.source
-    settings = EvalSettings(max_new_tokens=plan.ppo.rollout.max_new_tokens, temperature=plan.ppo.rollout.temperature,
-                            best_of_n=cfg.eval.best_of_n, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
-                            samples_per_prompt=cfg.eval.samples_per_prompt)
+    settings = EvalSettings(
+        max_new_tokens=plan.ppo.rollout.max_new_tokens,
+        temperature=plan.ppo.rollout.temperature,
+        best_of_n=cfg.eval.best_of_n,
+        batch_size=cfg.eval.batch_size,
+        seed=cfg.eval.seed,
+        samples_per_prompt=cfg.eval.samples_per_prompt,
+    )
     models = {"base": plan.sft.model.name, "sft": str(plan.root / "sft"), "ppo": str(plan.root / "ppo")}
-    result = evaluate_policies(models, "sft", source, cfg.eval.prompts, plan.ppo.data.template, settings,
-                               reward=str(plan.root / "rm"), normalize_reward=plan.ppo.ppo.normalize_reward,
-                               progress=plan.ppo.run.progress)
+    result = evaluate_policies(
+        models,
+        "sft",
+        source,
+        cfg.eval.prompts,
+        plan.ppo.data.template,
+        settings,
+        reward=str(plan.root / "rm"),
+        normalize_reward=plan.ppo.ppo.normalize_reward,
+        progress=plan.ppo.run.progress,
+    )
     prompts = result.n_prompts
-    metrics = {s: read_metrics(plan.root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo")
-               if (plan.root / s / "metrics.jsonl").is_file()}
-    atomic_write_text(plan.root / "eval.json", json.dumps({
-        "prompts": prompts, "samples_per_prompt": settings.samples_per_prompt, "source": source,
-        "temperature": settings.temperature,
-        "metrics": result.metrics, "win_rates": result.win_rates,
-        "gold_gains": {pair: {"mean": m, "stderr": se} for pair, (m, se) in result.gold_gains.items()},
-        "best_of_n": result.best_of_n}, indent=1))
+    metrics = {
+        s: read_metrics(plan.root / s / "metrics.jsonl")
+        for s in ("sft", "rm", "ppo")
+        if (plan.root / s / "metrics.jsonl").is_file()
+    }
+    write_eval_json(plan.root / "eval.json", result, settings, source)
+    facts = report_facts(plan, settings, source, prompts)
+    labels = {"base": "base", "sft": "SFT", "ppo": "PPO"}
+    report = write_report(
+        plan.root,
+        f"rlhfkit pipeline report: {cfg.name}",
+        result,
+        metrics,
+        facts,
+        labels,
+        cfg.eval.show,
+        frontier=("sft", "ppo"),
+    )
+    print(f"rlhfkit pipeline: report: {report}", flush=True)
+    return report
+
+
+def write_eval_json(path: Path, result, settings: EvalSettings, source: str) -> None:
+    """eval.json: the headline numbers of the report, for scripts."""
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "prompts": result.n_prompts,
+                "samples_per_prompt": settings.samples_per_prompt,
+                "source": source,
+                "temperature": settings.temperature,
+                "metrics": result.metrics,
+                "win_rates": result.win_rates,
+                "gold_gains": {
+                    pair: {"mean": m, "stderr": se} for pair, (m, se) in result.gold_gains.items()
+                },
+                "best_of_n": result.best_of_n,
+            },
+            indent=1,
+        ),
+    )
+
+
+def report_facts(plan: PipelinePlan, settings: EvalSettings, source: str, prompts: int) -> list[str]:
+    """The report's opening lines: what was evaluated, the pairs, the wall time, how KL is measured."""
     prefs = json.loads((plan.root / "prefs.json").read_text()) if (plan.root / "prefs.json").is_file() else {}
-    facts = [
+    return [
         f"Base model `{plan.sft.model.name}`; SFT, RM and PPO in `{plan.root}/`; held-out prompts: {prompts} "
         f"from `{source}` (test split), {_samples(settings.samples_per_prompt)} each per policy at T = "
         f"{settings.temperature} (the same random numbers for every policy), "
         f"at most {settings.max_new_tokens} new tokens.",
-        f"Preference pairs: {prefs.get('pairs', '?')} (labeller temperature {plan.prefs.noise_temperature}; label "
+        f"Preference pairs: {prefs.get('pairs', '?')} (labeller temperature "
+        f"{plan.prefs.noise_temperature}; label "
         f"agreement with the noiseless judge {_fmt(prefs.get('label_agreement'))}, expected ceiling "
         f"{_fmt(prefs.get('noise_ceiling'))}).",
-        ("Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in plan.seconds.items())
-         + f"; total {sum(plan.seconds.values()):.0f}" if plan.seconds else "Wall time: not recorded (no stage ran in this folder)")
+        (
+            "Wall time (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in plan.seconds.items())
+            + f"; total {sum(plan.seconds.values()):.0f}"
+            if plan.seconds
+            else "Wall time: not recorded (no stage ran in this folder)"
+        )
         + (f" (skipped this time: {', '.join(plan.skipped)})" if plan.skipped else ""),
-        "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is estimated from its draws (the bound log n − (n−1)/n beside it). Gold score in [-1, 1].",
+        "KL to SFT: the k1 estimate on the policy's own samples; best-of-n's is estimated from its draws "
+        "(the bound log n − (n−1)/n beside it). Gold score in [-1, 1].",
     ]
-    labels = {"base": "base", "sft": "SFT", "ppo": "PPO"}
-    report = write_report(plan.root, f"rlhfkit pipeline report: {cfg.name}", result, metrics, facts, labels, cfg.eval.show,
-                          frontier=("sft", "ppo"))
-    print(f"rlhfkit pipeline: report: {report}", flush=True)
-    return report
 
 
 def _samples(k: int) -> str:

@@ -73,8 +73,14 @@ class PolicyWithValue(torch.nn.Module):
     gives both), or a separate value model initialised from the reward model (design §6.8). With
     `value_head=False` (a critic-free estimator) there is no critic at all and no "values"."""
 
-    def __init__(self, policy: torch.nn.Module, hidden_size: int, critic: torch.nn.Module | None = None,
-                 critic_norm: tuple[float, float] = (0.0, 1.0), value_head: bool = True):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        hidden_size: int,
+        critic: torch.nn.Module | None = None,
+        critic_norm: tuple[float, float] = (0.0, 1.0),
+        value_head: bool = True,
+    ):
         super().__init__()
         self.policy = policy
         self.critic = critic
@@ -86,12 +92,19 @@ class PolicyWithValue(torch.nn.Module):
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, rollout: Rollout, temperature: float, ptx: dict | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, rollout: Rollout, temperature: float, ptx: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         """Response log-probs, logits and values; with `ptx` (an SFT batch) also its NLL. One call,
         so that DDP sees one forward per backward."""
         if self.critic is None:
-            out = score(self.policy, rollout, temperature, with_values=self.value_head is not None,
-                        value_head=self.value_head)
+            out = score(
+                self.policy,
+                rollout,
+                temperature,
+                with_values=self.value_head is not None,
+                value_head=self.value_head,
+            )
         else:
             out = score(self.policy, rollout, temperature)
             out["values"] = critic_values(self.critic, rollout, *self.critic_norm)
@@ -111,12 +124,18 @@ def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str
         metadata.setdefault(prompt_text(row, f"{d.source}: row {i}", d.template, tokenizer), row)
     prompts = list(metadata)
     if len(prompts) < global_batch:
-        raise ConfigError(f"{d.source}: {len(prompts)} distinct prompts cannot fill one rollout batch of {global_batch} "
-                          "(rollout.batch_size x processes)")
+        raise ConfigError(
+            f"{d.source}: {len(prompts)} distinct prompts cannot fill one rollout batch of {global_batch} "
+            "(rollout.batch_size x processes)"
+        )
     eval_rows = []
     if is_builtin(d.eval_source or d.source):
         eval_rows = load_rows(d.eval_source or d.source, "test")[: cfg.ppo.eval_prompts]
-    print(f"rlhfkit: ppo prompts: {len(prompts)} distinct train prompts, {len(eval_rows)} held-out for gold/score", flush=True)
+    print(
+        f"rlhfkit: ppo prompts: {len(prompts)} distinct train prompts, {len(eval_rows)} held-out for "
+        "the gold score",
+        flush=True,
+    )
     return prompts, eval_rows, metadata
 
 
@@ -129,8 +148,10 @@ def load_ptx_data(cfg: PPOConfig, tokenizer, world: int) -> TokenizedSFT | None:
     rows = load_rows(source, "train", d.builtin_size, d.builtin_noise)
     data = tokenize_sft(rows, tokenizer, source, d.template, d.max_length, d.truncation)
     if len(data) < p.ptx_batch_size * world:
-        raise ConfigError(f"{source}: {len(data)} SFT examples cannot fill one ptx batch of {p.ptx_batch_size * world} "
-                          "(ppo.ptx_batch_size x processes)")
+        raise ConfigError(
+            f"{source}: {len(data)} SFT examples cannot fill one ptx batch of {p.ptx_batch_size * world} "
+            "(ppo.ptx_batch_size x processes)"
+        )
     print(f"rlhfkit: ppo-ptx: {len(data)} SFT examples from {source}, coefficient {p.ptx_coef}", flush=True)
     return data
 
@@ -140,11 +161,15 @@ def load_critic(cfg: PPOConfig, policy_tokenizer):
 
     p = cfg.ppo
     if is_function_reward(p.reward):
-        raise ConfigError(f"ppo.critic=reward_model needs ppo.reward to be a reward-model folder, not {p.reward}")
+        raise ConfigError(
+            f"ppo.critic=reward_model needs ppo.reward to be a reward-model folder, not {p.reward}"
+        )
     critic, tokenizer = load_reward_model(p.reward)
     if not same_tokenizer(tokenizer, policy_tokenizer) or not hasattr(critic, "score"):
-        raise ConfigError(f"ppo.critic=reward_model: {p.reward} must be a decoder RM (a `score` head) on the policy's "
-                          "tokenizer, so it can read the policy's tokens; use ppo.critic=head")
+        raise ConfigError(
+            f"ppo.critic=reward_model: {p.reward} must be a decoder RM (a `score` head) on the policy's "
+            "tokenizer, so it can read the policy's tokens; use ppo.critic=head"
+        )
     disable_dropout(critic)
     critic.requires_grad_(True)
     return critic, tokenizer, reward_normalisation(p.reward, p.normalize_reward)
@@ -159,32 +184,44 @@ def check_ppo_config(cfg: PPOConfig) -> None:
     """Refuse settings under which the update's forward cannot equal the rollout's (design §6.1-6.2)."""
     m, r = cfg.model, cfg.rollout
     if m.lora and m.lora_dropout > 0 and m.disable_dropout:
-        raise ConfigError(f"model.lora_dropout={m.lora_dropout:g}: PPO needs the rollout's and the update's forwards "
-                          "to agree (the probability ratio, design §6.2) and model.disable_dropout=true turns every "
-                          "other dropout off: set model.lora_dropout=0")
+        raise ConfigError(
+            f"model.lora_dropout={m.lora_dropout:g}: PPO needs the rollout's and the update's forwards "
+            "to agree (the probability ratio, design §6.2) and model.disable_dropout=true turns every "
+            "other dropout off: set model.lora_dropout=0"
+        )
     check_online_config(cfg)
     if r.allow_mismatched_sampling:
         return
     if r.top_k:
-        raise ConfigError("rollout.top_k warps sampling away from the distribution PPO scores (design §6.1): "
-                          "set rollout.top_k=0 (or rollout.allow_mismatched_sampling=true to reproduce the bug)")
+        raise ConfigError(
+            "rollout.top_k warps sampling away from the distribution PPO scores (design §6.1): "
+            "set rollout.top_k=0 (or rollout.allow_mismatched_sampling=true to reproduce the bug)"
+        )
     if r.repetition_penalty != 1.0:
-        raise ConfigError("rollout.repetition_penalty warps sampling away from the distribution PPO scores (design "
-                          "§6.1): set rollout.repetition_penalty=1 (or rollout.allow_mismatched_sampling=true)")
+        raise ConfigError(
+            "rollout.repetition_penalty warps sampling away from the distribution PPO scores (design "
+            "§6.1): set rollout.repetition_penalty=1 (or rollout.allow_mismatched_sampling=true)"
+        )
 
 
 def check_online_config(cfg: PPOConfig) -> None:
     """Refuse combinations of the loop's choices that cannot mean what they say (design §10)."""
     p, group = cfg.ppo, cfg.rollout.group_size
     if p.advantage in GROUP_ADVANTAGES and group < 2:
-        raise ConfigError(f"ppo.advantage={p.advantage} baselines each sample against the other samples "
-                          f"of its prompt: set rollout.group_size >= 2 (got {group})")
+        raise ConfigError(
+            f"ppo.advantage={p.advantage} baselines each sample against the other samples "
+            f"of its prompt: set rollout.group_size >= 2 (got {group})"
+        )
     if p.advantage not in NEEDS_VALUES and (p.critic != "head" or p.critic_lr is not None):
-        raise ConfigError(f"ppo.advantage={p.advantage} uses no critic, so ppo.critic and ppo.critic_lr "
-                          "have no effect: remove them (or use ppo.advantage=gae)")
+        raise ConfigError(
+            f"ppo.advantage={p.advantage} uses no critic, so ppo.critic and ppo.critic_lr "
+            "have no effect: remove them (or use ppo.advantage=gae)"
+        )
     if p.kl_in == "reward" and p.kl_loss_estimator != "k3":
-        raise ConfigError(f"ppo.kl_loss_estimator={p.kl_loss_estimator} has no effect with ppo.kl_in=reward "
-                          "(the reward's KL penalty is k1): set ppo.kl_in=loss or remove it")
+        raise ConfigError(
+            f"ppo.kl_loss_estimator={p.kl_loss_estimator} has no effect with ppo.kl_in=reward "
+            "(the reward's KL penalty is k1): set ppo.kl_in=loss or remove it"
+        )
 
 
 def whitens(p: PPOSection) -> bool:
@@ -228,27 +265,53 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         groups = f" x rollout.group_size={r.group_size}" if r.group_size > 1 else ""
         across = f" x {world} processes" if world > 1 else ""
         total = f" = {rows} rows" if groups or across else ""
-        raise ConfigError(f"rollout.batch_size={r.batch_size}{groups}{across}{total} must be divisible by "
-                          f"ppo.minibatches={p.minibatches}")
+        raise ConfigError(
+            f"rollout.batch_size={r.batch_size}{groups}{across}{total} must be divisible by "
+            f"ppo.minibatches={p.minibatches}"
+        )
     policy, tokenizer = load_causal_lm(cfg.model)
     # Full fine-tuning needs a frozen copy as the reference; LoRA reuses the base (adapter disabled).
-    reference = None if cfg.model.lora else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}),
-                                                           trainable=False)[0]
-    critic, critic_tokenizer, critic_norm = (load_critic(cfg, tokenizer) if p.critic == "reward_model"
-                                             else (None, None, (0.0, 1.0)))
-    net = PolicyWithValue(policy, policy.config.get_text_config().hidden_size, critic, critic_norm,
-                          value_head=p.advantage in NEEDS_VALUES)
+    reference = (
+        None
+        if cfg.model.lora
+        else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)[0]
+    )
+    critic, critic_tokenizer, critic_norm = (
+        load_critic(cfg, tokenizer) if p.critic == "reward_model" else (None, None, (0.0, 1.0))
+    )
+    net = PolicyWithValue(
+        policy,
+        policy.config.get_text_config().hidden_size,
+        critic,
+        critic_norm,
+        value_head=p.advantage in NEEDS_VALUES,
+    )
     reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template, p.extra_rewards)
     prompts, eval_rows, metadata = load_prompts(cfg, tokenizer, r.batch_size * world)
     ptx = load_ptx_data(cfg, tokenizer, world)
     critic_lr = p.critic_lr or (cfg.train.lr if critic is not None else None)
-    optimizer = build_optimizer(net, cfg.train.lr, cfg.train.weight_decay, "critic." if critic else "value_head",
-                                critic_lr)
+    optimizer = build_optimizer(
+        net, cfg.train.lr, cfg.train.weight_decay, "critic." if critic else "value_head", critic_lr
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer = ctx.accelerator.prepare(net, optimizer)
     start, extras = restore_training_state(ctx, model, optimizer, scheduler) if resume else (0, {})
-    return PPOSetup(net, model, optimizer, scheduler, tokenizer, reference, reward_fn, prompts, metadata,
-                    eval_rows, ptx, critic_tokenizer, start, extras)
+    return PPOSetup(
+        net,
+        model,
+        optimizer,
+        scheduler,
+        tokenizer,
+        reference,
+        reward_fn,
+        prompts,
+        metadata,
+        eval_rows,
+        ptx,
+        critic_tokenizer,
+        start,
+        extras,
+    )
 
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
@@ -271,33 +334,32 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         prompts, noise = rollout_prompts(s.prompts, cfg, iteration, shard)
         rollout = make_rollout(s.net, s.tokenizer, prompts, noise, cfg)
         # 2. score: old log-probs (+ values with a critic), reference log-probs, reward
-        with torch.no_grad():
-            old = s.net(rollout, r.temperature)
-            with reference_context(s.net, cfg.model.lora):
-                ref = score(s.reference or s.net.policy, rollout, r.temperature)
-        raw_scores = s.reward_fn(prompts, decode_responses(s.tokenizer, rollout), rollout.token_rows(),
-                                 rollout.finished.tolist(), [s.metadata[x] for x in prompts])
-        scores = response_scores(raw_scores, rollout.finished, rollout.response_lengths, p.no_eos_penalty,
-                                 p.empty_score, p.reward_clip)
+        old, ref = score_rollout(s, rollout, cfg)
+        raw_scores, scores = reward_scores(s, prompts, rollout, p)
         # 3. per-token rewards: the score on the last token, minus kl_coef x k1 when the KL is in the reward
         mask = rollout.response_mask
         reward_kl = kl_coef if p.kl_in == "reward" else 0.0
         rewards = kl_shaped_rewards(scores, old["logprobs"], ref["logprobs"], mask, reward_kl)
         # 4. advantages by the named estimator, whitened with the whole (all processes') batch's statistics
         estimator = ADVANTAGE_ESTIMATORS[p.advantage]
-        advantages, returns = estimator(rewards, old.get("values"), mask, group_size=r.group_size,
-                                        gamma=p.gamma, lam=p.lam)
+        advantages, returns = estimator(
+            rewards, old.get("values"), mask, group_size=r.group_size, gamma=p.gamma, lam=p.lam
+        )
         if whitens(p):
-            advantages = masked_whiten(advantages, mask, stats_from=(shard.gather(advantages), shard.gather(mask)))
+            advantages = masked_whiten(
+                advantages, mask, stats_from=(shard.gather(advantages), shard.gather(mask))
+            )
         # 5. clipped policy updates (+ value loss with a critic, + KL term with kl_in=loss) over minibatches
         targets = {**old, "ref_logprobs": ref["logprobs"], "advantages": advantages, "returns": returns}
         update = ppo_update(ctx, s, shard, rollout, targets, cfg, iteration, kl_coef)
         # 6. diagnostics over the global batch, the KL controller, held-out gold
-        stats = {**update, **diagnostics(shard, rollout, old, ref, raw_scores, rewards, returns, cfg),
-                 M.PPO_KL_COEF: kl_coef, M.SKIPPED_STEPS: ctx.guard.skipped,
-                 M.PPO_SECONDS: time.perf_counter() - started}
+        stats = {**update, **diagnostics(shard, rollout, old, ref, raw_scores, rewards, returns, cfg)}
+        stats |= {M.PPO_KL_COEF: kl_coef, M.SKIPPED_STEPS: ctx.guard.skipped}
+        stats[M.PPO_SECONDS] = time.perf_counter() - started
         if p.target_kl is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, shard.global_size)
+            kl_coef = adaptive_kl_coef(
+                kl_coef, stats[M.PPO_KL_K1], p.target_kl, p.kl_horizon, shard.global_size
+            )
         done = iteration + 1
         stats.update(gold.at(due=done % p.eval_every == 0 or done == p.iterations))
         ctx.logger.log(done, {names.get(key, key): value for key, value in stats.items()})
@@ -313,7 +375,33 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     return finish(ctx, save_ppo_final(ctx, s))
 
 
-def rollout_prompts(prompts: list[str], cfg: PPOConfig, iteration: int, shard: Shard) -> tuple[list[str], torch.Tensor]:
+def score_rollout(s: PPOSetup, rollout: Rollout, cfg: PPOConfig) -> tuple[dict, dict]:
+    """(old, ref): the rollout scored by the policy (and its critic) and by the reference, no grad."""
+    with torch.no_grad():
+        old = s.net(rollout, cfg.rollout.temperature)
+        with reference_context(s.net, cfg.model.lora):
+            ref = score(s.reference or s.net.policy, rollout, cfg.rollout.temperature)
+    return old, ref
+
+
+def reward_scores(s: PPOSetup, prompts: list[str], rollout: Rollout, p) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the reward's raw scores, the scores the loop uses: no-EOS penalty, empty responses, clip)."""
+    raw = s.reward_fn(
+        prompts,
+        decode_responses(s.tokenizer, rollout),
+        rollout.token_rows(),
+        rollout.finished.tolist(),
+        [s.metadata[x] for x in prompts],
+    )
+    lengths = rollout.response_lengths
+    return raw, response_scores(
+        raw, rollout.finished, lengths, p.no_eos_penalty, p.empty_score, p.reward_clip
+    )
+
+
+def rollout_prompts(
+    prompts: list[str], cfg: PPOConfig, iteration: int, shard: Shard
+) -> tuple[list[str], torch.Tensor]:
     """(this process's rows' prompts, their sampling noise) for `iteration`. The global batch is a seeded
     draw of shard.global_size / G prompts, each repeated G times (row i answers prompt i // G, the group
     estimators' convention); this process holds rows shard.rows(), whole groups since G divides them."""
@@ -324,19 +412,35 @@ def rollout_prompts(prompts: list[str], cfg: PPOConfig, iteration: int, shard: S
     return batch, row_noise(seed, mine, cfg.rollout.max_new_tokens)
 
 
-def diagnostics(shard: Shard, rollout: Rollout, old: dict, ref: dict, raw_scores: torch.Tensor,
-                rewards: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig) -> dict[str, float]:
+def diagnostics(
+    shard: Shard,
+    rollout: Rollout,
+    old: dict,
+    ref: dict,
+    raw_scores: torch.Tensor,
+    rewards: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: PPOConfig,
+) -> dict[str, float]:
     """design §2's per-iteration metrics, over the global batch (every process's rows)."""
-    mask, all_mask, temperature = rollout.response_mask, shard.gather(rollout.response_mask), cfg.rollout.temperature
+    mask, all_mask, temperature = (
+        rollout.response_mask,
+        shard.gather(rollout.response_mask),
+        cfg.rollout.temperature,
+    )
     k1 = masked_sum(kl_k1(old["logprobs"], ref["logprobs"]), mask, dim=-1)  # (b,) sequence KLs
     exact = exact_kl(old["logits"], ref["logits"], mask, temperature, cfg.ppo.kl_exact_rows)
     # k1 on the same rows as the exact KL (each process's first rows), to test the estimator for bias
     k1_rows, exact_rows = shard.gather(k1[: exact.shape[0]]), shard.gather(exact)
     stats = {
         M.PPO_KL_K1: shard.gather(k1).mean().item(),
-        M.PPO_KL_K3: shard.gather(masked_sum(kl_k3(old["logprobs"], ref["logprobs"]), mask, dim=-1)).mean().item(),
+        M.PPO_KL_K3: shard.gather(masked_sum(kl_k3(old["logprobs"], ref["logprobs"]), mask, dim=-1))
+        .mean()
+        .item(),
         M.PPO_KL_EXACT: exact_rows.mean().item(),
-        M.PPO_ENTROPY: masked_mean(shard.gather(entropy_from_logits(old["logits"], temperature)), all_mask).item(),
+        M.PPO_ENTROPY: masked_mean(
+            shard.gather(entropy_from_logits(old["logits"], temperature)), all_mask
+        ).item(),
         M.PPO_REWARD_RM: shard.gather(raw_scores).mean().item(),
         M.PPO_REWARD_TOTAL: masked_sum(shard.gather(rewards), all_mask, dim=-1).mean().item(),
         M.PPO_RESPONSE_LEN: all_mask.sum(-1).float().mean().item(),
@@ -375,7 +479,9 @@ class HeldOutGold:
         return self.measure() if self.enabled and due else {}
 
     def measure(self) -> dict[str, float]:
-        gold, reward = held_out_gold(self.s.net.policy, self.s.tokenizer, self.s.eval_rows, self.cfg, self.s.reward_fn)
+        gold, reward = held_out_gold(
+            self.s.net.policy, self.s.tokenizer, self.s.eval_rows, self.cfg, self.s.reward_fn
+        )
         return self.tracker.stats(gold, reward)
 
     def state(self) -> dict:
@@ -387,8 +493,14 @@ class HealthReport:
     health_window iterations, not every iteration. The history is part of the checkpoint, so a
     resumed run judges the same window as an uninterrupted one."""
 
-    def __init__(self, window: int, ctx: StageContext, method: str = "ppo", history: list[dict] | None = None,
-                 last_warned: dict[str, int] | None = None):
+    def __init__(
+        self,
+        window: int,
+        ctx: StageContext,
+        method: str = "ppo",
+        history: list[dict] | None = None,
+        last_warned: dict[str, int] | None = None,
+    ):
         self.window, self.ctx, self.method, self.enabled = window, ctx, method, ctx.is_main
         self.history: list[dict] = list(history or [])
         self.last_warned: dict[str, int] = dict(last_warned or {})
@@ -418,16 +530,30 @@ def save_ppo_final(ctx: StageContext, s: PPOSetup):
     if s.net.critic is None:
         value_head = save({k: v.contiguous() for k, v in s.net.value_head.state_dict().items()})
         return save_final(ctx, s.net.policy, s.tokenizer, extra_files={"value_head.safetensors": value_head})
-    return save_final(ctx, s.net.policy, s.tokenizer, extra_models={"critic": (s.net.critic, s.critic_tokenizer)})
+    return save_final(
+        ctx, s.net.policy, s.tokenizer, extra_models={"critic": (s.net.critic, s.critic_tokenizer)}
+    )
 
 
-def make_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], noise: torch.Tensor, cfg: PPOConfig) -> Rollout:
+def make_rollout(
+    model: PolicyWithValue, tokenizer, prompts: list[str], noise: torch.Tensor, cfg: PPOConfig
+) -> Rollout:
     r = cfg.rollout
-    return sample_prompts(model.policy, tokenizer, prompts, r.max_new_tokens, r.temperature, top_k=r.top_k,
-                          repetition_penalty=r.repetition_penalty, noise=noise)
+    return sample_prompts(
+        model.policy,
+        tokenizer,
+        prompts,
+        r.max_new_tokens,
+        r.temperature,
+        top_k=r.top_k,
+        repetition_penalty=r.repetition_penalty,
+        noise=noise,
+    )
 
 
-def ptx_minibatch(shard: Shard, ptx: TokenizedSFT, step: int, cfg: PPOConfig, pad_token_id: int) -> tuple[dict, float]:
+def ptx_minibatch(
+    shard: Shard, ptx: TokenizedSFT, step: int, cfg: PPOConfig, pad_token_id: int
+) -> tuple[dict, float]:
     """(this process's SFT batch for minibatch update `step`, its share of the global batch's tokens)."""
     acc, size = shard.accelerator, cfg.ppo.ptx_batch_size
     rank, world = acc.process_index, acc.num_processes
@@ -435,7 +561,9 @@ def ptx_minibatch(shard: Shard, ptx: TokenizedSFT, step: int, cfg: PPOConfig, pa
     indices = global_batch_at(step, lengths, size * world, cfg.train.seed, group_by_length=False)
     ids = micro_batch(indices, 0, rank, world, size)
     batch = collate_sft([ptx.input_ids[i] for i in ids], [ptx.labels[i] for i in ids], pad_token_id)
-    share = sum(completion_tokens(ptx.labels[i]) for i in ids) / sum(completion_tokens(ptx.labels[i]) for i in indices)
+    share = sum(completion_tokens(ptx.labels[i]) for i in ids) / sum(
+        completion_tokens(ptx.labels[i]) for i in indices
+    )
     return batch, share
 
 
@@ -464,8 +592,16 @@ class MinibatchShare:
     """False for a process with no rows in the minibatch: it joins DDP's sum with one row, weight 0."""
 
 
-def ppo_update(ctx: StageContext, s: PPOSetup, shard: Shard, rollout: Rollout, targets: dict, cfg: PPOConfig,
-               iteration: int, kl_coef: float) -> dict[str, float]:
+def ppo_update(
+    ctx: StageContext,
+    s: PPOSetup,
+    shard: Shard,
+    rollout: Rollout,
+    targets: dict,
+    cfg: PPOConfig,
+    iteration: int,
+    kl_coef: float,
+) -> dict[str, float]:
     """ppo.epochs passes over the global batch in minibatches. A process trains on its own rows of
     each minibatch; its policy and KL losses are aggregated with the whole minibatch's count
     (ppo.loss_aggregation) and its value loss weighted by its share of the minibatch's tokens (x
@@ -494,10 +630,14 @@ def ppo_update(ctx: StageContext, s: PPOSetup, shard: Shard, rollout: Rollout, t
         loss, local_stats, ratio_max = minibatch_loss(new, mine, part, cfg, share, kl_coef)
         s.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)  # global: after DDP's sum
+        grad_norm = acc.clip_grad_norm_(
+            s.model.parameters(), cfg.train.max_grad_norm
+        )  # global: after DDP's sum
         step_stats = dict(zip(local_stats, shard.sum(torch.stack(list(local_stats.values()))).tolist()))
         # The global loss and gradient norm: every process makes the same skip decision.
-        guarded_step(ctx.guard, s.optimizer, s.scheduler, step_stats.pop("loss"), float(grad_norm), iteration + 1)
+        guarded_step(
+            ctx.guard, s.optimizer, s.scheduler, step_stats.pop("loss"), float(grad_norm), iteration + 1
+        )
         step_stats["ratio_max"] = shard.gather((ratio_max * bool(len(rows))).view(1)).max().item()
         for key, value in step_stats.items():
             totals.setdefault(key, []).append(value)
@@ -506,30 +646,41 @@ def ppo_update(ctx: StageContext, s: PPOSetup, shard: Shard, rollout: Rollout, t
     return update_metrics(totals)
 
 
-def minibatch_loss(new: dict, rows: dict, part: Rollout, cfg: PPOConfig, share: MinibatchShare,
-                   kl_coef: float) -> tuple[torch.Tensor, dict, torch.Tensor]:
+def minibatch_loss(
+    new: dict, rows: dict, part: Rollout, cfg: PPOConfig, share: MinibatchShare, kl_coef: float
+) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """(this process's loss, its statistics weighted to be summed over processes, its largest ratio).
     `rows`: the minibatch rows' targets (old log-probs, reference log-probs, advantages, returns, values)."""
     p, mask = cfg.ppo, part.response_mask
     # The policy and KL terms are already this process's part of the global minibatch's aggregate
     # (total = the global count); x world undoes DDP's average, x 0 silences a filler row.
     scale = share.world if share.present else 0.0
-    pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], rows["logprobs"], rows["advantages"], mask,
-                                        p.clip_range, clip_low=p.clip_low, clip_high=p.clip_high,
-                                        aggregation=p.loss_aggregation, total=share.total)
+    pg_loss, pg_stats = ppo_policy_loss(
+        new["logprobs"],
+        rows["logprobs"],
+        rows["advantages"],
+        mask,
+        p.clip_range,
+        clip_low=p.clip_low,
+        clip_high=p.clip_high,
+        aggregation=p.loss_aggregation,
+        total=share.total,
+    )
     loss = pg_loss * scale
     # Minibatch statistics as token means over the whole minibatch (all processes).
     stats = {k: v.float() * share.tokens for k, v in pg_stats.items() if k not in ("ratio_max", "pg_loss")}
     stats["pg_loss"] = pg_loss.detach().float() * float(share.present)
     if "values" in new:
-        vf_loss, vf_stats = ppo_value_loss(new["values"], rows["values"], rows["returns"], mask,
-                                           p.value_clip_range)
+        vf_loss, vf_stats = ppo_value_loss(
+            new["values"], rows["values"], rows["returns"], mask, p.value_clip_range
+        )
         loss = loss + p.vf_coef * vf_loss * share.tokens * share.world
         stats.update({k: v.float() * share.tokens for k, v in vf_stats.items()})
     if p.kl_in == "loss":
         # GRPO-style: + kl_coef x the KL term (each form has the reverse KL's gradient, ops/kl_loss.py).
-        term = kl_loss_term(new["logprobs"], rows["logprobs"], rows["ref_logprobs"], p.kl_loss_estimator,
-                            mask)
+        term = kl_loss_term(
+            new["logprobs"], rows["logprobs"], rows["ref_logprobs"], p.kl_loss_estimator, mask
+        )
         kl_loss = aggregate_loss(term, mask, p.loss_aggregation, share.total)
         loss = loss + kl_coef * kl_loss * scale
         stats["kl_loss"] = kl_loss.detach().float() * float(share.present)
@@ -548,35 +699,55 @@ def update_metrics(totals: dict[str, list[float]]) -> dict[str, float]:
     """Per-iteration metrics from the minibatch updates' statistics (the optional losses when logged)."""
     mean = {k: sum(v) / len(v) for k, v in totals.items()}
     # Before the first update the new and old policies are the same weights on the same inputs.
-    out = {M.PPO_RATIO_FIRST: totals["ratio_mean"][0], M.PPO_LOGRATIO_FIRST: totals["logratio_abs"][0],
-           M.PPO_CLIPFRAC: mean["clipfrac"], M.PPO_APPROX_KL: mean["approx_kl"],
-           M.PPO_PG_LOSS: mean["pg_loss"], M.PPO_RATIO_MAX: max(totals["ratio_max"]),
-           M.PPO_MINIBATCH_UPDATES: len(totals["pg_loss"])}
-    optional = {"vf_loss": M.PPO_VF_LOSS, "kl_loss": M.PPO_KL_LOSS, "ptx_loss": M.PPO_PTX_LOSS,
-                "clipfrac_low": M.PPO_CLIPFRAC_LOW, "clipfrac_high": M.PPO_CLIPFRAC_HIGH}
+    out = {
+        M.PPO_RATIO_FIRST: totals["ratio_mean"][0],
+        M.PPO_LOGRATIO_FIRST: totals["logratio_abs"][0],
+        M.PPO_CLIPFRAC: mean["clipfrac"],
+        M.PPO_APPROX_KL: mean["approx_kl"],
+        M.PPO_PG_LOSS: mean["pg_loss"],
+        M.PPO_RATIO_MAX: max(totals["ratio_max"]),
+        M.PPO_MINIBATCH_UPDATES: len(totals["pg_loss"]),
+    }
+    optional = {
+        "vf_loss": M.PPO_VF_LOSS,
+        "kl_loss": M.PPO_KL_LOSS,
+        "ptx_loss": M.PPO_PTX_LOSS,
+        "clipfrac_low": M.PPO_CLIPFRAC_LOW,
+        "clipfrac_high": M.PPO_CLIPFRAC_HIGH,
+    }
     out.update({name: mean[key] for key, name in optional.items() if key in mean})
     return out
 
 
-def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor, temperature: float,
-             rows: int) -> torch.Tensor:
+def exact_kl(
+    logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor, temperature: float, rows: int
+) -> torch.Tensor:
     """(rows,) sequence KLs from full next-token distributions on the first `rows` rows (the oracle)."""
     rows = min(rows, logits.shape[0])
     per_token = kl_exact(logits[:rows], ref_logits[:rows], temperature=temperature)  # (rows, R)
     return masked_sum(per_token, mask[:rows], dim=-1)
 
 
-def held_out_gold(policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, reward_fn: Callable,
-                  batch_size: int = 64) -> tuple[list[float], list[float]]:
+def held_out_gold(
+    policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, reward_fn: Callable, batch_size: int = 64
+) -> tuple[list[float], list[float]]:
     """(gold scores, rewards) of one sample per held-out prompt at the rollout temperature: the policy
     PPO optimises is the sampling distribution, and its reward is measured on samples, so gold is too
     (greedy decoding can get worse while every sample gets better). The reward scores the same
     samples, so the health check can pair its change with gold's. Every eval reuses the same
     sampling noise (negative seeds: never a training row's), so a change between evals is the
     policy's, not the draw's."""
-    prompts, _ = prompts_and_references(eval_rows, cfg.data.eval_source or cfg.data.source, cfg.data.template,
-                                        tokenizer)
-    samples = sample_policy(policy, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
-                            batch_size=batch_size, noise_seed=-(cfg.train.seed + 1))
+    prompts, _ = prompts_and_references(
+        eval_rows, cfg.data.eval_source or cfg.data.source, cfg.data.template, tokenizer
+    )
+    samples = sample_policy(
+        policy,
+        tokenizer,
+        prompts,
+        cfg.rollout.max_new_tokens,
+        cfg.rollout.temperature,
+        batch_size=batch_size,
+        noise_seed=-(cfg.train.seed + 1),
+    )
     add_scores(samples, gold=True, reward_fn=reward_fn, batch_size=batch_size)
     return samples.gold, samples.reward

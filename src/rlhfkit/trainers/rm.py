@@ -37,7 +37,10 @@ from rlhfkit.trainers.stage import RunResult, finish, start_stage
 def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPairs, list[dict], list[dict]]:
     d = cfg.data
     if not d.source:
-        raise ConfigError("data.source is required for the rm stage: a preference file (prompt/chosen/rejected) or hf:<name>")
+        raise ConfigError(
+            "data.source is required for the rm stage: a preference file (prompt/chosen/rejected) or "
+            "hf:<name>"
+        )
     loaded = load_preference_pairs(d.source, "train", cfg.rm.format, cfg.rm.single_turn)
     _report("train", loaded, d.source)
     # (source row number, pair), so a message about a pair names its row in the file after the split.
@@ -52,12 +55,18 @@ def load_rm_data(cfg: RMConfig, tokenizer) -> tuple[TokenizedPairs, TokenizedPai
     if d.max_train_rows:
         numbered = numbered[: d.max_train_rows]
     pairs = [p for _, p in numbered]
-    train = tokenize_pairs(pairs, tokenizer, d.source, d.max_length, d.truncation, [i for i, _ in numbered],
-                           template=d.template)
-    held_out = tokenize_pairs(eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation,
-                              template=d.template)
+    train = tokenize_pairs(
+        pairs, tokenizer, d.source, d.max_length, d.truncation, [i for i, _ in numbered], template=d.template
+    )
+    held_out = tokenize_pairs(
+        eval_pairs, tokenizer, d.eval_source or d.source, d.max_length, d.truncation, template=d.template
+    )
     for name, part, total in (("train", train, len(pairs)), ("eval", held_out, len(eval_pairs))):
-        note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
+        note = (
+            f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}"
+            if part.dropped_too_long
+            else ""
+        )
         print(f"rlhfkit: rm {name} pairs: {len(part.chosen_ids)} of {total} kept{note}", flush=True)
     return train, held_out, pairs, [eval_pairs[i] for i in held_out.rows]
 
@@ -84,8 +93,13 @@ def reward_stats(cfg: RMConfig, reward_model, tokenizer, train_pairs: list[dict]
         input_ids, attention_mask = right_pad(chunk, tokenizer.pad_token_id)
         scores.append(rewards_at_last_token(reward_model, input_ids, attention_mask))
     scores = torch.cat(scores)
-    return {"mean": scores.mean().item(), "std": scores.std().item(), "n": len(scores),
-            "source": "rm scores of SFT samples (T=1) on train prompts", "template": cfg.data.template}
+    return {
+        "mean": scores.mean().item(),
+        "std": scores.std().item(),
+        "n": len(scores),
+        "source": "rm scores of SFT samples (T=1) on train prompts",
+        "template": cfg.data.template,
+    }
 
 
 def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
@@ -93,14 +107,17 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = reward_model_from_causal_lm(cfg.model)
     train, held_out, train_pairs, eval_pairs = load_rm_data(cfg, tokenizer)
-    model, optimizer, scheduler, start_step, global_batch = prepare_training(ctx, model, len(train.chosen_ids), head="score",
-                                                                             head_lr=cfg.rm.head_lr)
+    model, optimizer, scheduler, start_step, global_batch = prepare_training(
+        ctx, model, len(train.chosen_ids), head="score", head_lr=cfg.rm.head_lr
+    )
     ctx.open_run()
     rank, world = acc.process_index, acc.num_processes
     lengths = tuple(max(len(c), len(r)) for c, r in zip(train.chosen_ids, train.rejected_ids))
 
     def log_eval(step: int) -> None:
-        metrics, table = rm_metrics(acc.unwrap_model(model), held_out, eval_pairs, tokenizer.pad_token_id, t.batch_size)
+        metrics, table = rm_metrics(
+            acc.unwrap_model(model), held_out, eval_pairs, tokenizer.pad_token_id, t.batch_size
+        )
         ctx.logger.log(step, metrics)
         if ctx.is_main:
             with open(ctx.out / "calibration.jsonl", "a", encoding="utf-8") as f:
@@ -115,20 +132,35 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
 
         def micro_loss(micro_step: int, indices=indices):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
-            batch = collate_pairs([train.chosen_ids[i] for i in ids], [train.rejected_ids[i] for i in ids],
-                                  tokenizer.pad_token_id)
+            batch = collate_pairs(
+                [train.chosen_ids[i] for i in ids],
+                [train.rejected_ids[i] for i in ids],
+                tokenizer.pad_token_id,
+            )
             rewards = rewards_at_last_token(model, batch["input_ids"], batch["attention_mask"])  # (2b,)
-            loss, _ = bradley_terry_loss(rewards[: len(ids)], rewards[len(ids):], cfg.rm.margin, cfg.rm.center_coef)
+            loss, _ = bradley_terry_loss(
+                rewards[: len(ids)], rewards[len(ids) :], cfg.rm.margin, cfg.rm.center_coef
+            )
             return loss, len(ids) / len(indices)
 
-        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum, step + 1)
+        step_loss, grad_norm = accumulate_and_step(
+            ctx, model, optimizer, scheduler, micro_loss, t.grad_accum, step + 1
+        )
         pairs_per_s = len(indices) / (time.perf_counter() - started)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", pairs_s=f"{pairs_per_s:.1f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
-            ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0], M.GRAD_NORM: grad_norm,
-                                  M.RM_PAIRS_PER_S: pairs_per_s, M.SKIPPED_STEPS: ctx.guard.skipped})
+            ctx.logger.log(
+                done,
+                {
+                    M.LOSS: step_loss,
+                    M.LR: scheduler.get_last_lr()[0],
+                    M.GRAD_NORM: grad_norm,
+                    M.RM_PAIRS_PER_S: pairs_per_s,
+                    M.SKIPPED_STEPS: ctx.guard.skipped,
+                },
+            )
         if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:
@@ -143,6 +175,3 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     if ctx.is_main:
         ctx.logger.log(t.max_steps, {M.RM_REWARD_MEAN: stats["mean"], M.RM_REWARD_STD: stats["std"]})
     return finish(ctx, final)
-
-
-

@@ -42,18 +42,33 @@ def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT
         numbered = numbered[: d.max_train_rows]
     eval_numbered = eval_numbered[: d.eval_size]
     rows, eval_rows = [r for _, r in numbered], [r for _, r in eval_numbered]
-    train = tokenize_sft(rows, tokenizer, d.source, d.template, d.max_length, d.truncation, [i for i, _ in numbered])
-    held_out = tokenize_sft(eval_rows, tokenizer, d.eval_source or d.source, d.template, d.max_length, d.truncation,
-                            [i for i, _ in eval_numbered])
+    train = tokenize_sft(
+        rows, tokenizer, d.source, d.template, d.max_length, d.truncation, [i for i, _ in numbered]
+    )
+    held_out = tokenize_sft(
+        eval_rows,
+        tokenizer,
+        d.eval_source or d.source,
+        d.template,
+        d.max_length,
+        d.truncation,
+        [i for i, _ in eval_numbered],
+    )
     for name, part, total in (("train", train, len(rows)), ("eval", held_out, len(eval_rows))):
-        note = f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}" if part.dropped_too_long else ""
+        note = (
+            f", {part.dropped_too_long} dropped as longer than data.max_length={d.max_length}"
+            if part.dropped_too_long
+            else ""
+        )
         note += f", {part.truncated_prompts} prompts cut from the left" if part.truncated_prompts else ""
         print(f"rlhfkit: sft {name} data: {len(part)} of {total} rows kept{note}", flush=True)
     return train, held_out, [eval_rows[i] for i in held_out.rows]
 
 
 @torch.no_grad()
-def evaluate_sft(model, tokenizer, cfg: SFTConfig, held_out: TokenizedSFT, eval_rows: list[dict]) -> tuple[dict, list]:
+def evaluate_sft(
+    model, tokenizer, cfg: SFTConfig, held_out: TokenizedSFT, eval_rows: list[dict]
+) -> tuple[dict, list]:
     model.eval()
     eval_loss = held_out_loss(model, held_out, tokenizer.pad_token_id, cfg.train.batch_size)
     metrics = {M.EVAL_LOSS: eval_loss, M.EVAL_PERPLEXITY: math.exp(min(eval_loss, 50.0))}
@@ -63,8 +78,13 @@ def evaluate_sft(model, tokenizer, cfg: SFTConfig, held_out: TokenizedSFT, eval_
         source = cfg.data.eval_source or cfg.data.source
         prompts, references = prompts_and_references(eval_rows[:n], source, cfg.data.template, tokenizer)
         generated, samples = completion_metrics(
-            model, tokenizer, prompts, references, cfg.sft.max_new_tokens,
-            gold=is_builtin(source), batch_size=cfg.train.batch_size,
+            model,
+            tokenizer,
+            prompts,
+            references,
+            cfg.sft.max_new_tokens,
+            gold=is_builtin(source),
+            batch_size=cfg.train.batch_size,
         )
         metrics.update(generated)
     model.train()
@@ -101,21 +121,32 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
 
         def micro_loss(micro_step: int, indices=indices, global_tokens=global_tokens):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
-            batch = collate_sft([train.input_ids[i] for i in ids], [train.labels[i] for i in ids], tokenizer.pad_token_id)
+            batch = collate_sft(
+                [train.input_ids[i] for i in ids], [train.labels[i] for i in ids], tokenizer.pad_token_id
+            )
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss, stats = masked_nll(logits, batch["labels"])
             return loss, stats["tokens"] / global_tokens
 
-        step_loss, grad_norm = accumulate_and_step(ctx, model, optimizer, scheduler, micro_loss, t.grad_accum, step + 1)
+        step_loss, grad_norm = accumulate_and_step(
+            ctx, model, optimizer, scheduler, micro_loss, t.grad_accum, step + 1
+        )
         elapsed = time.perf_counter() - started
         tokens_per_s = sum(lengths[i] for i in indices) / elapsed
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
-            ctx.logger.log(done, {M.LOSS: step_loss, M.LR: scheduler.get_last_lr()[0],
-                                  M.GRAD_NORM: float(grad_norm), M.TOKENS_PER_S: tokens_per_s,
-                                  M.SKIPPED_STEPS: ctx.guard.skipped})
+            ctx.logger.log(
+                done,
+                {
+                    M.LOSS: step_loss,
+                    M.LR: scheduler.get_last_lr()[0],
+                    M.GRAD_NORM: float(grad_norm),
+                    M.TOKENS_PER_S: tokens_per_s,
+                    M.SKIPPED_STEPS: ctx.guard.skipped,
+                },
+            )
         if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:

@@ -46,7 +46,9 @@ def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
     seed_everything(cfg.train.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = check_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
-    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, "ppo iteration" if stage == "ppo" else f"{stage} step")
+    guard = NonFiniteGuard(
+        cfg.train.max_nonfinite_steps, "ppo iteration" if stage == "ppo" else f"{stage} step"
+    )
     ctx = StageContext(cfg, stage, out, accelerator, resume, overwrite, guard)
     guard.on_stop = lambda first_bad: set_aside_checkpoints(ctx, first_bad)
     return ctx
