@@ -27,6 +27,8 @@ YAML_CLASSES = {
     "dpo": DPOConfig,
     "prefs": PrefsConfig,
     "pipeline": PipelineConfig,
+    "grpo": PPOConfig,
+    "rloo": PPOConfig,
 }
 SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
 

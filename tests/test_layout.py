@@ -163,7 +163,7 @@ def test_train_ppo_reads_as_the_algorithm():
     steps = [
         "# 1. rollout",
         "# 2. score",
-        "# 3. KL-shaped",
+        "# 3. per-token rewards",
         "# 4.",
         "# 5.",
         "# 6. diagnostics",

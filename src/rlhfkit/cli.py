@@ -43,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         "DPO, IPO, cDPO or SimPO on preference pairs from an SFT policy, measured like PPO "
         "(held-out gold, KL to SFT)",
     )
+    # The critic-free methods run the same online loop (the PPO stage with presets, docs/design.md §10).
+    _stage_parser(
+        sub,
+        "grpo",
+        "GRPO: the online loop with G samples per prompt, group-normalised "
+        "advantages, KL in the loss, no critic",
+    )
+    _stage_parser(
+        sub,
+        "rloo",
+        "RLOO: the online loop with a leave-one-out baseline over G samples per prompt, no critic",
+    )
+    _stage_parser(
+        sub, "reinforce-pp", "REINFORCE++: the online loop with globally whitened returns, no critic"
+    )
     pipe = _stage_parser(
         sub,
         "pipeline",

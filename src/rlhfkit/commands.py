@@ -11,6 +11,8 @@ from transformers.utils import logging as hf_logging
 
 from rlhfkit.atomic import atomic_write_text
 from rlhfkit.config import (
+    METHOD_OF_ADVANTAGE,
+    METHOD_PRESETS,
     DPOConfig,
     PipelineConfig,
     PPOConfig,
@@ -22,7 +24,7 @@ from rlhfkit.config import (
 from rlhfkit.data import load_rows, render_prompt, tokenize_sft
 from rlhfkit.data.labelling import format_summary, make_preferences
 from rlhfkit.data.sources import is_builtin
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.evaluate.compare import EvalSettings
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
 from rlhfkit.evaluate.loss import held_out_loss
@@ -152,14 +154,24 @@ def _cell(text: str) -> str:
 STAGES = {
     "sft": (train_sft, SFTConfig, "model"),
     "rm": (train_rm, RMConfig, "reward model"),
-    "ppo": (train_ppo, PPOConfig, "policy"),
     "dpo": (train_dpo, DPOConfig, "policy"),
+    # One online loop; each method's command is the PPO stage with its presets (config.METHOD_PRESETS).
+    **dict.fromkeys(("ppo", "grpo", "rloo", "reinforce-pp"), (train_ppo, PPOConfig, "policy")),
 }
+# Online command -> the method it runs (the stage folder and metric prefix: no "-" in a metric name).
+ONLINE_METHODS = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "reinforce-pp": "reinforce_pp"}
 
 
 def stage_command(args) -> int:
     train, config_class, what = STAGES[args.command]
-    cfg = load_config(config_class, args.config, args.overrides)
+    method = ONLINE_METHODS.get(args.command)
+    cfg = load_config(config_class, args.config, args.overrides, presets=METHOD_PRESETS.get(method))
+    if method is not None and METHOD_OF_ADVANTAGE[cfg.ppo.advantage] != method:
+        other = {v: k for k, v in ONLINE_METHODS.items()}[METHOD_OF_ADVANTAGE[cfg.ppo.advantage]]
+        raise ConfigError(
+            f"ppo.advantage={cfg.ppo.advantage} is a {other} setting, not {args.command}: "
+            f"run `rlhfkit {other}` (the method names the run's stage folder)"
+        )
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"rlhfkit {args.command}: done; {what} in {result.final}")
     return 0

@@ -273,13 +273,52 @@ class RolloutSection:
     and scored without it, so its KL went negative): refused
     unless `allow_mismatched_sampling`."""
     allow_mismatched_sampling: bool = False
+    group_size: int = at_least(1, 1)
+    """G: samples per prompt. An iteration draws rollout.batch_size prompts per process and samples
+    each G times (b x G rows, each with its own sampling noise); a prompt's G rows stay on one process,
+    so the group estimators (grpo, dr_grpo, rloo) see whole groups."""
+
+
+# Online RL methods sharing the one loop (trainers/ppo.py), named by their advantage estimator: the
+# method names the stage folder (runs/<name>/<method>/) and the prefix of its metrics (grpo/kl_k1).
+METHOD_OF_ADVANTAGE = {
+    "gae": "ppo",
+    "grpo": "grpo",
+    "dr_grpo": "grpo",
+    "rloo": "rloo",
+    "reinforce_pp": "reinforce_pp",
+}
+# Estimators that baseline a row against the other rows of its prompt's group.
+GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo")
+# `rlhfkit grpo|rloo|reinforce-pp` (method reinforce_pp): the PPO stage with these defaults, under the YAML
+# file and the
+# overrides (design §10). GRPO (Shao et al. 2024): G samples, KL in the loss (corrected k3), rows
+# averaged per sequence; RLOO (Ahmadian et al. 2024): G >= 2, KL in the reward; REINFORCE++ (Hu 2025):
+# one sample per prompt, KL in the reward, whitened over the global batch (whiten_advantages=None).
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "ppo": {},
+    "grpo": {
+        "ppo.advantage": "grpo",
+        "rollout.group_size": 4,
+        "ppo.kl_in": "loss",
+        "ppo.kl_loss_estimator": "k3",
+        "ppo.loss_aggregation": "seq-mean-token-mean",
+    },
+    "rloo": {"ppo.advantage": "rloo", "rollout.group_size": 4, "ppo.kl_in": "reward"},
+    "reinforce_pp": {"ppo.advantage": "reinforce_pp", "ppo.kl_in": "reward"},
+}
 
 
 @dataclass
 class PPOSection:
     reward: str = "runs/default/rm"
     """A reward-model stage folder (its final/ and reward_stats.json) or `module:function`
-    taking (prompts, responses) -> list[float], e.g. `rlhfkit.tasks:gold_scores`."""
+    taking (prompts, responses) -> list[float], e.g. `rlhfkit.tasks:gold_scores`, or (samples) -> list[float]
+    with one rewards.RewardSample per row (ids, finished flag, the prompt's dataset row), e.g.
+    `rlhfkit.rewards.verifiable:verifiable_reward`."""
+    extra_rewards: list[str] = field(default_factory=list)
+    """Rewards added to ppo.reward's, each `spec` or `spec@weight` (same forms as ppo.reward), e.g.
+    `rlhfkit.rewards.verifiable:format_reward@0.5` beside a reward model."""
     iterations: int = at_least(100, 0)
     epochs: int = at_least(2, 1)
     """Passes over each rollout batch."""
@@ -294,7 +333,28 @@ class PPOSection:
     target_kl: float | None = at_least(None, 0, strict=True)
     """Sequence KL (nats) the adaptive controller steers to; None keeps kl_coef fixed."""
     kl_horizon: int = at_least(10000, 1)
-    whiten_advantages: bool = True
+    whiten_advantages: bool | None = None
+    """Whiten advantages over the global batch; None decides by estimator: yes for gae and
+    reinforce_pp (REINFORCE++'s global normalisation), no for the group estimators (already
+    baselined per prompt; GRPO's std division is its own scale)."""
+    advantage: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"
+    """Advantage estimator (ops.ADVANTAGE_ESTIMATORS): gae is PPO with a critic (value head); the
+    others need none, and none is built. It also names the method: ppo, grpo, rloo, reinforce_pp."""
+    kl_in: Literal["reward", "loss"] = "reward"
+    """Where the KL to the reference goes: `reward` subtracts kl_coef x k1 from each token's reward
+    (PPO, RLOO, REINFORCE++); `loss` adds kl_coef x the ppo.kl_loss_estimator term to the policy
+    loss and leaves the reward as the score alone (GRPO)."""
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """With kl_in=loss: the KL term's form (ops.KL_LOSS_FORMS; every form has the reverse KL's
+    gradient, k3 in its corrected, importance-weighted form). Ignored with kl_in=reward."""
+    loss_aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
+    """How per-token policy (and KL) losses become one number (ops.aggregate_loss), over the whole
+    minibatch of every process: token-mean (DAPO), seq-mean-token-mean (GRPO), seq-mean-token-sum
+    (Dr. GRPO)."""
+    clip_low: float | None = at_least(None, 0, strict=True)
+    """Lower clip range of the ratio (1 - clip_low); None uses clip_range."""
+    clip_high: float | None = at_least(None, 0, strict=True)
+    """Upper clip range of the ratio (1 + clip_high; DAPO's clip-higher); None uses clip_range."""
     approx_kl_stop: float | None = at_least(None, 0)
     """Stop this iteration's epochs once a minibatch's approx KL exceeds this."""
     no_eos_penalty: float = -1.0
@@ -455,14 +515,23 @@ class PipelineConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Any:
-    """Defaults <- YAML file <- `key=value` overrides, type-checked into an instance of `cls`, then
-    checked against the stage's NO_EFFECT keys and the bounds declared on the fields."""
+def load_config(
+    cls: type,
+    path: str | Path | None = None,
+    overrides: list[str] | tuple = (),
+    presets: dict[str, Any] | None = None,
+) -> Any:
+    """Defaults <- `presets` (a command's own defaults, dotted keys) <- YAML file <- `key=value`
+    overrides, type-checked into an instance of `cls`, then checked against the stage's NO_EFFECT
+    keys and the bounds declared on the fields."""
     raw: dict = {}
     where = "defaults"
     if path is not None:
         where = str(path)
         raw = _read_yaml(Path(path))
+    for key, value in (presets or {}).items():
+        if not _has_dotted(raw, key):
+            _set_dotted(raw, key, value)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -552,6 +621,15 @@ def _parse_scalar(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def _has_dotted(raw: dict, key: str) -> bool:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

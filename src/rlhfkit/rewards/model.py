@@ -85,8 +85,13 @@ def model_reward(folder: str, normalize: bool, policy_tokenizer, template: str =
 
     @torch.no_grad()
     def reward(
-        prompts: list[str], responses: list[str], token_ids: list[list[int]] | None = None
+        prompts: list[str],
+        responses: list[str],
+        token_ids: list[list[int]] | None = None,
+        finished=None,
+        metadata=None,
     ) -> torch.Tensor:
+        # `finished` and `metadata` are for function rewards; the RM reads the text (or ids) alone.
         scores = rewards_at_last_token(model, **inputs(prompts, responses, token_ids))
         return (scores - mean) / std
 

@@ -118,3 +118,18 @@ DPO_KL_EXACT = "dpo/kl_exact"
 """The exact sequence KL (full next-token distributions) on the first dpo.kl_exact_rows of those samples."""
 DPO_KL_K1_Z = "dpo/kl_k1_z"
 """(k1 - exact KL) in standard errors on those rows (ops.k1_exact_z), as ppo/kl_k1_z."""
+PPO_KL_LOSS = "ppo/kl_loss"
+"""With ppo.kl_in=loss: the KL term of the policy loss (before kl_coef), mean over the minibatch updates."""
+PPO_CLIPFRAC_LOW = "ppo/clipfrac_low"
+PPO_CLIPFRAC_HIGH = "ppo/clipfrac_high"
+"""With ppo.clip_low or ppo.clip_high: the part of ppo/clipfrac clipped below (A < 0) and above (A > 0)."""
+
+# Every online-loop metric, under PPO's prefix; other methods of the loop log the same suffixes.
+ONLINE_METRICS = tuple(value for key, value in list(globals().items()) if key.startswith("PPO_"))
+
+
+def online(method: str) -> dict[str, str]:
+    """PPO's metric names -> the same suffixes under an online method's prefix (`grpo/kl_k1` for
+    ppo/kl_k1); `online("ppo")` maps every name to itself. The loop computes and health-checks under
+    the ppo/ names and logs through this map, so the rules read one set of names for every method."""
+    return {name: f"{method}/{name.split('/', 1)[1]}" for name in ONLINE_METRICS}

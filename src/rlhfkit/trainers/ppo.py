@@ -1,5 +1,10 @@
-"""PPO against a reward (Ziegler et al. 2019; Ouyang et al. 2022), one iteration read top to bottom:
-rollout -> score -> KL-shaped rewards -> GAE -> PPO epochs -> diagnostics -> health check.
+"""The online RL loop: PPO against a reward (Ziegler et al. 2019; Ouyang et al. 2022) and the critic-free
+GRPO, RLOO and REINFORCE++ as choices of it (design §10), one iteration read top to bottom:
+rollout (G samples per prompt) -> score -> rewards -> advantages -> clipped policy updates ->
+diagnostics -> health check. The methods differ only in functions picked by name from registries:
+the advantage estimator (ops.ADVANTAGE_ESTIMATORS; a value head is built only for those in
+NEEDS_VALUES), where the KL goes (the reward, or the loss as an ops.KL_LOSS_FORMS term) and the loss
+aggregation.
 
 With N processes (accelerate/torchrun) each samples and trains on its b = rollout.batch_size rows
 of the iteration's global batch; whitening, minibatch losses and logged metrics use the whole
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save
 
-from rlhfkit.config import ModelConfig, PPOConfig
+from rlhfkit.config import GROUP_ADVANTAGES, METHOD_OF_ADVANTAGE, ModelConfig, PPOConfig, PPOSection
 from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
@@ -29,14 +34,18 @@ from rlhfkit.models import load_causal_lm
 from rlhfkit.models.load import disable_dropout
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.ops import (
+    ADVANTAGE_ESTIMATORS,
+    NEEDS_VALUES,
     adaptive_kl_coef,
+    aggregate_loss,
+    aggregation_count,
     entropy_from_logits,
     explained_variance,
-    gae,
     k1_exact_z,
     kl_exact,
     kl_k1,
     kl_k3,
+    kl_loss_term,
     kl_shaped_rewards,
     masked_mean,
     masked_nll,
@@ -61,7 +70,8 @@ from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 class PolicyWithValue(torch.nn.Module):
     """The policy and its critic: a scalar value head on the policy's last hidden state (one forward
-    gives both), or a separate value model initialised from the reward model (design §6.8)."""
+    gives both), or a separate value model initialised from the reward model (design §6.8). With
+    `value_head=False` (a critic-free estimator) there is no critic at all and no "values"."""
 
     def __init__(
         self,
@@ -69,12 +79,14 @@ class PolicyWithValue(torch.nn.Module):
         hidden_size: int,
         critic: torch.nn.Module | None = None,
         critic_norm: tuple[float, float] = (0.0, 1.0),
+        value_head: bool = True,
     ):
         super().__init__()
         self.policy = policy
         self.critic = critic
         self.critic_norm = critic_norm
-        if critic is None:
+        self.value_head = None
+        if critic is None and value_head:
             self.value_head = torch.nn.Linear(hidden_size, 1)
             # Zero init: values start at 0, so early advantages are the plain returns (Huang et al. 2024).
             torch.nn.init.zeros_(self.value_head.weight)
@@ -86,7 +98,13 @@ class PolicyWithValue(torch.nn.Module):
         """Response log-probs, logits and values; with `ptx` (an SFT batch) also its NLL. One call,
         so that DDP sees one forward per backward."""
         if self.critic is None:
-            out = score(self.policy, rollout, temperature, with_values=True, value_head=self.value_head)
+            out = score(
+                self.policy,
+                rollout,
+                temperature,
+                with_values=self.value_head is not None,
+                value_head=self.value_head,
+            )
         else:
             out = score(self.policy, rollout, temperature)
             out["values"] = critic_values(self.critic, rollout, *self.critic_norm)
@@ -96,14 +114,15 @@ class PolicyWithValue(torch.nn.Module):
         return out
 
 
-def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str], list[dict]]:
+def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str], list[dict], dict]:
+    """(distinct train prompts, held-out rows, each train prompt's first dataset row: the metadata a
+    function reward sees)."""
     d = cfg.data
     rows = load_rows(d.source, "train", d.builtin_size, d.builtin_noise)[: d.max_train_rows or None]
-    prompts = list(
-        dict.fromkeys(
-            prompt_text(r, f"{d.source}: row {i}", d.template, tokenizer) for i, r in enumerate(rows)
-        )
-    )
+    metadata: dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        metadata.setdefault(prompt_text(row, f"{d.source}: row {i}", d.template, tokenizer), row)
+    prompts = list(metadata)
     if len(prompts) < global_batch:
         raise ConfigError(
             f"{d.source}: {len(prompts)} distinct prompts cannot fill one rollout batch of {global_batch} "
@@ -117,7 +136,7 @@ def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str
         "the gold score",
         flush=True,
     )
-    return prompts, eval_rows
+    return prompts, eval_rows, metadata
 
 
 def load_ptx_data(cfg: PPOConfig, tokenizer, world: int) -> TokenizedSFT | None:
@@ -170,6 +189,7 @@ def check_ppo_config(cfg: PPOConfig) -> None:
             "to agree (the probability ratio, design §6.2) and model.disable_dropout=true turns every "
             "other dropout off: set model.lora_dropout=0"
         )
+    check_online_config(cfg)
     if r.allow_mismatched_sampling:
         return
     if r.top_k:
@@ -182,6 +202,32 @@ def check_ppo_config(cfg: PPOConfig) -> None:
             "rollout.repetition_penalty warps sampling away from the distribution PPO scores (design "
             "§6.1): set rollout.repetition_penalty=1 (or rollout.allow_mismatched_sampling=true)"
         )
+
+
+def check_online_config(cfg: PPOConfig) -> None:
+    """Refuse combinations of the loop's choices that cannot mean what they say (design §10)."""
+    p, group = cfg.ppo, cfg.rollout.group_size
+    if p.advantage in GROUP_ADVANTAGES and group < 2:
+        raise ConfigError(
+            f"ppo.advantage={p.advantage} baselines each sample against the other samples "
+            f"of its prompt: set rollout.group_size >= 2 (got {group})"
+        )
+    if p.advantage not in NEEDS_VALUES and (p.critic != "head" or p.critic_lr is not None):
+        raise ConfigError(
+            f"ppo.advantage={p.advantage} uses no critic, so ppo.critic and ppo.critic_lr "
+            "have no effect: remove them (or use ppo.advantage=gae)"
+        )
+    if p.kl_in == "reward" and p.kl_loss_estimator != "k3":
+        raise ConfigError(
+            f"ppo.kl_loss_estimator={p.kl_loss_estimator} has no effect with ppo.kl_in=reward "
+            "(the reward's KL penalty is k1): set ppo.kl_in=loss or remove it"
+        )
+
+
+def whitens(p: PPOSection) -> bool:
+    """ppo.whiten_advantages, or by estimator when unset: GAE and REINFORCE++ (its global-batch
+    normalisation) whiten; the group estimators are already baselined per prompt."""
+    return p.advantage in ("gae", "reinforce_pp") if p.whiten_advantages is None else p.whiten_advantages
 
 
 @dataclass
@@ -199,6 +245,8 @@ class PPOSetup:
     """A frozen copy of the SFT policy for full fine-tuning; None with LoRA (adapter disabled)."""
     reward_fn: Callable
     prompts: list[str]
+    metadata: dict[str, dict]
+    """Each train prompt's dataset row, handed to `f(samples)` rewards."""
     eval_rows: list[dict]
     ptx: TokenizedSFT | None
     critic_tokenizer: object
@@ -212,10 +260,14 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
     """Load the policy (and its reference and critic), the reward, the prompts and the optimizer;
     restore the latest checkpoint under --resume."""
     r, p, world = cfg.rollout, cfg.ppo, ctx.accelerator.num_processes
-    if (r.batch_size * world) % p.minibatches:
-        across = f" (x {world} processes: a global batch of {r.batch_size * world})" if world > 1 else ""
+    rows = r.batch_size * r.group_size * world
+    if rows % p.minibatches:
+        groups = f" x rollout.group_size={r.group_size}" if r.group_size > 1 else ""
+        across = f" x {world} processes" if world > 1 else ""
+        total = f" = {rows} rows" if groups or across else ""
         raise ConfigError(
-            f"rollout.batch_size={r.batch_size}{across} must be divisible by ppo.minibatches={p.minibatches}"
+            f"rollout.batch_size={r.batch_size}{groups}{across}{total} must be divisible by "
+            f"ppo.minibatches={p.minibatches}"
         )
     policy, tokenizer = load_causal_lm(cfg.model)
     # Full fine-tuning needs a frozen copy as the reference; LoRA reuses the base (adapter disabled).
@@ -227,9 +279,15 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
     critic, critic_tokenizer, critic_norm = (
         load_critic(cfg, tokenizer) if p.critic == "reward_model" else (None, None, (0.0, 1.0))
     )
-    net = PolicyWithValue(policy, policy.config.get_text_config().hidden_size, critic, critic_norm)
-    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template)
-    prompts, eval_rows = load_prompts(cfg, tokenizer, r.batch_size * world)
+    net = PolicyWithValue(
+        policy,
+        policy.config.get_text_config().hidden_size,
+        critic,
+        critic_norm,
+        value_head=p.advantage in NEEDS_VALUES,
+    )
+    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template, p.extra_rewards)
+    prompts, eval_rows, metadata = load_prompts(cfg, tokenizer, r.batch_size * world)
     ptx = load_ptx_data(cfg, tokenizer, world)
     critic_lr = p.critic_lr or (cfg.train.lr if critic is not None else None)
     optimizer = build_optimizer(
@@ -247,6 +305,7 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         reference,
         reward_fn,
         prompts,
+        metadata,
         eval_rows,
         ptx,
         critic_tokenizer,
@@ -256,45 +315,45 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
 
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
-    r, p = cfg.rollout, cfg.ppo
+    """The online loop of every method; ppo.advantage names it, its stage folder and its metrics' prefix."""
+    r, p, method = cfg.rollout, cfg.ppo, METHOD_OF_ADVANTAGE[cfg.ppo.advantage]
     check_ppo_config(cfg)
-    ctx = start_stage(cfg, "ppo", resume, overwrite)
+    ctx = start_stage(cfg, method, resume, overwrite)
     s = setup_ppo(cfg, ctx, resume)
     ctx.open_run()
-    shard = Shard(ctx.accelerator, r.batch_size)
+    shard, names = Shard(ctx.accelerator, r.batch_size * r.group_size), M.online(method)
     gold = HeldOutGold(s, cfg, ctx, s.resumed.get("held_out"))
-    health = HealthReport(p.health_window, ctx, **s.resumed.get("health", {}))
+    health = HealthReport(p.health_window, ctx, method, **s.resumed.get("health", {}))
     kl_coef = s.resumed.get("kl_coef", p.kl_coef)
     health.record(gold.baseline())  # step 0: the starting (SFT) policy, before any update
-    bar = progress_bar(p.iterations, s.start, "ppo", ctx.is_main and cfg.run.progress)
+    bar = progress_bar(p.iterations, s.start, method, ctx.is_main and cfg.run.progress)
     for iteration in range(s.start, p.iterations):
         started = time.perf_counter()
-        # 1. rollout: prompts and each row's sampling noise are pure functions of (seed, iteration,
-        # global row), so resume needs no data state and N processes x b sample what 1 x N*b does.
+        # 1. rollout: G rows per prompt; prompts and each row's sampling noise are pure functions of (seed,
+        # iteration, global row), so resume needs no data state and N processes x b sample what 1 x N*b does.
         prompts, noise = rollout_prompts(s.prompts, cfg, iteration, shard)
         rollout = make_rollout(s.net, s.tokenizer, prompts, noise, cfg)
-        # 2. score: old log-probs + values, reference log-probs, reward
-        with torch.no_grad():
-            old = s.net(rollout, r.temperature)
-            with reference_context(s.net, cfg.model.lora):
-                ref = score(s.reference or s.net.policy, rollout, r.temperature)
-        raw = s.reward_fn(prompts, decode_responses(s.tokenizer, rollout), rollout.token_rows())
-        scores = response_scores(
-            raw, rollout.finished, rollout.response_lengths, p.no_eos_penalty, p.empty_score, p.reward_clip
-        )
-        # 3. KL-shaped per-token rewards
+        # 2. score: old log-probs (+ values with a critic), reference log-probs, reward
+        old, ref = score_rollout(s, rollout, cfg)
+        raw_scores, scores = reward_scores(s, prompts, rollout, p)
+        # 3. per-token rewards: the score on the last token, minus kl_coef x k1 when the KL is in the reward
         mask = rollout.response_mask
-        rewards = kl_shaped_rewards(scores, old["logprobs"], ref["logprobs"], mask, kl_coef)
-        # 4. GAE, then advantages whitened with the statistics of the whole (all processes') batch
-        advantages, returns = gae(rewards, old["values"], mask, p.gamma, p.lam)
-        if p.whiten_advantages:
+        reward_kl = kl_coef if p.kl_in == "reward" else 0.0
+        rewards = kl_shaped_rewards(scores, old["logprobs"], ref["logprobs"], mask, reward_kl)
+        # 4. advantages by the named estimator, whitened with the whole (all processes') batch's statistics
+        estimator = ADVANTAGE_ESTIMATORS[p.advantage]
+        advantages, returns = estimator(
+            rewards, old.get("values"), mask, group_size=r.group_size, gamma=p.gamma, lam=p.lam
+        )
+        if whitens(p):
             advantages = masked_whiten(
                 advantages, mask, stats_from=(shard.gather(advantages), shard.gather(mask))
             )
-        # 5. PPO epochs over minibatches of the global batch
-        update = ppo_update(ctx, s, shard, rollout, old, advantages, returns, cfg, iteration)
+        # 5. clipped policy updates (+ value loss with a critic, + KL term with kl_in=loss) over minibatches
+        targets = {**old, "ref_logprobs": ref["logprobs"], "advantages": advantages, "returns": returns}
+        update = ppo_update(ctx, s, shard, rollout, targets, cfg, iteration, kl_coef)
         # 6. diagnostics over the global batch, the KL controller, held-out gold
-        stats = {**update, **diagnostics(shard, rollout, old, ref, raw, rewards, returns, cfg)}
+        stats = {**update, **diagnostics(shard, rollout, old, ref, raw_scores, rewards, returns, cfg)}
         stats |= {M.PPO_KL_COEF: kl_coef, M.SKIPPED_STEPS: ctx.guard.skipped}
         stats[M.PPO_SECONDS] = time.perf_counter() - started
         if p.target_kl is not None:
@@ -303,7 +362,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             )
         done = iteration + 1
         stats.update(gold.at(due=done % p.eval_every == 0 or done == p.iterations))
-        ctx.logger.log(done, stats)
+        ctx.logger.log(done, {names.get(key, key): value for key, value in stats.items()})
         # 7. health check: symptoms -> warnings naming the cause and the config key (rank 0 reports)
         health.check(done, stats, bar)
         bar.update(1)
@@ -312,18 +371,44 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
             state = {"kl_coef": kl_coef, "held_out": gold.state(), "health": health.state()}
             save_training_state(ctx, done, s.model, s.optimizer, s.scheduler, extra=state)
     bar.close()
-    check_replicas_agree(ctx.accelerator, s.net, "ppo")
+    check_replicas_agree(ctx.accelerator, s.net, method)
     return finish(ctx, save_ppo_final(ctx, s))
+
+
+def score_rollout(s: PPOSetup, rollout: Rollout, cfg: PPOConfig) -> tuple[dict, dict]:
+    """(old, ref): the rollout scored by the policy (and its critic) and by the reference, no grad."""
+    with torch.no_grad():
+        old = s.net(rollout, cfg.rollout.temperature)
+        with reference_context(s.net, cfg.model.lora):
+            ref = score(s.reference or s.net.policy, rollout, cfg.rollout.temperature)
+    return old, ref
+
+
+def reward_scores(s: PPOSetup, prompts: list[str], rollout: Rollout, p) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the reward's raw scores, the scores the loop uses: no-EOS penalty, empty responses, clip)."""
+    raw = s.reward_fn(
+        prompts,
+        decode_responses(s.tokenizer, rollout),
+        rollout.token_rows(),
+        rollout.finished.tolist(),
+        [s.metadata[x] for x in prompts],
+    )
+    lengths = rollout.response_lengths
+    return raw, response_scores(
+        raw, rollout.finished, lengths, p.no_eos_penalty, p.empty_score, p.reward_clip
+    )
 
 
 def rollout_prompts(
     prompts: list[str], cfg: PPOConfig, iteration: int, shard: Shard
 ) -> tuple[list[str], torch.Tensor]:
-    """(this process's prompts, their sampling noise) for `iteration`: rows shard.rows() of the
-    global batch, which is a seeded draw of shard.global_size prompts."""
-    seed = cfg.train.seed * 1_000_003 + iteration
+    """(this process's rows' prompts, their sampling noise) for `iteration`. The global batch is a seeded
+    draw of shard.global_size / G prompts, each repeated G times (row i answers prompt i // G, the group
+    estimators' convention); this process holds rows shard.rows(), whole groups since G divides them."""
+    seed, group = cfg.train.seed * 1_000_003 + iteration, cfg.rollout.group_size
     mine = shard.rows()
-    batch = random.Random(seed).sample(prompts, shard.global_size)[mine.start : mine.stop]
+    drawn = random.Random(seed).sample(prompts, shard.global_size // group)
+    batch = [prompt for prompt in drawn for _ in range(group)][mine.start : mine.stop]
     return batch, row_noise(seed, mine, cfg.rollout.max_new_tokens)
 
 
@@ -356,14 +441,14 @@ def diagnostics(
         M.PPO_ENTROPY: masked_mean(
             shard.gather(entropy_from_logits(old["logits"], temperature)), all_mask
         ).item(),
-        M.PPO_VALUE_EXPLAINED_VAR: explained_variance(
-            shard.gather(old["values"]), shard.gather(returns), all_mask
-        ).item(),
         M.PPO_REWARD_RM: shard.gather(raw_scores).mean().item(),
         M.PPO_REWARD_TOTAL: masked_sum(shard.gather(rewards), all_mask, dim=-1).mean().item(),
         M.PPO_RESPONSE_LEN: all_mask.sum(-1).float().mean().item(),
         M.PPO_EOS_RATE: shard.gather(rollout.finished.float()).mean().item(),
     }
+    if "values" in old:  # a critic to judge (critic-free estimators have none)
+        values, all_returns = shard.gather(old["values"]), shard.gather(returns)
+        stats[M.PPO_VALUE_EXPLAINED_VAR] = explained_variance(values, all_returns, all_mask).item()
     if exact_rows.shape[0] >= 2:
         stats[M.PPO_KL_K1_Z] = k1_exact_z(k1_rows, exact_rows).item()
     stats.update(kl_check_stats(shard.gather(k1), k1_rows, exact_rows))
@@ -412,10 +497,11 @@ class HealthReport:
         self,
         window: int,
         ctx: StageContext,
+        method: str = "ppo",
         history: list[dict] | None = None,
         last_warned: dict[str, int] | None = None,
     ):
-        self.window, self.ctx, self.enabled = window, ctx, ctx.is_main
+        self.window, self.ctx, self.method, self.enabled = window, ctx, method, ctx.is_main
         self.history: list[dict] = list(history or [])
         self.last_warned: dict[str, int] = dict(last_warned or {})
 
@@ -430,7 +516,7 @@ class HealthReport:
             kind = warning.split(":", 1)[0]
             if done - self.last_warned.get(kind, -self.window) >= self.window:
                 self.last_warned[kind] = done
-                bar.write(f"rlhfkit: ppo warning (iteration {done}): {warning}")
+                bar.write(f"rlhfkit: {self.method} warning (iteration {done}): {warning}")
                 self.ctx.logger.log(done, {M.HEALTH_WARNING: warning})
 
     def state(self) -> dict:
@@ -438,7 +524,9 @@ class HealthReport:
 
 
 def save_ppo_final(ctx: StageContext, s: PPOSetup):
-    """final/: the policy, plus its value head (value_head.safetensors) or critic (final/critic/)."""
+    """final/: the policy, plus its value head (value_head.safetensors) or critic (final/critic/) if any."""
+    if s.net.critic is None and s.net.value_head is None:
+        return save_final(ctx, s.net.policy, s.tokenizer)
     if s.net.critic is None:
         value_head = save({k: v.contiguous() for k, v in s.net.value_head.state_dict().items()})
         return save_final(ctx, s.net.policy, s.tokenizer, extra_files={"value_head.safetensors": value_head})
@@ -488,21 +576,38 @@ def minibatch_order(global_size: int, cfg: PPOConfig, iteration: int) -> list[to
     return [order[start : start + size] for order in orders for start in range(0, global_size, size)]
 
 
+@dataclass
+class MinibatchShare:
+    """A process's part of one minibatch update, so that the processes' losses sum to the loss of the
+    whole (global) minibatch and DDP's gradient average, times `world`, is its gradient."""
+
+    tokens: float
+    """Share of the minibatch's response tokens: weights token means (value loss, statistics)."""
+    total: float
+    """The global minibatch's ops.aggregation_count: the policy and KL losses' denominator."""
+    ptx: float
+    """Share of the minibatch's ptx (SFT) tokens."""
+    world: int
+    present: bool
+    """False for a process with no rows in the minibatch: it joins DDP's sum with one row, weight 0."""
+
+
 def ppo_update(
     ctx: StageContext,
     s: PPOSetup,
     shard: Shard,
     rollout: Rollout,
-    old: dict,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
+    targets: dict,
     cfg: PPOConfig,
     iteration: int,
+    kl_coef: float,
 ) -> dict[str, float]:
     """ppo.epochs passes over the global batch in minibatches. A process trains on its own rows of
-    each minibatch, its loss weighted by its share of the minibatch's tokens (x processes, undoing
-    DDP's gradient average), so every step is the token mean over the whole minibatch whatever the
-    number of processes."""
+    each minibatch; its policy and KL losses are aggregated with the whole minibatch's count
+    (ppo.loss_aggregation) and its value loss weighted by its share of the minibatch's tokens (x
+    processes, undoing DDP's gradient average), so every step is the loss of the whole minibatch
+    whatever the number of processes. `targets`: the rollout's (B, T) log-probs, reference log-probs,
+    advantages, returns (and values with a critic)."""
     p, acc = cfg.ppo, ctx.accelerator
     all_mask = shard.gather(rollout.response_mask)
     chunks = minibatch_order(shard.global_size, cfg, iteration)
@@ -513,15 +618,16 @@ def ppo_update(
         # A process with no rows in this minibatch still joins the gradient sum: one row, weight 0.
         index = rows if len(rows) else torch.tensor([0])
         part = rollout.rows(index)
-        share = part.response_mask.sum().item() / max(all_mask[chunk].sum().item(), 1) if len(rows) else 0.0
+        tokens = part.response_mask.sum().item() / max(all_mask[chunk].sum().item(), 1) if len(rows) else 0.0
+        total = max(aggregation_count(all_mask[chunk], p.loss_aggregation).item(), 1.0)
         ptx_batch, ptx_share = (None, 0.0)
         if s.ptx is not None:
             step = iteration * len(chunks) + update
             ptx_batch, ptx_share = ptx_minibatch(shard, s.ptx, step, cfg, s.net.policy.config.pad_token_id)
         new = s.model(part, cfg.rollout.temperature, ptx_batch)
-        loss, local_stats, ratio_max = minibatch_loss(
-            new, old, advantages, returns, index, part, cfg, share, ptx_share, acc.num_processes
-        )
+        share = MinibatchShare(tokens, total, ptx_share, acc.num_processes, bool(len(rows)))
+        mine = {key: value[index] for key, value in targets.items()}
+        loss, local_stats, ratio_max = minibatch_loss(new, mine, part, cfg, share, kl_coef)
         s.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(
@@ -537,47 +643,60 @@ def ppo_update(
             totals.setdefault(key, []).append(value)
         if p.approx_kl_stop is not None and step_stats["approx_kl"] > p.approx_kl_stop:
             break  # the same decision on every process: approx_kl is the global one
-    return update_metrics(totals, s.ptx is not None)
+    return update_metrics(totals)
 
 
 def minibatch_loss(
-    new: dict,
-    old: dict,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    index: torch.Tensor,
-    part: Rollout,
-    cfg: PPOConfig,
-    share: float,
-    ptx_share: float,
-    world: int,
+    new: dict, rows: dict, part: Rollout, cfg: PPOConfig, share: MinibatchShare, kl_coef: float
 ) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """(this process's loss, its statistics weighted to be summed over processes, its largest
-    ratio). `share`: the process's share of the minibatch's response tokens (of ptx tokens)."""
-    p = cfg.ppo
+    """(this process's loss, its statistics weighted to be summed over processes, its largest ratio).
+    `rows`: the minibatch rows' targets (old log-probs, reference log-probs, advantages, returns, values)."""
+    p, mask = cfg.ppo, part.response_mask
+    # The policy and KL terms are already this process's part of the global minibatch's aggregate
+    # (total = the global count); x world undoes DDP's average, x 0 silences a filler row.
+    scale = share.world if share.present else 0.0
     pg_loss, pg_stats = ppo_policy_loss(
-        new["logprobs"], old["logprobs"][index], advantages[index], part.response_mask, p.clip_range
+        new["logprobs"],
+        rows["logprobs"],
+        rows["advantages"],
+        mask,
+        p.clip_range,
+        clip_low=p.clip_low,
+        clip_high=p.clip_high,
+        aggregation=p.loss_aggregation,
+        total=share.total,
     )
-    vf_loss, vf_stats = ppo_value_loss(
-        new["values"], old["values"][index], returns[index], part.response_mask, p.value_clip_range
-    )
-    loss = (pg_loss + p.vf_coef * vf_loss) * share * world
+    loss = pg_loss * scale
+    # Minibatch statistics as token means over the whole minibatch (all processes).
+    stats = {k: v.float() * share.tokens for k, v in pg_stats.items() if k not in ("ratio_max", "pg_loss")}
+    stats["pg_loss"] = pg_loss.detach().float() * float(share.present)
+    if "values" in new:
+        vf_loss, vf_stats = ppo_value_loss(
+            new["values"], rows["values"], rows["returns"], mask, p.value_clip_range
+        )
+        loss = loss + p.vf_coef * vf_loss * share.tokens * share.world
+        stats.update({k: v.float() * share.tokens for k, v in vf_stats.items()})
+    if p.kl_in == "loss":
+        # GRPO-style: + kl_coef x the KL term (each form has the reverse KL's gradient, ops/kl_loss.py).
+        term = kl_loss_term(
+            new["logprobs"], rows["logprobs"], rows["ref_logprobs"], p.kl_loss_estimator, mask
+        )
+        kl_loss = aggregate_loss(term, mask, p.loss_aggregation, share.total)
+        loss = loss + kl_coef * kl_loss * scale
+        stats["kl_loss"] = kl_loss.detach().float() * float(share.present)
     if "ptx_loss" in new:
         # PPO-ptx (Ouyang et al. 2022, eq. 2): + gamma * E_pretrain[-log pi(x)].
-        loss = loss + p.ptx_coef * new["ptx_loss"] * ptx_share * world
-    # Minibatch statistics as token means over the whole minibatch (all processes).
-    stats = {k: v.float() * share for k, v in {**pg_stats, **vf_stats}.items() if k != "ratio_max"}
+        loss = loss + p.ptx_coef * new["ptx_loss"] * share.ptx * share.world
+        stats["ptx_loss"] = new["ptx_loss"].detach().float() * share.ptx
     # 0 exactly when the update's forward equals the rollout's (ratio_mean cannot see a mismatch).
-    logratio = (new["logprobs"] - old["logprobs"][index]).abs().detach()
-    stats["logratio_abs"] = masked_mean(logratio, part.response_mask).float() * share
-    stats["loss"] = loss.detach().float() / world
-    if "ptx_loss" in new:
-        stats["ptx_loss"] = new["ptx_loss"].detach().float() * ptx_share
+    logratio = (new["logprobs"] - rows["logprobs"]).abs().detach()
+    stats["logratio_abs"] = masked_mean(logratio, mask).float() * share.tokens
+    stats["loss"] = loss.detach().float() / share.world
     return loss, stats, pg_stats["ratio_max"]
 
 
-def update_metrics(totals: dict[str, list[float]], ptx: bool) -> dict[str, float]:
-    """Per-iteration metrics from the minibatch updates' statistics."""
+def update_metrics(totals: dict[str, list[float]]) -> dict[str, float]:
+    """Per-iteration metrics from the minibatch updates' statistics (the optional losses when logged)."""
     mean = {k: sum(v) / len(v) for k, v in totals.items()}
     # Before the first update the new and old policies are the same weights on the same inputs.
     out = {
@@ -586,12 +705,17 @@ def update_metrics(totals: dict[str, list[float]], ptx: bool) -> dict[str, float
         M.PPO_CLIPFRAC: mean["clipfrac"],
         M.PPO_APPROX_KL: mean["approx_kl"],
         M.PPO_PG_LOSS: mean["pg_loss"],
-        M.PPO_VF_LOSS: mean["vf_loss"],
         M.PPO_RATIO_MAX: max(totals["ratio_max"]),
         M.PPO_MINIBATCH_UPDATES: len(totals["pg_loss"]),
     }
-    if ptx:
-        out[M.PPO_PTX_LOSS] = mean["ptx_loss"]
+    optional = {
+        "vf_loss": M.PPO_VF_LOSS,
+        "kl_loss": M.PPO_KL_LOSS,
+        "ptx_loss": M.PPO_PTX_LOSS,
+        "clipfrac_low": M.PPO_CLIPFRAC_LOW,
+        "clipfrac_high": M.PPO_CLIPFRAC_HIGH,
+    }
+    out.update({name: mean[key] for key, name in optional.items() if key in mean})
     return out
 
 
