@@ -167,8 +167,8 @@ def over_optimisation_history() -> list[dict]:
 
 def test_reward_hacking_fires_on_recorded_over_optimisation_without_a_kl_penalty():
     history = over_optimisation_history()
-    # Gold's fall from its best, 0.109, is 3.2 paired standard errors at iteration 90 (2.5 at 80).
-    assert first_warnings(history, window=5) == {"reward-hacking": 90}
+    # Gold's fall from its best is 2.5+ paired standard errors at iteration 80 (3.2 at 90).
+    assert first_warnings(history, window=5) == {"reward-hacking": 80}
     warning = health_warnings(history, window=5)[0]
     assert "ppo.kl_coef" in warning and "below its best eval" in warning
 
@@ -196,7 +196,7 @@ def test_reward_hacking_flat_gold_needs_two_evals_in_a_row_and_learning_together
     assert first_warnings(flat, window=5) == {"reward-hacking": 3}
     assert kinds(evals([0.50, 0.60, 0.70, 0.80], [0.0, 0.5, 0.9, 1.2])) == set()  # gold rises with the RM
     assert kinds(evals([0.50, 0.51, 0.49], [0.0, 0.2, 0.3])) == set()  # the RM rise is within 4 s.e.
-    # A fall from the best within three standard errors is noise.
+    # A fall from the best within 2.5 standard errors is noise.
     assert kinds(evals([0.50, 0.60, 0.70, 0.65], [0.0, 0.5, 0.9, 1.2])) == set()
 
 
@@ -228,3 +228,40 @@ def test_kl_check_stats_against_plain_python():
     assert stats[M.PPO_KL_K1_EXACT_DIFF] == pytest.approx(sum(d) / 3)
     assert stats[M.PPO_KL_K1_EXACT_DIFF_VAR] == pytest.approx(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
     assert set(kl_check_stats(k1, k1[:0], exact[:0])) == {M.PPO_KL_K1_STDERR}
+
+
+# The held-out evals of a real run: `rlhfkit ppo --config configs/tiny/ppo.yaml ppo.kl_coef=0
+# ppo.iterations=100` on the tiny pipeline's SFT and RM (this machine, 2026-12-01). Gold peaks at
+# iteration 20 (0.294 at KL 1.6) and is back at its start by 100 (0.214 at KL 7.6) while the RM's
+# reward of the same held-out samples climbs from 0.03 to 0.85. Columns: step, gold/score,
+# heldout/reward_rm, gold/gain_stderr, heldout/reward_gain_stderr, gold/drop_stderr.
+RECORDED_KL0_EVALS = [
+    (0, 0.2124, 0.0285, None, None, None),
+    (10, 0.2618, 0.3639, 0.0315, 0.0852, 0.0),
+    (20, 0.2944, 0.4748, 0.0382, 0.0818, 0.0),
+    (30, 0.2802, 0.5869, 0.0387, 0.0812, 0.0245),
+    (40, 0.2526, 0.5749, 0.0338, 0.0791, 0.0244),
+    (50, 0.2468, 0.6260, 0.0355, 0.0752, 0.0275),
+    (60, 0.2752, 0.7099, 0.0338, 0.0775, 0.0287),
+    (70, 0.2827, 0.7063, 0.0367, 0.0765, 0.0305),
+    (80, 0.2457, 0.7305, 0.0364, 0.0859, 0.0305),
+    (90, 0.2661, 0.8227, 0.0379, 0.0815, 0.0274),
+    (100, 0.2139, 0.8496, 0.0392, 0.0769, 0.0300),
+]
+
+
+def test_reward_hacking_fires_on_the_real_tiny_run_without_a_kl_penalty():
+    """Issue #15 item 3: this run printed no warning before; gold's fall at iteration 100 is 2.7 paired
+    standard errors below its iteration-20 best while the RM's held-out reward rose by 10."""
+    history = []
+    for step, gold, reward, gain_se, reward_se, drop_se in RECORDED_KL0_EVALS:
+        record = {M.GOLD_SCORE: gold, M.HELDOUT_REWARD_RM: reward}
+        if gain_se is not None:
+            record |= {
+                M.GOLD_GAIN_STDERR: gain_se,
+                M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
+                M.GOLD_DROP_STDERR: drop_se,
+            }
+        history.append(record)
+        fired = [w for w in health_warnings(history, window=5) if w.startswith("reward-hacking")]
+        assert bool(fired) == (step == 100), (step, fired)

@@ -31,8 +31,10 @@ RATIO_FIRST_MAX = 1e-3
 """|ppo/ratio_first - 1| that also fires (exactly 1 on a healthy run, but blind to dropout)."""
 HACKING_REWARD_Z = 4.0
 """Standard errors of the held-out RM reward's rise since the first eval that make it a real rise."""
-HACKING_DROP_Z = 3.0
-"""Standard errors of gold's fall from its best eval (the best of ~10 picked after the fact)."""
+HACKING_DROP_Z = 2.5
+"""Standard errors of gold's fall from its best eval (the best of ~10 picked after the fact). 3 missed
+the real tiny over-optimisation run (kl_coef=0): gold fell 0.080 from its peak, 2.7 s.e., while the
+held-out RM reward rose by 10 s.e. (tests/evaluate/test_health.py, its recorded evals)."""
 
 
 def health_warnings(history: list[dict], window: int = 5) -> list[str]:
