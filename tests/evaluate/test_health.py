@@ -197,7 +197,7 @@ def test_reward_hacking_flat_gold_needs_two_evals_in_a_row_and_learning_together
     assert kinds(evals([0.50, 0.60, 0.70, 0.80], [0.0, 0.5, 0.9, 1.2])) == set()  # gold rises with the RM
     assert kinds(evals([0.50, 0.51, 0.49], [0.0, 0.2, 0.3])) == set()  # the RM rise is within 4 s.e.
     # A fall from the best within 2.5 standard errors is noise.
-    assert kinds(evals([0.50, 0.60, 0.70, 0.65], [0.0, 0.5, 0.9, 1.2])) == set()
+    assert kinds(evals([0.50, 0.60, 0.70, 0.66], [0.0, 0.5, 0.9, 1.2])) == set()
 
 
 def test_held_out_evals_pair_each_eval_with_the_first_and_the_best():
