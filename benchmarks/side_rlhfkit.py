@@ -181,13 +181,7 @@ def main() -> None:
                 "reference = adapter off)",
             )
     res.update(
-        side="rlhfkit",
-        stage=args.stage,
-        shape=args.shape,
-        steps=args.steps,
-        wall_s=round(time.perf_counter() - t0, 1),
-        peak_rss_mb=round(W.peak_rss_mb(), 1),
-        threads=torch.get_num_threads(),
+        **W.run_fields("rlhfkit", args, t0, torch.get_num_threads()),
         rlhfkit=rlhfkit.__version__,
         torch=torch.__version__,
     )

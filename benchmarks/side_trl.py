@@ -250,13 +250,7 @@ def main() -> None:
         else:
             res = run_ppo(args.assets, model_dir, tok, args.steps, out, args.shape)
     res.update(
-        side="trl",
-        stage=args.stage,
-        shape=args.shape,
-        steps=args.steps,
-        wall_s=round(time.perf_counter() - t0, 1),
-        peak_rss_mb=round(W.peak_rss_mb(), 1),
-        threads=torch.get_num_threads(),
+        **W.run_fields("trl", args, t0, torch.get_num_threads()),
         trl=trl.__version__,
         trl_path=os.path.dirname(trl.__file__),
         transformers=transformers.__version__,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import time
 
 WARMUP = 2
 """Steps (or PPO iterations) excluded from timing."""
@@ -93,6 +94,19 @@ def steady(times: list[float], warmup: int = WARMUP) -> tuple[int, float]:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def run_fields(side: str, args, started: float, threads: int) -> dict:
+    """The fields every measuring process reports beside its numbers (both sides, the same names)."""
+    return {
+        "side": side,
+        "stage": args.stage,
+        "shape": args.shape,
+        "steps": args.steps,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "threads": threads,
+    }
 
 
 def emit(result: dict) -> None:
