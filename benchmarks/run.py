@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""rlhfkit vs TRL, side by side in one run: SFT with LoRA, reward model, PPO iteration, peak RSS.
+"""rlhfkit vs TRL, side by side in one run: SFT with LoRA, reward model, PPO, GRPO and RLOO iterations,
+DPO, peak RSS.
 
-    python benchmarks/run.py                          # both shapes, all stages (slow: ~30 min)
+    python benchmarks/run.py                          # both shapes, all stages (slow: about an hour)
     python benchmarks/run.py --shapes gpt2-tiny       # the tiny shape only
+    python benchmarks/run.py --stages grpo rloo dpo   # some rows only
     python benchmarks/run.py --trl-python none        # rlhfkit alone
 
 Every measurement is a fresh process (benchmarks/side_rlhfkit.py with this python,
@@ -31,9 +33,10 @@ import workload as W  # noqa: E402
 # Inside the checkout (ignored by git): `make bench-setup` builds the TRL venv there.
 DEFAULT_TRL_VENV = Path(os.environ.get("RLHFKIT_TRL_VENV", HERE.parent / ".bench" / "trl-venv"))
 DEFAULT_WORK = HERE.parent / ".bench" / "work"
-STAGES = ("sft", "rm", "ppo")
-# Targets on the gpt2-small shape (issue #8): throughput ratio at least this; RSS ratio at most 0.7.
-SPEED_TARGETS = {"sft": 1.5, "rm": 1.5, "ppo": 2.0}
+STAGES = W.STAGES
+# Targets on the gpt2-small shape (issues #8, #16, #17): throughput ratio at least this; RSS ratio
+# at most 0.7.
+SPEED_TARGETS = {"sft": 1.5, "rm": 1.5, "ppo": 2.0, "grpo": 2.0, "rloo": 2.0, "dpo": 1.5}
 RSS_TARGET = 0.7
 TARGET_SHAPE = "gpt2-small"
 
@@ -60,11 +63,12 @@ def achieved_fraction(
         return None
     if stage == "sft":
         flops_per_s = W.model_flops("sft", shape, rate)
-    elif stage == "rm":
-        flops_per_s = W.model_flops("rm", shape, rate * stats["pair_tokens"])
+    elif stage in ("rm", "dpo"):
+        flops_per_s = W.model_flops(stage, shape, rate * stats["pair_tokens"])
     else:
-        tokens = W.PPO_PROMPTS * (stats["prompt_tokens"] + W.PPO_NEW_TOKENS)
-        flops_per_s = W.model_flops("ppo", shape, tokens) / rate
+        rows = W.PPO_PROMPTS if stage == "ppo" else W.GROUP_PROMPTS * W.GROUP_SIZE
+        tokens = rows * (stats["prompt_tokens"] + W.PPO_NEW_TOKENS)
+        flops_per_s = W.model_flops(stage, shape, tokens) / rate
     return flops_per_s / (peak_gflops * 1e9)
 
 
@@ -353,6 +357,12 @@ def write_results(
         "PPO_PROMPTS",
         "PPO_NEW_TOKENS",
         "PPO_EPOCHS",
+        "GROUP_PROMPTS",
+        "GROUP_SIZE",
+        "GRPO_BETA",
+        "RLOO_BETA",
+        "DPO_BATCH",
+        "DPO_BETA",
         "LORA",
         "LR",
     )

@@ -1,4 +1,5 @@
-"""rlhfkit's side of one measurement: the real `train_sft` / `train_rm` / `train_ppo` with a config.
+"""rlhfkit's side of one measurement: the real `train_sft` / `train_rm` / `train_ppo` / `train_dpo` with a
+config (GRPO and RLOO are `train_ppo` with `rlhfkit grpo|rloo`'s presets).
 
     python benchmarks/side_rlhfkit.py --assets DIR --shape gpt2-tiny --stage sft --steps 12
 
@@ -23,11 +24,8 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
     from rlhfkit.config import (
         DataConfig,
         ModelConfig,
-        PPOConfig,
-        PPOSection,
         RMConfig,
         RMSection,
-        RolloutSection,
         RunConfig,
         SFTConfig,
         SFTSection,
@@ -45,10 +43,14 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
         save_every=10**6,
         threads=threads,
     )
-    model = str(assets / shape)
+    model = ModelConfig(name=str(assets / shape), lora=True, **lora)
+    if stage in ("ppo", "grpo", "rloo"):
+        return online_config(stage, assets, shape, steps, model, run, train)
+    if stage == "dpo":
+        return dpo_config(assets, model, run, train)
     if stage == "sft":
         return SFTConfig(
-            model=ModelConfig(name=model, lora=True, **lora),
+            model=model,
             data=DataConfig(
                 source=str(assets / "sft.jsonl"),
                 eval_source=str(assets / "sft_eval.jsonl"),
@@ -59,22 +61,28 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
             run=run,
             sft=SFTSection(eval_generate=0),
         )
-    if stage == "rm":
-        # LoRA like the other stages (rlhfkit's default); TRL gets the same peft config.
-        return RMConfig(
-            model=ModelConfig(name=model, lora=True, **lora),
-            data=DataConfig(
-                source=str(assets / "pairs.jsonl"),
-                eval_source=str(assets / "pairs_eval.jsonl"),
-                eval_size=8,
-                max_length=W.MAX_LENGTH,
-            ),
-            train=TrainConfig(batch_size=W.RM_BATCH, **train),
-            run=run,
-            rm=RMSection(norm_samples=4, max_new_tokens=4),
-        )
-    return PPOConfig(
-        model=ModelConfig(name=model, lora=True, **lora),
+    # RM: LoRA like the other stages (rlhfkit's default); TRL gets the same peft config.
+    return RMConfig(
+        model=model,
+        data=DataConfig(
+            source=str(assets / "pairs.jsonl"),
+            eval_source=str(assets / "pairs_eval.jsonl"),
+            eval_size=8,
+            max_length=W.MAX_LENGTH,
+        ),
+        train=TrainConfig(batch_size=W.RM_BATCH, **train),
+        run=run,
+        rm=RMSection(norm_samples=4, max_new_tokens=4),
+    )
+
+
+def online_config(stage: str, assets: Path, shape: str, steps: int, model, run, train: dict):
+    """PPO, or GRPO / RLOO as `rlhfkit grpo|rloo` configure the loop (config.METHOD_PRESETS), with the
+    benchmark's batch: the same reward model as PPO, its raw score (no normalisation stats)."""
+    from rlhfkit.config import METHOD_PRESETS, DataConfig, PPOConfig, PPOSection, RolloutSection, TrainConfig
+
+    cfg = PPOConfig(
+        model=model,
         data=DataConfig(source=str(assets / "prompts.jsonl")),
         train=TrainConfig(**{**train, "max_steps": 0}),
         run=run,
@@ -88,18 +96,53 @@ def configs(stage: str, assets: Path, shape: str, steps: int, threads: int, run_
             eval_every=10**6,
         ),
     )
+    for key, value in METHOD_PRESETS[stage].items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    if stage != "ppo":  # one update of one minibatch per rollout, TRL's num_iterations=1
+        cfg.rollout.batch_size, cfg.rollout.group_size = W.GROUP_PROMPTS, W.GROUP_SIZE
+        cfg.ppo.epochs, cfg.ppo.kl_coef = 1, W.GRPO_BETA if stage == "grpo" else W.RLOO_BETA
+    return cfg
+
+
+def dpo_config(assets: Path, model, run, train: dict):
+    """Sigmoid DPO on the RM's pairs; the reference is the LoRA policy with its adapter off (no copy).
+    No sampled evals (dpo.eval_prompts=0); the held-out pair metrics run at step 0 and after the last
+    step, outside the timed window."""
+    from rlhfkit.config import DataConfig, DPOConfig, DPOSection, TrainConfig
+
+    return DPOConfig(
+        model=model,
+        data=DataConfig(
+            source=str(assets / "pairs.jsonl"),
+            eval_source=str(assets / "pairs_eval.jsonl"),
+            eval_size=8,
+            max_length=W.MAX_LENGTH,
+        ),
+        train=TrainConfig(batch_size=W.DPO_BATCH, **train),
+        run=run,
+        dpo=DPOSection(
+            loss="sigmoid",
+            beta=W.DPO_BETA,
+            reference="adapter_off",
+            eval_source=None,
+            eval_prompts=0,
+            eval_every=10**6,
+        ),
+    )
 
 
 def observe_step_ends() -> tuple[list[float], list[float]]:
     """(wall, CPU) clocks at every training record the trainers log: one per optimizer step
-    (records with `lr`) or PPO iteration (`ppo/seconds`); eval records are not step ends."""
+    (records with `lr`) or online iteration (`ppo/seconds`, `grpo/seconds`, ...); eval records are not
+    step ends."""
     from rlhfkit.run.logger import MetricsLogger
 
     wall, cpu = [], []
     log = MetricsLogger.log
 
     def observed(self, step, metrics):
-        if "lr" in metrics or "ppo/seconds" in metrics:
+        if "lr" in metrics or any(key.endswith("/seconds") for key in metrics):
             wall.append(time.perf_counter())
             cpu.append(time.process_time())
         return log(self, step, metrics)
@@ -125,6 +168,54 @@ def sft_tokens(cfg, steps: range) -> list[int]:
     ]
 
 
+TRAINERS = {
+    "sft": "rlhfkit.trainers.sft:train_sft",
+    "rm": "rlhfkit.trainers.rm:train_rm",
+    "ppo": "rlhfkit.trainers.ppo:train_ppo",
+    "grpo": "rlhfkit.trainers.ppo:train_ppo",  # the one online loop, ppo.advantage=grpo
+    "rloo": "rlhfkit.trainers.ppo:train_ppo",
+    "dpo": "rlhfkit.trainers.dpo:train_dpo",
+}
+IMPLEMENTATION = {
+    "ppo": "rlhfkit.trainers.ppo.train_ppo (LoRA policy + value head, reference = adapter off)",
+    "grpo": "rlhfkit.trainers.ppo.train_ppo, ppo.advantage=grpo (LoRA policy, no critic, reference = "
+    "adapter off, KL in the loss)",
+    "rloo": "rlhfkit.trainers.ppo.train_ppo, ppo.advantage=rloo (LoRA policy, no critic, reference = "
+    "adapter off, KL in the reward)",
+    "dpo": "rlhfkit.trainers.dpo.train_dpo (LoRA policy, reference = adapter off)",
+}
+
+
+def measured(stage: str, cfg, result, times: list[float], cpu: list[float]) -> dict:
+    """The stage's value (W.METRICS[stage]) per wall and per CPU second over the timed steps."""
+    steps, seconds = W.steady(times)
+    cpu_seconds = W.steady(cpu)[1]
+    res = {"metric": W.METRICS[stage], "s_per_step": seconds / steps, "timed_steps": steps}
+    if stage == "sft":
+        tokens, padded = sft_tokens(cfg, range(W.WARMUP, len(times)))
+        res.update(
+            value=sum(tokens) / seconds,
+            cpu_value=sum(tokens) / cpu_seconds,
+            tokens=sum(tokens),
+            padded_tokens=sum(padded),
+        )
+    elif stage in ("rm", "dpo"):
+        pairs = steps * (W.RM_BATCH if stage == "rm" else W.DPO_BATCH)
+        res.update(value=pairs / seconds, cpu_value=pairs / cpu_seconds)
+    else:
+        # The online loop logs under its method's name, which is the stage's here (grpo/response_len).
+        timed = [r[f"{stage}/response_len"] for r in result.metrics if f"{stage}/seconds" in r][W.WARMUP :]
+        res.update(
+            value=seconds / steps,
+            cpu_value=cpu_seconds / steps,
+            rows_per_iteration=cfg.rollout.batch_size * cfg.rollout.group_size,
+            response_len=sum(timed) / len(timed),
+        )
+    if stage in IMPLEMENTATION:
+        res["implementation"] = IMPLEMENTATION[stage]
+    return res
+
+
 def main() -> None:
     args = W.side_arguments()
 
@@ -132,6 +223,8 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import importlib
+
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -142,44 +235,10 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-") as run_dir:
         cfg = configs(args.stage, args.assets, args.shape, args.steps, args.threads, run_dir)
-        train = {
-            "sft": "rlhfkit.trainers.sft:train_sft",
-            "rm": "rlhfkit.trainers.rm:train_rm",
-            "ppo": "rlhfkit.trainers.ppo:train_ppo",
-        }[args.stage]
-        module, name = train.split(":")
-        import importlib
-
+        module, name = TRAINERS[args.stage].split(":")
         times, cpu = observe_step_ends()
         result = getattr(importlib.import_module(module), name)(cfg, overwrite=True)
-        steps, seconds = W.steady(times)
-        cpu_seconds = W.steady(cpu)[1]
-        res = {"s_per_step": seconds / steps, "timed_steps": steps}
-        if args.stage == "sft":
-            tokens, padded = sft_tokens(cfg, range(W.WARMUP, len(times)))
-            res.update(
-                metric="tokens/s",
-                value=sum(tokens) / seconds,
-                cpu_value=sum(tokens) / cpu_seconds,
-                tokens=sum(tokens),
-                padded_tokens=sum(padded),
-            )
-        elif args.stage == "rm":
-            res.update(
-                metric="pairs/s",
-                value=steps * W.RM_BATCH / seconds,
-                cpu_value=steps * W.RM_BATCH / cpu_seconds,
-            )
-        else:
-            logged = [r for r in result.metrics if "ppo/seconds" in r][W.WARMUP :]
-            res.update(
-                metric="s/iter",
-                value=seconds / steps,
-                cpu_value=cpu_seconds / steps,
-                response_len=sum(r["ppo/response_len"] for r in logged) / len(logged),
-                implementation="rlhfkit.trainers.ppo.train_ppo (LoRA policy + value head, "
-                "reference = adapter off)",
-            )
+        res = measured(args.stage, cfg, result, times, cpu)
     res.update(
         **W.run_fields("rlhfkit", args, t0, torch.get_num_threads()),
         rlhfkit=rlhfkit.__version__,

@@ -5,7 +5,8 @@
 Same method as the TRL baseline's trl_bench.py (baselines/trl in the team's shared folder): a
 TrainerCallback timestamps every step's
 end; fp32 and no gradient checkpointing set explicitly (TRL 1.x defaults to bf16 + checkpointing).
-PPO needs trl 1.12.0 (removed in 1.13), side-installed and put first on PYTHONPATH by the runner.
+PPO needs trl 1.12.0 (removed in 1.13), side-installed and put first on PYTHONPATH by the runner;
+GRPO, RLOO and DPO run trl 1.16.0.
 """
 
 from __future__ import annotations
@@ -225,6 +226,125 @@ def run_ppo(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str
     }
 
 
+def run_group(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: str, stage: str) -> dict:
+    """TRL 1.16's GRPOTrainer or RLOOTrainer: GROUP_PROMPTS prompts x GROUP_SIZE generations from its
+    own generation loop (transformers' generate), the same reward model as PPO, one optimizer step per
+    generation (steps_per_generation=1, num_iterations=1), LoRA with the reference = adapter off."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if stage == "grpo":
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+
+        # loss_type grpo = per-sequence token means (rlhfkit's grpo preset, seq-mean-token-mean);
+        # use_bias_correction_kl (the default) = the corrected k3 rlhfkit's preset uses.
+        method = dict(beta=W.GRPO_BETA, loss_type="grpo", scale_rewards="group", use_bias_correction_kl=True)
+    else:
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+
+        method = dict(beta=W.RLOO_BETA, normalize_advantages=False)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    policy.generation_config.pad_token_id = tok.pad_token_id
+    reward = AutoModelForSequenceClassification.from_pretrained(
+        assets / f"{shape}-rm", num_labels=1, dtype=torch.float32
+    )
+    reward.config.pad_token_id = tok.pad_token_id
+    prompts = Dataset.from_list([{"prompt": r["prompt"]} for r in W.read_jsonl(assets / "prompts.jsonl")])
+    cfg = Config(
+        per_device_train_batch_size=W.GROUP_PROMPTS * W.GROUP_SIZE,  # counted in completions
+        num_generations=W.GROUP_SIZE,
+        steps_per_generation=1,
+        num_iterations=1,
+        max_completion_length=W.PPO_NEW_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        disable_dropout=True,  # rlhfkit turns dropout off (model.disable_dropout)
+        **method,
+        **common(steps, out),
+    )
+    timer = StepTimer()
+    trainer = Trainer(
+        model=policy,
+        reward_funcs=reward,
+        args=cfg,
+        train_dataset=prompts,
+        processing_class=tok,
+        reward_processing_classes=tok,
+        peft_config=lora_config("CAUSAL_LM"),
+        callbacks=[timer.callback],
+    )
+    trainer.train()
+    n, seconds = W.steady(timer.times)
+    cpu_seconds = W.steady(timer.cpu)[1]
+    # Logged every step into _metrics (logging_steps is never reached, so nothing clears them).
+    lengths = getattr(trainer, "_metrics", {}).get("train", {}).get("completions/mean_length", [])
+    timed = lengths[W.WARMUP : W.WARMUP + n]
+    return {
+        "metric": W.METRICS[stage],
+        "value": seconds / n,
+        "cpu_value": cpu_seconds / n,
+        "s_per_step": seconds / n,
+        "timed_steps": n,
+        "rows_per_iteration": cfg.per_device_train_batch_size,
+        "response_len": sum(timed) / len(timed) if timed else None,
+        "reference_pass": getattr(trainer, "beta", cfg.beta) != 0.0,
+        "implementation": f"trl {trl.__version__} {Trainer.__name__} (LoRA policy, reference = adapter off, "
+        "transformers generate)",
+    }
+
+
+def run_dpo(assets: Path, model_dir: Path, tok, steps: int, out: str) -> dict:
+    """TRL 1.16's DPOTrainer, sigmoid loss, LoRA with the reference = adapter off, reference log-probs
+    computed at every step (precompute_ref_log_probs=False, as rlhfkit's dpo.reference=adapter_off)."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    # Stored bare: rlhfkit joins prompt + " " + response; TRL concatenates, so add the space here.
+    rows = [
+        {"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
+        for r in W.read_jsonl(assets / "pairs.jsonl")
+    ]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = DPOConfig(
+        per_device_train_batch_size=W.DPO_BATCH,
+        max_length=W.MAX_LENGTH,
+        beta=W.DPO_BETA,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=False,
+        **common(steps, out),
+    )
+    timer = StepTimer()
+    trainer = DPOTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora_config("CAUSAL_LM"),
+        callbacks=[timer.callback],
+    )
+    kept = len(trainer.train_dataset)
+    trainer.train()
+    n, seconds = W.steady(timer.times)
+    cpu_seconds = W.steady(timer.cpu)[1]
+    return {
+        "metric": W.METRICS["dpo"],
+        "value": n * W.DPO_BATCH / seconds,
+        "cpu_value": n * W.DPO_BATCH / cpu_seconds,
+        "s_per_step": seconds / n,
+        "timed_steps": n,
+        "pairs_kept": f"{kept}/{len(rows)}",
+        "implementation": f"trl {trl.__version__} DPOTrainer (LoRA policy, reference = adapter off)",
+    }
+
+
 def main() -> None:
     args = W.side_arguments()
 
@@ -247,8 +367,12 @@ def main() -> None:
             res = run_sft(args.assets, model_dir, tok, args.steps, out)
         elif args.stage == "rm":
             res = run_rm(args.assets, model_dir, tok, args.steps, out)
-        else:
+        elif args.stage == "ppo":
             res = run_ppo(args.assets, model_dir, tok, args.steps, out, args.shape)
+        elif args.stage == "dpo":
+            res = run_dpo(args.assets, model_dir, tok, args.steps, out)
+        else:
+            res = run_group(args.assets, model_dir, tok, args.steps, out, args.shape, args.stage)
     res.update(
         **W.run_fields("trl", args, t0, torch.get_num_threads()),
         trl=trl.__version__,

@@ -29,13 +29,33 @@ RM_BATCH = 4  # pairs
 PPO_PROMPTS = 8
 PPO_NEW_TOKENS = 32
 PPO_EPOCHS = 4  # TRL's default num_ppo_epochs; one minibatch per epoch
+# GRPO and RLOO (the TRL baseline's settings): GROUP_PROMPTS prompts x GROUP_SIZE samples = 32 rows per
+# iteration, PPO_NEW_TOKENS new tokens, one update of one minibatch per rollout (TRL's num_iterations=1,
+# steps_per_generation=1), the same reward model as PPO, the KL to the reference (the LoRA policy with its
+# adapter off) at TRL's weights: GRPO in the loss (corrected k3), RLOO in the reward (k1).
+GROUP_PROMPTS = 8
+GROUP_SIZE = 4
+GRPO_BETA = 0.04  # TRL's default beta is 0 (no reference pass); rlhfkit always scores the reference
+RLOO_BETA = 0.05  # TRL's default
+DPO_BATCH = 4  # pairs, as RM_BATCH
+DPO_BETA = 0.1  # both sides' default
 LORA = dict(r=8, alpha=16, target_modules=["c_attn"])
 LR = 1e-5
 # Steps per stage (2 of them warm-up): enough to average over while a full run stays within
 # ~30 minutes on a 2-core machine.
 STEPS = {
-    "gpt2-tiny": {"sft": 10, "rm": 16, "ppo": 5},
-    "gpt2-small": {"sft": 6, "rm": 8, "ppo": 4},
+    "gpt2-tiny": {"sft": 10, "rm": 16, "ppo": 5, "grpo": 6, "rloo": 6, "dpo": 16},
+    "gpt2-small": {"sft": 6, "rm": 8, "ppo": 4, "grpo": 4, "rloo": 4, "dpo": 8},
+}
+STAGES = tuple(STEPS["gpt2-tiny"])
+# What each stage's value counts: throughput (higher is better) or seconds per iteration (lower is).
+METRICS = {
+    "sft": "tokens/s",
+    "rm": "pairs/s",
+    "ppo": "s/iter",
+    "grpo": "s/iter",
+    "rloo": "s/iter",
+    "dpo": "pairs/s",
 }
 
 WORDS = (
@@ -149,6 +169,10 @@ def model_flops(stage: str, shape: str, tokens: float) -> float:
     rm (LoRA, no LM head): 4 N_trunk.
     ppo (per token of prompt + response; the same nominal count for both sides): sampling 2N,
     old log-probs 2N, reference 2N, reward 2 N_trunk, then PPO_EPOCHS x (4N) for the LoRA update.
+    grpo, rloo (per token of prompt + response, one update per rollout): sampling 2N, reference 2N,
+    reward 2 N_trunk, the update 4N; rloo also 2N for the old log-probs its KL-in-the-reward needs.
+    GRPO needs none with one update per rollout (the ratio is 1; TRL skips that pass, rlhfkit does not).
+    dpo (per real token of a pair, the prompt counted on both sides): policy 4N + reference 2N.
     """
     trunk, head = matmul_params(shape)
     n = trunk + head
@@ -156,6 +180,9 @@ def model_flops(stage: str, shape: str, tokens: float) -> float:
         "sft": 4 * n,
         "rm": 4 * trunk,
         "ppo": 2 * n + 2 * n + 2 * n + 2 * trunk + PPO_EPOCHS * 4 * n,
+        "grpo": 2 * n + 2 * n + 2 * trunk + 4 * n,
+        "rloo": 2 * n + 2 * n + 2 * n + 2 * trunk + 4 * n,
+        "dpo": 4 * n + 2 * n,
     }[stage]
     return per_token * tokens
 
@@ -168,7 +195,7 @@ def side_arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--assets", required=True, type=Path)
     ap.add_argument("--shape", required=True, choices=list(SHAPES))
-    ap.add_argument("--stage", required=True, choices=["sft", "rm", "ppo"])
+    ap.add_argument("--stage", required=True, choices=list(STAGES))
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--threads", type=int, default=2)
     return ap.parse_args()

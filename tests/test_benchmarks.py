@@ -28,7 +28,9 @@ def run():
 
 
 def fake(side, stage, value, rss, shape="gpt2-small", **extra):
-    metric = {"sft": "tokens/s", "rm": "pairs/s", "ppo": "s/iter"}[stage]
+    metric = {"sft": "tokens/s", "rm": "pairs/s", "ppo": "s/iter", "grpo": "s/iter", "rloo": "s/iter"}.get(
+        stage, "pairs/s"
+    )
     return {
         "side": side,
         "stage": stage,
@@ -102,6 +104,91 @@ def test_missed_target_and_missing_trl_are_shown(run):
     assert "TRL gpt2-tiny ppo: no PPOTrainer in trl 1.16.0" in table
     tiny_ppo = next(r for r in rows if (r["shape"], r["stage"]) == ("gpt2-tiny", "ppo"))
     assert tiny_ppo["rss_ratio"] is None  # a failed TRL run's RSS is not a comparison
+
+
+def test_grpo_rloo_and_dpo_rows_ratios_targets_and_flops(run):
+    """Issues #16/#17: GRPO and RLOO rows in s/iter (fewer is faster) with the 2x target, DPO in pairs/s
+    with the 1.5x target; FLOP fractions from their own per-token counts."""
+    measurements = [
+        fake("rlhfkit", "grpo", 5.0, 1400.0, cpu_value=4.0),
+        fake("trl", "grpo", 12.0, 2800.0, cpu_value=10.0),
+        fake("rlhfkit", "rloo", 8.0, 2500.0),
+        fake("trl", "rloo", 12.0, 3000.0),
+        fake("rlhfkit", "dpo", 3.0, 1000.0),
+        fake("trl", "dpo", 1.5, 2000.0),
+    ]
+    rows = {r["stage"]: r for r in run.build_rows(measurements, PEAK, STATS)}
+    grpo, rloo, dpo = rows["grpo"], rows["rloo"], rows["dpo"]
+    assert grpo["speedup"] == pytest.approx(2.4) and grpo["speedup_cpu"] == pytest.approx(2.5)
+    assert rloo["speedup"] == pytest.approx(1.5) and dpo["speedup"] == pytest.approx(2.0)
+    assert (grpo["speed_target"], rloo["speed_target"], dpo["speed_target"]) == (2.0, 2.0, 1.5)
+    assert grpo["rss_ratio"] == pytest.approx(0.5) and rloo["rss_ratio"] == pytest.approx(2500 / 3000)
+    # 32 rows (8 prompts x G=4) of prompt + 32 new tokens per iteration; RLOO adds the old log-prob pass.
+    trunk, head = run.W.matmul_params("gpt2-small")
+    n, tokens = trunk + head, 8 * 4 * (20.0 + 32)
+    assert grpo["mfu_rlhfkit"] == pytest.approx((8 * n + 2 * trunk) * tokens / 4.0 / 100e9)
+    assert rloo["mfu_trl"] == pytest.approx((10 * n + 2 * trunk) * tokens / 12.0 / 100e9)
+    assert dpo["mfu_rlhfkit"] == pytest.approx(6 * n * 3.0 * 100.0 / 100e9)  # 100 tokens per pair (STATS)
+
+    lines = run.format_table(list(rows.values())).splitlines()
+    grpo_line = next(line for line in lines if "| grpo |" in line)
+    assert "| 5.00 (4.00) | 12.00 (10.00) | 2.40× (≥2.0 met) | 2.50× (≥2.0 met)" in grpo_line
+    assert "0.50× (≤0.7 met)" in grpo_line
+    rloo_line = next(line for line in lines if "| rloo |" in line)
+    assert "1.50× (≥2.0 NOT met)" in rloo_line and "0.83× (≤0.7 NOT met)" in rloo_line
+    dpo_line = next(line for line in lines if "| dpo |" in line)
+    assert "| 3.00 | 1.50 | 2.00× (≥1.5 met)" in dpo_line and "0.50× (≤0.7 met)" in dpo_line
+
+
+def test_every_stage_has_steps_a_metric_and_a_target_and_both_sides_take_it(run):
+    """A new stage must be known to the runner, the workload and both measuring sides' command line."""
+    assert set(run.STAGES) == {"sft", "rm", "ppo", "grpo", "rloo", "dpo"}
+    for shape in run.W.SHAPES:
+        assert set(run.W.STEPS[shape]) == set(run.STAGES)
+        assert all(steps > run.W.WARMUP for steps in run.W.STEPS[shape].values())  # something is timed
+    assert set(run.W.METRICS) == set(run.SPEED_TARGETS) == set(run.STAGES)
+    assert run.parse_args(["--stages", "grpo", "dpo"]).stages == ["grpo", "dpo"]
+    assert run.W.GROUP_PROMPTS * run.W.GROUP_SIZE == 32  # the TRL baseline's 8 prompts x 4 generations
+    for side in ("side_rlhfkit.py", "side_trl.py"):
+        source = (BENCH / side).read_text()
+        assert "W.side_arguments()" in source and "W.METRICS[" in source
+
+
+def test_rlhfkit_side_configs_match_the_workload(run, tmp_path):
+    """The GRPO/RLOO/DPO configs the rlhfkit side measures: `rlhfkit grpo|rloo`'s presets with the
+    workload's batch, one update per rollout and the KL weights the TRL side gets; valid configs."""
+    from rlhfkit.trainers.dpo import check_dpo_config
+    from rlhfkit.trainers.ppo import check_ppo_config
+
+    spec = importlib.util.spec_from_file_location("bench_side_rlhfkit", BENCH / "side_rlhfkit.py")
+    side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side)
+    W = run.W
+    made = {s: side.configs(s, tmp_path, "gpt2-tiny", 5, 1, str(tmp_path)) for s in ("grpo", "rloo", "dpo")}
+    for stage, beta in (("grpo", W.GRPO_BETA), ("rloo", W.RLOO_BETA)):
+        cfg = made[stage]
+        check_ppo_config(cfg)
+        assert (cfg.ppo.advantage, cfg.rollout.batch_size, cfg.rollout.group_size) == (
+            stage,
+            W.GROUP_PROMPTS,
+            W.GROUP_SIZE,
+        )
+        assert (cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.kl_coef, cfg.ppo.iterations) == (1, 1, beta, 5)
+        assert cfg.rollout.max_new_tokens == W.PPO_NEW_TOKENS and cfg.model.lora_r == W.LORA["r"]
+        assert cfg.ppo.reward.endswith("gpt2-tiny-rm") and not cfg.ppo.normalize_reward
+    grpo, rloo = made["grpo"].ppo, made["rloo"].ppo
+    assert (grpo.kl_in, grpo.kl_loss_estimator) == ("loss", "k3")
+    assert grpo.loss_aggregation == "seq-mean-token-mean"
+    assert rloo.kl_in == "reward"
+    dpo = made["dpo"]
+    check_dpo_config(dpo)
+    assert (dpo.train.batch_size, dpo.dpo.beta, dpo.dpo.loss, dpo.dpo.reference) == (
+        W.DPO_BATCH,
+        W.DPO_BETA,
+        "sigmoid",
+        "adapter_off",
+    )
+    assert dpo.dpo.eval_prompts == 0 and dpo.train.log_every == 1  # every step logged, nothing sampled
 
 
 def test_result_file_is_named_by_date_and_host_and_is_json(run, tmp_path):
