@@ -281,9 +281,9 @@ def run_group(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: s
     trainer.train()
     n, seconds = W.steady(timer.times)
     cpu_seconds = W.steady(timer.cpu)[1]
-    # Logged every step into _metrics (logging_steps is never reached, so nothing clears them).
-    lengths = getattr(trainer, "_metrics", {}).get("train", {}).get("completions/mean_length", [])
-    timed = lengths[W.WARMUP : W.WARMUP + n]
+    # TRL logs once, at the end of training (logging_steps is never reached): the mean over every step.
+    key = "completions/mean_length"
+    logged = [r[key] for r in trainer.state.log_history if key in r]
     return {
         "metric": W.METRICS[stage],
         "value": seconds / n,
@@ -291,7 +291,7 @@ def run_group(assets: Path, model_dir: Path, tok, steps: int, out: str, shape: s
         "s_per_step": seconds / n,
         "timed_steps": n,
         "rows_per_iteration": cfg.per_device_train_batch_size,
-        "response_len": sum(timed) / len(timed) if timed else None,
+        "response_len_all_steps": float(logged[-1]) if logged else None,
         "reference_pass": getattr(trainer, "beta", cfg.beta) != 0.0,
         "implementation": f"trl {trl.__version__} {Trainer.__name__} (LoRA policy, reference = adapter off, "
         "transformers generate)",
