@@ -78,6 +78,19 @@ def short_reward(prompts, responses):
     return [0.0]
 
 
+def nan_samples_reward(samples):
+    return [0.0] * (len(samples) - 1) + [float("inf")]
+
+
+def short_samples_reward(samples):
+    return [0.0]
+
+
+def online(command: str, *more: str) -> list[str]:
+    """The PPO case's arguments under another online command (rlhfkit grpo|rloo|reinforce-pp)."""
+    return [command, *PPO[1:], *more]
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -593,6 +606,112 @@ CASES = [
         lambda t: [*PPO, "ppo.reward=rlhfkit.tasks:gold_scores", "model.lora_dropout=0.1"],
         "model.lora_dropout=0.1: PPO needs the rollout's and the update's forwards to agree",
     ),
+    # --- the critic-free methods: what the one online loop refuses (design §10.1), their rewards (§10.4)
+    Case(
+        "group estimator with one sample per prompt",
+        lambda t: online("rloo", "rollout.group_size=1"),
+        "ppo.advantage=rloo baselines each sample against the other samples of its prompt: set "
+        "rollout.group_size >= 2 (got 1)",
+    ),
+    Case(
+        "critic key with a critic-free estimator",
+        lambda t: online("grpo", "ppo.critic_lr=1e-3"),
+        "ppo.advantage=grpo uses no critic, so ppo.critic and ppo.critic_lr have no effect: remove them",
+    ),
+    Case(
+        "KL-loss estimator with the KL in the reward",
+        lambda t: online("rloo", "ppo.kl_loss_estimator=k1"),
+        "ppo.kl_loss_estimator=k1 has no effect with ppo.kl_in=reward (the reward's KL penalty is k1)",
+    ),
+    Case(
+        "minibatches do not divide the groups' rows",
+        lambda t: online("grpo", "rollout.batch_size=3", "ppo.minibatches=8"),
+        "rollout.batch_size=3 x rollout.group_size=4 = 12 rows must be divisible by ppo.minibatches=8",
+    ),
+    Case(
+        "command given another method's config",
+        lambda t: ["rloo", "--config", str(REPO / "configs" / "tiny" / "grpo.yaml")],
+        "ppo.advantage=grpo is a grpo setting, not rloo: run `rlhfkit grpo` (the method names the run's "
+        "stage folder)",
+    ),
+    Case(
+        "extra reward with a weight that is not a number",
+        lambda t: online(
+            "grpo",
+            "ppo.reward=rlhfkit.tasks:gold_scores",
+            "ppo.extra_rewards=[rlhfkit.rewards.verifiable:format_reward@heavy]",
+        ),
+        "ppo.extra_rewards: 'rlhfkit.rewards.verifiable:format_reward@heavy': the weight after @ must be a "
+        "number",
+    ),
+    Case(
+        "verifiable reward on a family without a checkable answer",
+        lambda t: online(
+            "grpo", "data.source=builtin:sentiment", "ppo.reward=rlhfkit.rewards.verifiable:verifiable_reward"
+        ),
+        "ppo.reward=rlhfkit.rewards.verifiable:verifiable_reward raised ValueError: sentiment prompts have "
+        "no checkable answer",
+        new_files=True,
+    ),
+    Case(
+        "samples reward returns a non-finite score",
+        lambda t: online("reinforce-pp", "ppo.reward=tests.test_bad_input:nan_samples_reward"),
+        "ppo.reward=tests.test_bad_input:nan_samples_reward returned a non-finite score (inf) for response 3",
+        new_files=True,
+    ),
+    Case(
+        "samples reward returns too few scores",
+        lambda t: online("grpo", "ppo.reward=tests.test_bad_input:short_samples_reward"),
+        "ppo.reward=tests.test_bad_input:short_samples_reward returned 1 scores for 16 responses",
+        new_files=True,
+    ),
+    # --- DPO's own keys and pairs
+    Case("dpo without data.source", lambda t: ["dpo", *QUIET], "data.source is required for the dpo stage"),
+    Case(
+        "unknown dpo key",
+        lambda t: [*DPO, "dpo.betta=0.5"],
+        "unknown key 'dpo.betta'; did you mean 'dpo.beta'?",
+    ),
+    Case("dpo.beta of 0", lambda t: [*DPO, "dpo.beta=0"], "dpo.beta must be > 0, got 0.0"),
+    Case(
+        "label smoothing of a half or more",
+        lambda t: [*DPO, "dpo.label_smoothing=0.5"],
+        "dpo.label_smoothing must be < 0.5 (a flip rate of 0.5 carries no preference), got 0.5",
+    ),
+    Case(
+        "label smoothing with another loss",
+        lambda t: [*DPO, "dpo.loss=ipo", "dpo.label_smoothing=0.1"],
+        "dpo.label_smoothing (conservative DPO) applies to dpo.loss=sigmoid, not ipo",
+    ),
+    Case(
+        "DPO data key DPO never reads",
+        lambda t: [*DPO, "data.builtin_noise=0.5"],
+        "data.builtin_noise=0.5 has no effect in the dpo stage",
+    ),
+    Case(
+        "chosen == rejected in every pair (dpo)",
+        lambda t: [*DPO, f"data.source={t}/p.jsonl"],
+        "p.jsonl: dataset is empty after filtering (2 rows, 2 with chosen == rejected)",
+        data_file(
+            "p.jsonl",
+            jsonl(
+                {"prompt": "a", "chosen": "b", "rejected": "b"},
+                {"prompt": "c", "chosen": "d ", "rejected": "d"},
+            ),
+        ),
+    ),
+    Case(
+        "conversational pair not ending with the assistant (dpo)",
+        lambda t: [*DPO, f"data.source={t}/p.jsonl"],
+        "p.jsonl: row 1: 'rejected' must end with an assistant turn",
+        data_file(
+            "p.jsonl",
+            jsonl(
+                {"prompt": [USER], "chosen": [REPLY], "rejected": [OTHER_REPLY]},
+                {"prompt": [USER], "chosen": [REPLY], "rejected": [USER]},
+            ),
+        ),
+    ),
     # --- moved run folders
     Case(
         "stage moved without the stage it was trained on",
@@ -627,7 +746,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
         case.setup(tmp_path, fixtures)
     before, shared_before = tree(tmp_path), tree(fixtures["prior"])
     argv = case.argv(tmp_path)
-    if argv[0] in ("sft", "rm", "ppo", "dpo"):
+    if argv[0] in ("sft", "rm", "ppo", "dpo", "grpo", "rloo", "reinforce-pp"):
         argv = [*argv, f"run.dir={tmp_path / 'runs'}"]
     if case.patch:
         case.patch(monkeypatch)

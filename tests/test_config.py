@@ -29,8 +29,15 @@ YAML_CLASSES = {
     "pipeline": PipelineConfig,
     "grpo": PPOConfig,
     "rloo": PPOConfig,
+    "reinforce_pp": PPOConfig,
 }
 SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
+
+
+def recipe_kind(path: Path) -> str:
+    """The YAML_CLASSES key of a shipped recipe: its file name, or what comes before a variant's `_`
+    (grpo_verifiable.yaml is a grpo recipe)."""
+    return path.stem if path.stem in YAML_CLASSES else path.stem.split("_")[0]
 
 
 def write(tmp_path, text):
@@ -100,9 +107,31 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])
 def test_every_shipped_yaml_loads_and_round_trips(path, tmp_path):
-    cfg = load_config(YAML_CLASSES[path.stem], path)
+    cls = YAML_CLASSES[recipe_kind(path)]
+    cfg = load_config(cls, path)
     save_config(cfg, tmp_path / "config.yaml")
-    assert load_config(YAML_CLASSES[path.stem], tmp_path / "config.yaml") == cfg
+    assert load_config(cls, tmp_path / "config.yaml") == cfg
+
+
+ONLINE = [p for p in SHIPPED if YAML_CLASSES[recipe_kind(p)] is PPOConfig]
+
+
+@pytest.mark.parametrize("path", ONLINE, ids=[str(p.relative_to(REPO / "configs")) for p in ONLINE])
+def test_every_online_recipe_passes_its_commands_checks(path):
+    # What `rlhfkit <method> --config <recipe>` checks before loading a model: the method's presets
+    # under the file, the loop's refusals (check_ppo_config), the command's own estimator, and that a
+    # function reward (and each extra reward with its weight) imports.
+    from rlhfkit.config import METHOD_OF_ADVANTAGE, METHOD_PRESETS
+    from rlhfkit.rewards import is_function_reward, load_reward
+    from rlhfkit.trainers.ppo import check_ppo_config
+
+    method = recipe_kind(path)
+    cfg = load_config(PPOConfig, path, presets=METHOD_PRESETS[method])
+    check_ppo_config(cfg)
+    assert METHOD_OF_ADVANTAGE[cfg.ppo.advantage] == method
+    rewards = [cfg.ppo.reward, *(spec.rpartition("@")[0] or spec for spec in cfg.ppo.extra_rewards)]
+    if all(is_function_reward(spec) for spec in rewards):
+        load_reward(cfg.ppo.reward, cfg.ppo.normalize_reward, extra=cfg.ppo.extra_rewards)
 
 
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem == "pipeline"], ids=lambda p: p.parent.name)

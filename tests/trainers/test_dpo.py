@@ -3,14 +3,25 @@ policy = reference, the implicit reward learns the training pairs, the reference
 loss runs, a precomputed reference equals the live one, and resume equals no interruption."""
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from rlhfkit.config import DPOConfig, load_config
+from rlhfkit.config import DPOConfig, ModelConfig, PPOConfig, load_config
+from rlhfkit.data import load_rows
+from rlhfkit.evaluate import compare
+from rlhfkit.evaluate.compare import sample_policy
+from rlhfkit.evaluate.completions import prompts_and_references
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.rollout.ppo import sample_prompts
 from rlhfkit.run import metrics as M
-from rlhfkit.trainers.dpo import REFERENCE_TABLE, train_dpo
+from rlhfkit.trainers.dpo import REFERENCE_TABLE, sampled_evals, train_dpo
+from rlhfkit.trainers.ppo import held_out_gold
+from rlhfkit.trainers.rm import load_pair_data
+from tests.data.chat import tiny_chat_model, tiny_chat_tokenizer
 from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -142,3 +153,68 @@ def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_sft
     two_processes_equal_one(
         tmp_path, "dpo", "", args, batch=6, weights="adapter_model.safetensors", metric=M.DPO_LOSS
     )
+
+
+def test_a_sampled_eval_draws_once_and_measures_what_two_samplings_did(tmp_path, tiny_sft_dir, monkeypatch):
+    # Gold and the KL come from the same draws (held_out_gold hands its batches to the KL): one
+    # generation per batch, and the numbers of gold sampled alone and of a KL on its own samples.
+    policy, tokenizer = load_causal_lm(ModelConfig(name=str(tiny_sft_dir), lora=False), trainable=False)
+    frozen = load_causal_lm(ModelConfig(name=str(tiny_sft_dir), lora=False), trainable=False)[0]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a policy that has moved away from its reference
+        for weight in policy.parameters():
+            weight.add_(torch.randn(weight.shape, generator=generator) * 0.02)
+    cfg = config(tmp_path, tiny_sft_dir, "dpo.max_new_tokens=8", "dpo.kl_exact_rows=3")
+    rows = load_rows("builtin:default", "test")[:8]
+    prompts = prompts_and_references(rows, "builtin:default", "human_assistant", tokenizer)[0]
+    calls = []
+    monkeypatch.setattr(
+        compare, "sample_prompts", lambda *a, **kw: calls.append(1) or sample_prompts(*a, **kw)
+    )
+    gold, stats = sampled_evals(policy, frozen, tokenizer, rows, prompts, cfg, batch_size=4)
+    assert len(calls) == 2  # 8 prompts in batches of 4, sampled once
+    as_ppo = load_config(PPOConfig, None, ["data.source=builtin:default", "rollout.max_new_tokens=8"])
+    assert gold == held_out_gold(policy, tokenizer, rows, as_ppo, None, batch_size=4).gold
+    alone = sample_policy(policy, tokenizer, prompts, 8, 1.0, batch_size=4, reference=frozen, noise_seed=-1)
+    assert stats[M.DPO_KL_K1] == pytest.approx(sum(alone.kl) / len(alone.kl), rel=1e-5)
+    assert stats[M.DPO_KL_K1] > 0.01 and {M.DPO_KL_EXACT, M.DPO_KL_K1_Z, M.DPO_KL_K1_STDERR} <= set(stats)
+    # Without built-in rows (the held-out pairs' prompts) the same draws give the KL alone.
+    no_gold, kl_only = sampled_evals(policy, frozen, tokenizer, [], prompts, cfg, batch_size=4)
+    assert no_gold is None and kl_only == pytest.approx(stats, rel=1e-6)
+
+
+@pytest.mark.parametrize("fixture", ["prefs_ultrafeedback.jsonl", "prefs_conversational.jsonl"])
+def test_dpo_trains_on_conversational_pairs_and_learns_the_final_assistant_turn(tmp_path, tiny_dir, fixture):
+    # Both conversational schemas the rm stage reads (chosen/rejected as whole conversations; a prompt
+    # of messages + the continuations), rendered with the chat template; DPO's log-probs cover the final
+    # assistant turn and EOS, never the conversation before it.
+    model = tiny_chat_model(tiny_dir, tmp_path / "chat")
+    cfg = config(
+        tmp_path,
+        model,
+        f"data.source={FIXTURES / fixture}",
+        "data.template=chat",
+        "data.eval_fraction=0.34",  # 2 pairs to train on, 1 held out
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.max_steps=2",
+        "dpo.eval_source=null",  # the sampled KL eval on the held-out pair's conversation
+        "dpo.eval_prompts=1",
+        "dpo.max_new_tokens=4",
+    )
+    train, held_out, _, _ = load_pair_data(cfg, load_tokenizer(str(model)), "dpo", eos=True)
+    tokenizer = tiny_chat_tokenizer(tiny_dir)
+    rows = [json.loads(line) for line in (FIXTURES / fixture).read_text().splitlines()]
+    replies = {
+        row["chosen"] if isinstance(row["chosen"], str) else row["chosen"][-1]["content"] for row in rows
+    }
+    for tokens in (train, held_out):
+        for start, chosen, rejected in zip(tokens.prompt_lengths, tokens.chosen_ids, tokens.rejected_ids):
+            assert chosen[:start] == rejected[:start]  # the shared conversation: scored by neither side
+            assert chosen[-1] == rejected[-1] == tokenizer.eos_token_id
+            assert tokenizer.decode(chosen[start:-1]) in replies  # exactly the final assistant turn
+            assert tokenizer.decode(chosen[:start]).endswith("<|assistant|>\n")
+    result = train_dpo(cfg)
+    loss = series(result, M.DPO_LOSS)
+    assert len(loss) == 2 and loss[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert all(math.isfinite(x) for x in loss) and series(result, M.DPO_KL_K1)

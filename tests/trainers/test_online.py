@@ -4,6 +4,9 @@ first minibatch's ratio exactly 1 and logs PPO's diagnostics under its own prefi
 prompt's rows together; the loss weighting of processes holds for every aggregation; bad
 combinations fail with one line."""
 
+import shutil
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,13 +17,23 @@ from rlhfkit.config import METHOD_PRESETS, PPOConfig, load_config
 from rlhfkit.errors import ConfigError
 from rlhfkit.rollout.ppo import Rollout
 from rlhfkit.run import metrics as M
+from rlhfkit.run.logger import read_metrics
+from rlhfkit.trainers import ppo
 from rlhfkit.trainers.collectives import Shard
 from rlhfkit.trainers.ppo import MinibatchShare, check_ppo_config, minibatch_loss, rollout_prompts, train_ppo
-from tests.trainers.runs import kill_after_checkpoint_then_resume, losses, two_processes_equal_one
+from tests.trainers.runs import (
+    assert_same_weights,
+    kill_after_checkpoint_then_resume,
+    losses,
+    run_ok,
+    two_processes_equal_one,
+)
 from tests.trainers.test_ppo import QUICK, REPO, TINY
 
 GRPO = str(REPO / "configs" / "tiny" / "grpo.yaml")
 RLOO = str(REPO / "configs" / "tiny" / "rloo.yaml")
+REINFORCE_PP = str(REPO / "configs" / "tiny" / "reinforce_pp.yaml")
+RECIPES = {"grpo": GRPO, "rloo": RLOO, "reinforce_pp": REINFORCE_PP}
 # 4 prompts x G = 2 rows per iteration: small enough for CPU, and every group estimator has a group.
 GROUPS = ["rollout.batch_size=4", "rollout.group_size=2"]
 
@@ -207,6 +220,52 @@ def test_grpo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path
     )
 
 
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method, groups", [("rloo", GROUPS), ("reinforce_pp", ["rollout.batch_size=4"])])
+def test_stopped_after_a_checkpoint_then_resumed_equals_uninterrupted(
+    tmp_path, tiny_sft_dir, monkeypatch, method, groups
+):
+    # In process, the run stops right after writing checkpoints/step-2 (as a kill there would leave it)
+    # and --resume finishes it: no value head in the checkpoint, RLOO's KL-shaped group baseline,
+    # REINFORCE++'s global whitening (G = 1). The subprocess SIGKILL of the same checkpoints is GRPO's
+    # test below (and PPO's in test_kill_resume.py); what differs between methods is in the loop.
+    args = [*groups, "ppo.iterations=4", "train.save_every=2", "model.lora=true", "model.lora_r=4"]
+    straight = train_ppo(
+        online_cfg(tmp_path, tiny_sft_dir, "run.name=straight", *args, config=RECIPES[method])
+    )
+    save = ppo.save_training_state
+
+    def save_then_stop(ctx, step, *a, **kw):
+        save(ctx, step, *a, **kw)
+        raise Stop
+
+    cfg = online_cfg(tmp_path, tiny_sft_dir, "run.name=resumed", *args, config=RECIPES[method])
+    monkeypatch.setattr(ppo, "save_training_state", save_then_stop)
+    with pytest.raises(Stop):
+        train_ppo(cfg)
+    monkeypatch.setattr(ppo, "save_training_state", save)
+    resumed = train_ppo(cfg, resume=True)
+
+    assert straight.dir.name == resumed.dir.name == method
+    weights = "adapter_model.safetensors"
+    assert_same_weights(straight.final / weights, resumed.final / weights, atol=1e-6)
+    seconds = M.online(method)[M.PPO_SECONDS]
+    ours, theirs = (
+        [
+            {k: v for k, v in r.items() if k not in (seconds, "time")}
+            for r in read_metrics(run.dir / "metrics.jsonl")
+        ]
+        for run in (resumed, straight)
+    )
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == [0, 1, 2, 3, 4]
+    for mine, expected in zip(ours, theirs):
+        assert mine.keys() == expected.keys()
+        assert mine == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
 @pytest.mark.slow
 def test_two_process_grpo_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
     # Groups stay on one process and each loss divides by the whole minibatch's count: 2 processes x 2
@@ -237,6 +296,34 @@ def test_two_process_grpo_equals_one_process_with_double_batch(tmp_path, tiny_sf
         assert losses(two, key) == pytest.approx(losses(one, key), rel=1e-3, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_two_process_rloo_and_reinforce_pp_equal_one_process_with_double_batch(tmp_path, tiny_sft_dir):
+    # RLOO (groups on one process, the KL in the reward) and REINFORCE++ (G = 1, whitened over the
+    # gathered global batch, a process holding no row of some minibatches): 2 processes x 2 prompts
+    # must train like 1 x 4. One torchrun runs both commands (tests/trainers/run_commands.py: the
+    # imports once), the 1-process runs go in process: the same CLI for a third of the time.
+    small = ["ppo.iterations=2", "rollout.max_new_tokens=8", "ppo.eval_prompts=0"]
+    commands = {
+        "rloo": ["rloo", "--config", RLOO, "rollout.group_size=2"],
+        "reinforce_pp": ["reinforce-pp", "--config", REINFORCE_PP],
+    }
+    for command in commands.values():
+        command += [f"run.dir={tmp_path}", f"model.name={tiny_sft_dir}", *QUICK, *small]
+        assert main([*command, "run.name=one", "rollout.batch_size=4"]) == 0
+    two = [[*command, "run.name=two", "rollout.batch_size=2"] for command in commands.values()]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    launch = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tests.trainers.run_commands"]
+    stdout = run_ok([*launch, *two[0], "--then", *two[1]]).stdout
+    assert stdout.count("2 processes agree on the trained weights") == 2
+    for method in commands:
+        one, two = tmp_path / "one" / method, tmp_path / "two" / method
+        assert losses(two, f"{method}/ratio_first") == pytest.approx([1.0] * 2, abs=1e-5)
+        for name in ("kl_k1", "reward_rm", "reward_total", "pg_loss", "approx_kl"):
+            key = f"{method}/{name}"
+            assert len(losses(one, key)) == 2
+            assert losses(two, key) == pytest.approx(losses(one, key), rel=1e-3, abs=1e-5), key
+
+
 def test_grpo_on_verifiable_rewards_sees_each_rows_dataset_row(tmp_path, tiny_sft_dir):
     # A `f(samples)` reward gets the ids, the finished flags and the prompt's row; extra rewards add up.
     from tests.rewards.test_verifiable import rows_seen
@@ -254,9 +341,12 @@ def test_grpo_on_verifiable_rewards_sees_each_rows_dataset_row(tmp_path, tiny_sf
         )
     )
     assert result.last(M.online("grpo")[M.PPO_REWARD_RM]) is not None
-    # The held-out evals (step 0 and the end) have no dataset rows to give; the rollout's call has.
-    train = [call for call in rows_seen.calls if call[0].metadata]
-    assert len(train) == 1 and len(train[0]) == 8  # 4 prompts x G = 2
+    # The held-out eval at step 0, the iteration's rollout, the held-out eval at the end: each call
+    # with its prompts' dataset rows (the evals': the held-out split's).
+    assert len(rows_seen.calls) == 3 and all(len(call) == 8 for call in rows_seen.calls)
+    assert [s.metadata["id"] for s in rows_seen.calls[0]] == [s.metadata["id"] for s in rows_seen.calls[2]]
+    train = rows_seen.calls[1:2]  # 4 prompts x G = 2
+    assert not {s.metadata["id"] for s in train[0]} & {s.metadata["id"] for s in rows_seen.calls[0]}
     for i, row in enumerate(train[0]):
         assert row.metadata["family"] in ("arithmetic", "repeat", "list")
         assert row.metadata["instruction"] in row.prompt and isinstance(row.finished, bool)

@@ -168,7 +168,7 @@ def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
     copy = load_causal_lm(ModelConfig(name=str(tiny_sft_dir / "final"), lora=False), trainable=False)
     prompts = [f"Human: {r['instruction']}\n\nAssistant:" for r in task_rows("sentiment", "test", 5)]
     settings = EvalSettings(max_new_tokens=8, best_of_n=[1, 2], samples_per_prompt=3, batch_size=4)
-    reward = lambda p, r, ids=None: __import__("torch").tensor([float(len(x)) for x in r])  # noqa: E731
+    reward = lambda p, r, ids=None, **rows: __import__("torch").tensor([float(len(x)) for x in r])  # noqa: E731
     result = compare_policies(
         {"sft": policy, "copy": copy}, "sft", prompts, [["x"]] * 5, settings, gold=True, reward_fn=reward
     )

@@ -18,7 +18,7 @@ import torch
 from rlhfkit.evaluate.text import bleu
 from rlhfkit.ops import masked_sum
 from rlhfkit.rewards import same_tokenizer
-from rlhfkit.rollout.ppo import decode_responses, row_noise, sample_prompts, score
+from rlhfkit.rollout.ppo import Rollout, decode_responses, row_noise, sample_prompts, score
 from rlhfkit.tasks import gold_score
 
 
@@ -74,9 +74,12 @@ def sample_policy(
     reference=None,
     progress=None,
     noise_seed: int | None = None,
+    on_rollout: Callable[[Rollout, int], None] | None = None,
 ) -> PolicySamples:
     """n samples per prompt; with `reference`, the per-sample k1 KL to it. With `noise_seed`, row g's
-    sampling noise is row_noise(noise_seed, g): the same draws on every call, whatever the batching."""
+    sampling noise is row_noise(noise_seed, g): the same draws on every call, whatever the batching.
+    `on_rollout(rollout, first_row)` sees each batch as sampled, for measurements that need more than
+    the texts (DPO's KL evals score the same draws instead of sampling them again)."""
     rows = [p for p in prompts for _ in range(n)]
     out = PolicySamples(rows, [], [], [], kl=[] if reference is not None else None, token_ids=[])
     for start in range(0, len(rows), batch_size):
@@ -91,6 +94,8 @@ def sample_policy(
         out.finished += rollout.finished.tolist()
         out.lengths += rollout.response_lengths.tolist()
         out.token_ids += rollout.token_rows()
+        if on_rollout is not None:
+            on_rollout(rollout, start)
         if reference is not None:
             logprobs = score(model, rollout, temperature)["logprobs"]
             ref_logprobs = score(reference, rollout, temperature)["logprobs"]
@@ -100,9 +105,17 @@ def sample_policy(
     return out
 
 
-def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, batch_size: int = 64) -> None:
-    """Gold and reward scores of every sample. The reward sees the sampled ids (a reward model on the
-    policy's tokenizer scores them as in training, not a decoded and re-encoded text)."""
+def add_scores(
+    samples: PolicySamples,
+    gold: bool,
+    reward_fn: Callable | None,
+    batch_size: int = 64,
+    rows: list[dict] | None = None,
+) -> None:
+    """Gold and reward scores of every sample. The reward sees what it sees in training: the sampled
+    ids (a reward model on the policy's tokenizer scores them, not a decoded and re-encoded text),
+    whether each response finished, and `rows` (one per sample: its prompt's dataset row, which a
+    verifiable `f(samples)` reward checks the answer against; None: {})."""
     if gold:
         samples.gold = [
             gold_score(p, r, finished=f)
@@ -114,7 +127,11 @@ def add_scores(samples: PolicySamples, gold: bool, reward_fn: Callable | None, b
             end = start + batch_size
             ids = samples.token_ids[start:end] if samples.token_ids is not None else None
             samples.reward += reward_fn(
-                samples.prompts[start:end], samples.responses[start:end], ids
+                samples.prompts[start:end],
+                samples.responses[start:end],
+                ids,
+                finished=samples.finished[start:end],
+                metadata=None if rows is None else rows[start:end],
             ).tolist()
 
 
@@ -248,11 +265,13 @@ def compare_policies(
     gold: bool,
     reward_fn: Callable | None,
     progress=None,
+    rows: list[dict] | None = None,
 ) -> EvalResult:
     """Sample every policy `settings.samples_per_prompt` times per prompt with the same random numbers
     (so their differences are paired); KL and win rates against `reference` (the SFT policy);
     best-of-n from the reference reranked by `reward_fn`. `policies` maps name -> (model, tokenizer);
-    `progress` (a tqdm bar or None) advances by one per sample drawn, `eval_sample_count` in all."""
+    `progress` (a tqdm bar or None) advances by one per sample drawn, `eval_sample_count` in all;
+    `rows` (one per prompt, its dataset row) is what a `f(samples)` reward reads as metadata."""
     draws = best_of_n_draws(settings, reference, reward_fn)
     bar = progress
     k = settings.samples_per_prompt
@@ -275,7 +294,7 @@ def compare_policies(
         )
         if ref_model is not None and not same_tokenizer(tokenizer, policies[reference][1]):
             samples.token_ids = None  # ids of another vocabulary: the reward reads the text instead
-        add_scores(samples, gold, reward_fn, settings.batch_size)
+        add_scores(samples, gold, reward_fn, settings.batch_size, per_sample(rows, k))
         result.samples[name] = samples
         result.metrics[name] = summarise(samples, per_sample_references)
     if reference is not None:
@@ -303,13 +322,18 @@ def compare_policies(
             batch_size=settings.batch_size,
             progress=bar,
         )
-        add_scores(pool, gold, reward_fn, settings.batch_size)
+        add_scores(pool, gold, reward_fn, settings.batch_size, per_sample(rows, draws))
         if pool.gold is not None:
             shape = (len(prompts), draws)
             result.best_of_n = best_of_n(
                 torch.tensor(pool.gold).view(shape), torch.tensor(pool.reward).view(shape), settings.best_of_n
             )
     return result
+
+
+def per_sample(rows: list[dict] | None, n: int) -> list[dict] | None:
+    """Each prompt's row once per draw (samples are row-major: prompt i's draws are rows i*n .. i*n+n-1)."""
+    return None if rows is None else [row for row in rows for _ in range(n)]
 
 
 def best_of_n_draws(settings: EvalSettings, reference: str | None, reward_fn) -> int:

@@ -56,6 +56,7 @@ def evaluate_policies(
         gold=is_builtin(source),
         reward_fn=reward_fn,
         progress=bar,
+        rows=rows,
     )
     bar.close()
     return result

@@ -30,9 +30,10 @@ class RewardSample:
     token_ids: list[int] | None = None
     """The prompt's ids, then the response's without EOS (the policy's tokenizer); None when not known."""
     finished: bool = True
-    """False when the response hit max_new_tokens without EOS (the held-out eval passes True)."""
+    """False when the response hit max_new_tokens without EOS."""
     metadata: dict = field(default_factory=dict)
-    """The prompt's row from the dataset ({} when there is none, e.g. in the held-out eval)."""
+    """The prompt's row from the dataset, in training and in the held-out evals ({} when the caller has
+    no rows, e.g. a reward called on bare texts)."""
 
 
 def takes_samples(function) -> bool:

@@ -25,7 +25,7 @@ from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.preferences import TokenizedPairs, collate_pairs, pair_prompts
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.compare import paired_gain
+from rlhfkit.evaluate.compare import paired_gain, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.models import load_causal_lm
 from rlhfkit.ops import (
@@ -38,7 +38,7 @@ from rlhfkit.ops import (
     sequence_logps,
     simpo_loss,
 )
-from rlhfkit.rollout.ppo import row_noise, sample_prompts, score
+from rlhfkit.rollout.ppo import score
 from rlhfkit.run import metrics as M
 from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
@@ -333,16 +333,15 @@ class DPOEvals:
     def sampled(self, step: int) -> None:
         if not self.ctx.is_main or not self.prompts:
             return
-        s, stats = self.s, {}
-        if self.rows:
-            gold = dpo_held_out_gold(s.policy, s.tokenizer, self.rows, self.cfg)
+        s = self.s
+        gold, stats = sampled_evals(s.policy, s.frozen, s.tokenizer, self.rows, self.prompts, self.cfg)
+        if gold is not None:
             stats[M.GOLD_SCORE] = sum(gold) / len(gold)
             if step == 0 or self.first_gold is None:
                 self.first_gold = gold
                 atomic_write_text(self.ctx.out / FIRST_GOLD, json.dumps(gold))
             else:
                 stats[M.GOLD_GAIN_STDERR] = paired_gain(gold, self.first_gold, 1)[1]
-        stats.update(policy_kl(s.policy, s.frozen, s.tokenizer, self.prompts, self.cfg))
         self.ctx.logger.log(step, stats)
         s.model.train()
 
@@ -364,50 +363,69 @@ def held_out_pair_metrics(cfg: DPOConfig, logps: tuple, ref: tuple, rows: list[d
     return out
 
 
-def dpo_held_out_gold(policy, tokenizer, rows: list[dict], cfg: DPOConfig) -> list[float]:
-    """Gold scores of one sample per held-out prompt with PPO's fixed sampling noise (trainers.ppo's
-    held_out_gold, given this stage's sampling settings as a PPO config), so DPO's and PPO's gold/score
-    are the same measurement."""
+def sampled_evals(
+    policy, frozen, tokenizer, rows: list[dict], prompts: list[str], cfg: DPOConfig, batch_size: int = 64
+) -> tuple[list[float] | None, dict[str, float]]:
+    """(gold scores or None, KL stats) of ONE sample per held-out prompt, drawn once: with built-in
+    `rows`, trainers.ppo's held_out_gold (this stage's sampling settings as a PPO config), so DPO's
+    and PPO's gold/score are the same measurement, and the KL scores those very draws; without rows,
+    the same fixed noise on `prompts` for the KL alone."""
     p = cfg.dpo
-    as_ppo = PPOConfig(
-        data=DataConfig(source=p.eval_source, template=cfg.data.template),
-        train=TrainConfig(seed=cfg.train.seed),
-        rollout=RolloutSection(max_new_tokens=p.max_new_tokens, temperature=p.temperature),
+    kl = SampleKL(policy, frozen, cfg)
+    if rows:
+        as_ppo = PPOConfig(
+            data=DataConfig(source=p.eval_source, template=cfg.data.template),
+            train=TrainConfig(seed=cfg.train.seed),
+            rollout=RolloutSection(max_new_tokens=p.max_new_tokens, temperature=p.temperature),
+        )
+        samples = held_out_gold(policy, tokenizer, rows, as_ppo, None, batch_size, on_rollout=kl)
+        return samples.gold, kl.stats()
+    sample_policy(
+        policy,
+        tokenizer,
+        prompts,
+        p.max_new_tokens,
+        p.temperature,
+        batch_size=batch_size,
+        noise_seed=-(cfg.train.seed + 1),  # held_out_gold's: the same draws at every eval
+        on_rollout=kl,
     )
-    return held_out_gold(policy, tokenizer, rows, as_ppo, reward_fn=None)[0]
+    return None, kl.stats()
 
 
-@torch.no_grad()
-def policy_kl(
-    policy, frozen, tokenizer, prompts: list[str], cfg: DPOConfig, batch_size: int = 64
-) -> dict[str, float]:
-    """KL(pi || pi_SFT) on the policy's own samples of `prompts` (held_out_gold's noise seed, so the same
-    draws at every eval): k1 per sequence with its standard error, and the exact KL on the first
+class SampleKL:
+    """KL(pi || pi_SFT) on the policy's own samples, batch by batch as they are drawn (sample_policy's
+    on_rollout): k1 per sequence with its standard error, and the exact KL on the first
     dpo.kl_exact_rows samples with k1's z against it."""
-    p = cfg.dpo
-    k1, exact = [], []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        noise = row_noise(-(cfg.train.seed + 1), range(start, start + len(chunk)), p.max_new_tokens)
-        rollout = sample_prompts(policy, tokenizer, chunk, p.max_new_tokens, p.temperature, noise=noise)
-        new = score(policy, rollout, p.temperature)
-        with reference_model(policy, frozen) as ref_model:
+
+    def __init__(self, policy, frozen, cfg: DPOConfig):
+        self.policy, self.frozen, self.p = policy, frozen, cfg.dpo
+        self.k1: list[torch.Tensor] = []
+        self.exact: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def __call__(self, rollout, start: int) -> None:
+        p = self.p
+        new = score(self.policy, rollout, p.temperature)
+        with reference_model(self.policy, self.frozen) as ref_model:
             ref = score(ref_model, rollout, p.temperature)
         mask = rollout.response_mask  # (b, R)
-        k1.append(masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), mask, dim=-1).double())  # (b,)
-        rows = max(0, min(p.kl_exact_rows - start, len(chunk)))
+        self.k1.append(masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), mask, dim=-1).double())  # (b,)
+        rows = max(0, min(p.kl_exact_rows - start, mask.shape[0]))
         if rows:
             per_token = kl_exact(
                 new["logits"][:rows], ref["logits"][:rows], temperature=p.temperature
             )  # (rows, R)
-            exact.append(masked_sum(per_token, mask[:rows], dim=-1).double())
-    k1 = torch.cat(k1)
-    stats = {M.DPO_KL_K1: k1.mean().item()}
-    if len(k1) >= 2:
-        stats[M.DPO_KL_K1_STDERR] = (k1.std() / len(k1) ** 0.5).item()
-    if exact:
-        exact = torch.cat(exact)
-        stats[M.DPO_KL_EXACT] = exact.mean().item()
-        if len(exact) >= 2:
-            stats[M.DPO_KL_K1_Z] = k1_exact_z(k1[: len(exact)], exact).item()
-    return stats
+            self.exact.append(masked_sum(per_token, mask[:rows], dim=-1).double())
+
+    def stats(self) -> dict[str, float]:
+        k1 = torch.cat(self.k1)
+        stats = {M.DPO_KL_K1: k1.mean().item()}
+        if len(k1) >= 2:
+            stats[M.DPO_KL_K1_STDERR] = (k1.std() / len(k1) ** 0.5).item()
+        if self.exact:
+            exact = torch.cat(self.exact)
+            stats[M.DPO_KL_EXACT] = exact.mean().item()
+            if len(exact) >= 2:
+                stats[M.DPO_KL_K1_Z] = k1_exact_z(k1[: len(exact)], exact).item()
+        return stats

@@ -27,7 +27,7 @@ from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.sft import TokenizedSFT, collate_sft, completion_tokens, prompt_text, tokenize_sft
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.compare import add_scores, sample_policy
+from rlhfkit.evaluate.compare import PolicySamples, add_scores, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.evaluate.health import HeldOutEvals, health_warnings, kl_check_stats
 from rlhfkit.models import load_causal_lm
@@ -479,10 +479,10 @@ class HeldOutGold:
         return self.measure() if self.enabled and due else {}
 
     def measure(self) -> dict[str, float]:
-        gold, reward = held_out_gold(
+        samples = held_out_gold(
             self.s.net.policy, self.s.tokenizer, self.s.eval_rows, self.cfg, self.s.reward_fn
         )
-        return self.tracker.stats(gold, reward)
+        return self.tracker.stats(samples.gold, samples.reward)
 
     def state(self) -> dict:
         return {"first": self.tracker.first, "best": self.tracker.best}
@@ -729,14 +729,21 @@ def exact_kl(
 
 
 def held_out_gold(
-    policy, tokenizer, eval_rows: list[dict], cfg: PPOConfig, reward_fn: Callable, batch_size: int = 64
-) -> tuple[list[float], list[float]]:
-    """(gold scores, rewards) of one sample per held-out prompt at the rollout temperature: the policy
-    PPO optimises is the sampling distribution, and its reward is measured on samples, so gold is too
-    (greedy decoding can get worse while every sample gets better). The reward scores the same
-    samples, so the health check can pair its change with gold's. Every eval reuses the same
-    sampling noise (negative seeds: never a training row's), so a change between evals is the
-    policy's, not the draw's."""
+    policy,
+    tokenizer,
+    eval_rows: list[dict],
+    cfg: PPOConfig,
+    reward_fn: Callable | None,
+    batch_size: int = 64,
+    on_rollout: Callable[[Rollout, int], None] | None = None,
+) -> PolicySamples:
+    """One sample per held-out prompt at the rollout temperature, with its gold score (and reward):
+    the policy PPO optimises is the sampling distribution, and its reward is measured on samples, so
+    gold is too (greedy decoding can get worse while every sample gets better). The reward scores the
+    same samples, as in training (each prompt's dataset row, the true finished flags), so the health
+    check can pair its change with gold's and a verifiable reward can check the answers. Every eval
+    reuses the same sampling noise (negative seeds: never a training row's), so a change between evals
+    is the policy's, not the draw's. `on_rollout` sees each sampled batch (sample_policy)."""
     prompts, _ = prompts_and_references(
         eval_rows, cfg.data.eval_source or cfg.data.source, cfg.data.template, tokenizer
     )
@@ -748,6 +755,7 @@ def held_out_gold(
         cfg.rollout.temperature,
         batch_size=batch_size,
         noise_seed=-(cfg.train.seed + 1),
+        on_rollout=on_rollout,
     )
-    add_scores(samples, gold=True, reward_fn=reward_fn, batch_size=batch_size)
-    return samples.gold, samples.reward
+    add_scores(samples, gold=True, reward_fn=reward_fn, batch_size=batch_size, rows=eval_rows)
+    return samples
