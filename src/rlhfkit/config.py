@@ -511,7 +511,9 @@ class PipelineConfig:
 
     name: str = "default"
     dir: str = "runs"
-    methods: list[Literal["ppo", "grpo", "rloo", "reinforce-pp", "dpo"]] = field(default_factory=lambda: ["ppo"])
+    methods: list[Literal["ppo", "grpo", "rloo", "reinforce-pp", "dpo"]] = field(
+        default_factory=lambda: ["ppo"]
+    )
     """Methods trained from the one SFT model, pairs and RM, each into runs/<name>/<method>/ (reinforce-pp
     into reinforce_pp/), in this order; one that fails is recorded and the others still run and are
     evaluated (docs/design.md §10.3)."""

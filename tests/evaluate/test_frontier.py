@@ -16,7 +16,9 @@ from rlhfkit.evaluate.frontier import (
 )
 
 
-@pytest.mark.parametrize("form, alpha, beta", [("best_of_n", 0.4, 0.15), ("rl", 0.3, 0.12), ("rl", 0.5, -0.05)])
+@pytest.mark.parametrize(
+    "form, alpha, beta", [("best_of_n", 0.4, 0.15), ("rl", 0.3, 0.12), ("rl", 0.5, -0.05)]
+)
 def test_known_alpha_and_beta_are_recovered_from_their_curve(form, alpha, beta):
     ds = [0.0, 0.3, 0.7, 1.0, 1.6, 2.4]
     gains = [gao_curve(d, alpha, beta, form) for d in ds]

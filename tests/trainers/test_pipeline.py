@@ -180,7 +180,8 @@ def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
     assert result.win_rates["copy vs sft"] == {"gold": 0.5, "reward": 0.5}
     assert result.metrics["copy"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert result.gold_gains["copy vs sft"] == (0.0, 0.0)
-    assert eval_sample_count(5, 2, settings, "sft", reward) == 5 * (2 * 3 + 2)
+    # The reference draws max(k, best-of-n's pool) once: its first k draws are its own samples.
+    assert eval_sample_count(5, ["sft", "copy"], settings, "sft", reward) == 5 * (3 + 3)
 
 
 def test_paired_gain_averages_each_prompts_draws_before_the_standard_error():

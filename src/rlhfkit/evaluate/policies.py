@@ -16,9 +16,9 @@ import torch
 from rlhfkit.config import ModelConfig, load_section
 from rlhfkit.data import load_rows
 from rlhfkit.data.sources import is_builtin
+from rlhfkit.errors import ModelError
 from rlhfkit.evaluate.compare import EvalResult, EvalSettings, compare_policies, eval_sample_count
 from rlhfkit.evaluate.completions import prompts_and_references
-from rlhfkit.errors import ModelError
 from rlhfkit.models import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.run.checkpoint import load_checkpoint
@@ -41,7 +41,9 @@ def load_checkpoint_policy(path: Path):
     weights (trainers/checkpoints.py), under the online loop's `policy.` prefix beside its value head
     (left out here: a policy samples without it)."""
     stage = path.parent.parent
-    model, tokenizer = load_causal_lm(load_section(ModelConfig, stage / "config.yaml", "model"), trainable=True)
+    model, tokenizer = load_causal_lm(
+        load_section(ModelConfig, stage / "config.yaml", "model"), trainable=True
+    )
     try:
         state = load_checkpoint(path, only=("model",))["model"]
     except (ValueError, OSError) as e:
@@ -86,7 +88,9 @@ def evaluate_policies(
     first = reference if reference is not None else next(iter(models))
     loaded = load_policy(models[first])
     # The others load when compare_policies reaches them, and are dropped after.
-    policies = {name: loaded if name == first else partial(load_policy, path) for name, path in models.items()}
+    policies = {
+        name: loaded if name == first else partial(load_policy, path) for name, path in models.items()
+    }
     tokenizer = loaded[1]
     prompts, references = prompts_and_references(rows, source, template, tokenizer)
     reward_fn = (
