@@ -123,6 +123,8 @@ def plot_frontier(path: Path, curves: list[MethodCurve], sft_gold: float | None)
                 color=colour,
                 label=f"{curve.label} fit: α {fit[0]:.3f}, β {fit[1]:.3f}",
             )
+    if sft_gold is not None:
+        ax.scatter([0.0], [sft_gold], marker="X", s=90, color="black", zorder=4, label="SFT")
     ax.set(
         title="Gold score against KL from the SFT policy (★ final policy)",
         xlabel="√KL to SFT (√nats; best-of-n: KL estimated from the draws)",
@@ -151,7 +153,7 @@ def plot_overoptimisation(path: Path, metrics: dict[str, list[dict]], peaks: dic
             f"peak: iteration {p['step']}\ngold {p['gold']:.3f}, KL {p['kl']:.2f}",
             (p["step"], p["gold"]),
             textcoords="offset points",
-            xytext=(8, 8),
+            xytext=(10, -24),
             fontsize=8,
         )
         for step in peak["warnings"]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from rlhfkit.atomic import atomic_write_text
 from rlhfkit.evaluate.compare import EvalResult
 from rlhfkit.evaluate.frontier import KL_BUDGETS, MIN_FIT_POINTS, MethodCurve, best_within, gold_peak
+from rlhfkit.evaluate.health import HACKING_DROP_Z
 from rlhfkit.evaluate.plots import online_stages, plot_all, series
 from rlhfkit.run import metrics as M
 
@@ -236,7 +237,8 @@ def frontier_section(curves: list[MethodCurve], labels: dict[str, str], plots: l
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {c.label} | {fmt(c.seconds)} | {fmt(c.train_samples)} | {fmt(c.eval_samples)} | {c.note} |"
+        f"| {c.label} | {'–' if c.seconds is None else f'{c.seconds:.0f}'} | {fmt(c.train_samples)} | "
+        f"{fmt(c.eval_samples)} | {c.note} |"
         for c in curves
         if c.stage != "best_of_n"
     ]
@@ -272,17 +274,21 @@ def overoptimisation_sentence(label: str, peak: dict) -> str:
         f"{first['reward']:.3f} at iteration {first['step']}"
     )
     if peak["fell"]:
-        drop = top["gold"] - last["gold"]
-        error = f" ± {peak['drop_stderr']:.3f}" if peak["drop_stderr"] is not None else ""
+        drop, error = top["gold"] - last["gold"], peak["drop_stderr"]
         text += (
-            f"; by iteration {last['step']} gold fell {drop:.3f}{error} to {last['gold']:.3f} (KL "
-            f"{last['kl']:.2f}) while the RM reward went {top['reward']:.3f} → {last['reward']:.3f}"
+            f"; by iteration {last['step']} gold fell {drop:.3f}"
+            + (f" ± {error:.3f}" if error is not None else "")
+            + f" to {last['gold']:.3f} (KL {last['kl']:.2f}) while the RM reward went {top['reward']:.3f} → "
+            f"{last['reward']:.3f}"
         )
-        text += (
-            ": the RM kept rising after gold peaked (over-optimisation)."
-            if last["reward"] > top["reward"]
-            else "."
-        )
+        # The health check's threshold for a real fall from the best of several evals (evaluate/health.py).
+        real = error is not None and drop > HACKING_DROP_Z * error
+        if not real:
+            text += f" (within {HACKING_DROP_Z:g} standard errors: not a fall this run can tell from noise)."
+        elif last["reward"] > top["reward"]:
+            text += ": the RM kept rising after gold peaked (over-optimisation)."
+        else:
+            text += "."
     else:
         text += "; the peak is the last eval: no fall of gold within this run."
     if peak["warnings"]:
