@@ -50,8 +50,8 @@ def test_the_report_says_and_draws_the_peak(tmp_path):
     assert (
         "PPO: held-out gold peaked at iteration 20 (gold 0.294, KL 1.60 nats, RM reward 0.475), from "
         "gold 0.212 and RM reward 0.029 at iteration 0; by iteration 100 gold fell 0.080 ± 0.030 to 0.214 "
-        "(KL 7.60) while the RM reward went 0.475 → 0.850: the RM kept rising after gold peaked (over-optimisation). "
-        "The health check's reward-hacking warning fired at iteration 100."
+        "(KL 7.60) while the RM reward went 0.475 → 0.850: the RM kept rising after gold peaked "
+        "(over-optimisation). The health check's reward-hacking warning fired at iteration 100."
     ) in text
     peak = gold_peak(metrics["ppo"], M.PPO_KL_K1)
     png = plot_overoptimisation(tmp_path / "o.png", metrics, {"ppo": peak})
