@@ -66,3 +66,17 @@ def test_the_report_says_and_draws_the_peak(tmp_path):
     ]
     said = "\n".join(overoptimisation_section({"ppo": noisy}, {}))
     assert "not a fall this run can tell from noise" in said and "(over-optimisation)" not in said
+
+
+def test_an_evals_kl_is_the_next_rollouts_the_first_sampled_after_its_update():
+    # Iteration N logs the KL of its rollout (sampled before update N) and the eval after update N.
+    g, r, kl = M.GOLD_SCORE, M.HELDOUT_REWARD_RM, M.PPO_KL_K1
+    rows = [
+        {"step": 0, g: 0.1, r: 0.0},
+        {"step": 1, kl: 0.0},
+        {"step": 2, kl: 0.4, g: 0.3, r: 0.5},
+        {"step": 3, kl: 0.9},
+        {"step": 4, kl: 1.5, g: 0.2, r: 0.8},
+    ]
+    peak = gold_peak(rows, kl)
+    assert peak["first"]["kl"] == 0.0 and peak["peak"]["kl"] == 0.9 and peak["last"]["kl"] == 1.5

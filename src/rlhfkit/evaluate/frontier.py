@@ -181,16 +181,19 @@ def best_of_n_points(rows: list[dict]) -> list[FrontierPoint]:
 def gold_peak(rows: list[dict], kl_key: str) -> dict | None:
     """Over-optimisation in an online method's training-time held-out evals (gold/score and the RM's
     heldout/reward_rm of the same fixed-noise samples, every ppo.eval_every): the first eval, the one with
-    the highest gold (the peak), the last one, each with its KL (`kl_key` of that iteration; 0 at step 0,
-    before any update) and RM reward; `fell` when gold ended below its peak; `drop_stderr` the paired
+    the highest gold (the peak), the last one, each with its KL (`kl_key`, the policy's own: see below)
+    and RM reward; `fell` when gold ended below its peak; `drop_stderr` the paired
     standard error of the fall (gold/drop_stderr of the last eval); the iterations where the health
     check's reward-hacking rule warned. None with fewer than two evals."""
     evals = [r for r in rows if M.GOLD_SCORE in r and M.HELDOUT_REWARD_RM in r]
     if len(evals) < 2:
         return None
+    # Iteration N's KL is that of its rollout, sampled before its update; the eval logged at N judges the
+    # policy after it, whose KL is iteration N + 1's (the last eval has only its own, one update behind).
+    kls = {r["step"]: r[kl_key] for r in rows if isinstance(r.get(kl_key), (int, float))}
 
     def at(r: dict) -> dict:
-        kl = r.get(kl_key, 0.0 if r["step"] == 0 else math.nan)
+        kl = kls.get(r["step"] + 1, kls.get(r["step"], 0.0 if r["step"] == 0 else math.nan))
         return {"step": r["step"], "gold": r[M.GOLD_SCORE], "kl": kl, "reward": r[M.HELDOUT_REWARD_RM]}
 
     peak = max(evals, key=lambda r: r[M.GOLD_SCORE])  # the first of equal maxima
