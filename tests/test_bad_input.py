@@ -158,6 +158,15 @@ def stage_moved_alone(tmp: Path, fx: dict) -> None:
     write(final / "rlhfkit_base.json", json.dumps({"base": "../../sft/final"}))
 
 
+def checkpoint_of_another_model(tmp: Path, fx: dict) -> None:
+    """A LoRA stage's checkpoint whose config.yaml was edited to full weights: its adapter weights have no
+    place in the model that config builds."""
+    stage = tmp / "edited" / "sft"
+    shutil.copytree(fx["prior"] / "checkpoints", stage / "checkpoints")
+    config = (fx["prior"] / "config.yaml").read_text()
+    write(stage / "config.yaml", config.replace("lora: true", "lora: false"))
+
+
 def tiny_copy(tmp: Path, fx: dict) -> None:
     shutil.copytree(fx["tiny"], tmp / "model")
     truncate(tmp / "model" / "model.safetensors")
@@ -711,6 +720,30 @@ CASES = [
                 {"prompt": [USER], "chosen": [REPLY], "rejected": [USER]},
             ),
         ),
+    ),
+    # --- issue #18: the pipeline's methods, and training checkpoints evaluated as policies
+    Case(
+        "pipeline method listed twice",
+        lambda t: ["pipeline", "--config", str(TINY_PIPELINE), f"dir={t}/runs", "methods=[ppo,dpo,ppo]"],
+        "methods lists a method twice: ['ppo', 'dpo', 'ppo']",
+    ),
+    Case(
+        "pipeline method config naming another method's estimator",
+        lambda t: [
+            "pipeline",
+            "--config",
+            str(TINY_PIPELINE),
+            f"dir={t}/runs",
+            "methods=[grpo]",
+            "grpo.ppo.advantage=rloo",
+        ],
+        "grpo: ppo.advantage=rloo is a rloo setting; give grpo a config with its own estimator",
+    ),
+    Case(
+        "checkpoint that does not fit its stage's config.yaml",
+        lambda t: ["generate", "--model", f"{t}/edited/sft/checkpoints/step-1", "--prompt", "hi"],
+        "step-1: weight base_model.model.",
+        checkpoint_of_another_model,
     ),
     # --- moved run folders
     Case(

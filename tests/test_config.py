@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from rlhfkit.config import (
+    METHOD_OF_ADVANTAGE,
     STAGE_CONFIGS,
     DPOConfig,
     PipelineConfig,
@@ -27,6 +28,7 @@ YAML_CLASSES = {
     "dpo": DPOConfig,
     "prefs": PrefsConfig,
     "pipeline": PipelineConfig,
+    "overopt": PipelineConfig,
     "grpo": PPOConfig,
     "rloo": PPOConfig,
     "reinforce_pp": PPOConfig,
@@ -134,14 +136,32 @@ def test_every_online_recipe_passes_its_commands_checks(path):
         load_reward(cfg.ppo.reward, cfg.ppo.normalize_reward, extra=cfg.ppo.extra_rewards)
 
 
-@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem == "pipeline"], ids=lambda p: p.parent.name)
+PIPELINES = [p for p in SHIPPED if YAML_CLASSES.get(p.stem) is PipelineConfig]
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_shipped_pipelines_wire_their_stages_without_a_rejected_key(path):
     # The wiring sets model paths, the pairs file, the RM and run.name/dir through load_config, each
-    # different from the stage's default: a wired key in a stage's NO_EFFECT would fail here.
+    # different from the stage's default: a wired key in a stage's NO_EFFECT would fail here. Every
+    # method is planned, so each one's file (or the ppo file under its presets) must wire too.
     from rlhfkit.trainers.pipeline import plan_pipeline
 
-    plan = plan_pipeline(load_config(PipelineConfig, path), path, {})
+    every = "methods=[ppo,grpo,rloo,reinforce-pp,dpo]"
+    cfg = load_config(PipelineConfig, path, [every])
+    plan = plan_pipeline(cfg, path, {"ppo": ["ppo.iterations=3"], "grpo": ["ppo.iterations=5"]})
     assert plan.ppo.ppo.reward == str(plan.root / "rm") and plan.rm.model.name == str(plan.root / "sft")
+    assert list(plan.methods) == ["ppo", "grpo", "rloo", "reinforce_pp", "dpo"]
+    for stage, method_cfg in plan.methods.items():
+        assert method_cfg.model.name == str(plan.root / "sft") and method_cfg.run.name == cfg.name
+        assert method_cfg.data.template == plan.sft.data.template
+        if stage != "dpo":
+            assert method_cfg.ppo.reward == str(plan.root / "rm")
+            assert METHOD_OF_ADVANTAGE[method_cfg.ppo.advantage] == stage
+    assert plan.methods["dpo"].data.source == str(plan.root / "prefs.jsonl")
+    # A method's own overrides reach it; one without a file of its own also takes the ppo file's.
+    assert plan.methods["grpo"].ppo.iterations == 5 and plan.methods["reinforce_pp"].ppo.iterations == 3
+    if cfg.grpo is not None:
+        assert plan.methods["grpo"].rollout.group_size >= 2
 
 
 def test_pipeline_stage_override_with_no_effect_names_the_stage_file():

@@ -493,6 +493,12 @@ class EvalSection:
     samples_per_prompt: int = at_least(1, 1)
     """Samples per held-out prompt and policy for the headline means and win rates (a held-out split
     can have only ~100 prompts; more draws shrink the standard error)."""
+    checkpoints: bool = True
+    """Also evaluate each method's kept training checkpoints (checkpoints/step-N/, train.keep_last of
+    them; 0 keeps all) on the same prompts and random numbers: the method's curve on the frontier."""
+    checkpoint_samples_per_prompt: int | None = at_least(None, 1)
+    """Draws per prompt for a checkpoint (its curve point); None: samples_per_prompt. Fewer is cheaper;
+    draw j of prompt i has the same random numbers as every policy's draw j of prompt i."""
 
 
 @dataclass
@@ -505,10 +511,24 @@ class PipelineConfig:
 
     name: str = "default"
     dir: str = "runs"
+    methods: list[Literal["ppo", "grpo", "rloo", "reinforce-pp", "dpo"]] = field(
+        default_factory=lambda: ["ppo"]
+    )
+    """Methods trained from the one SFT model, pairs and RM, each into runs/<name>/<method>/ (reinforce-pp
+    into reinforce_pp/), in this order; one that fails is recorded and the others still run and are
+    evaluated (docs/design.md §10.3)."""
     sft: str = "sft.yaml"
     prefs: str = "prefs.yaml"
     rm: str = "rm.yaml"
     ppo: str = "ppo.yaml"
+    grpo: str | None = None
+    """GRPO's stage config; None: the ppo file under `rlhfkit grpo`'s presets (config.METHOD_PRESETS)."""
+    rloo: str | None = None
+    """RLOO's stage config; None: the ppo file under `rlhfkit rloo`'s presets."""
+    reinforce_pp: str | None = None
+    """REINFORCE++'s stage config; None: the ppo file under `rlhfkit reinforce-pp`'s presets."""
+    dpo: str = "dpo.yaml"
+    """DPO's stage config (read only when `methods` lists dpo)."""
     eval: EvalSection = field(default_factory=EvalSection)
 
 
@@ -541,6 +561,14 @@ def load_config(
     _check_no_effect(cfg, where)
     _check_bounds(cfg, where)
     return cfg
+
+
+def load_section(cls: type, path: str | Path, key: str) -> Any:
+    """One section (`model`) of a saved stage config (a run folder's config.yaml), type-checked as `cls`."""
+    raw = _read_yaml(Path(path)).get(key) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {key} must be a mapping")
+    return _build(cls, raw, prefix=f"{key}.", where=str(path), root=cls)
 
 
 def _check_no_effect(cfg: Any, where: str) -> None:

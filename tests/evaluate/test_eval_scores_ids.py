@@ -77,6 +77,6 @@ def test_the_policy_comparison_gives_every_draw_its_prompts_row(tiny_sft_dir):
         {"sft": policy}, "sft", prompts, None, settings, gold=True, reward_fn=reward_fn, rows=rows
     )
     seen = [sample for call in rows_seen.calls for sample in call]
-    assert len(seen) == 3 * 2 + 3 * 2  # the policy's 2 draws per prompt, then best-of-2's pool
+    assert len(seen) == 3 * 2  # the reference's 2 draws per prompt, which are also best-of-2's pool
     assert all(s.metadata["instruction"] in s.prompt for s in seen)
     assert [s.metadata for s in seen[:6]] == [r for r in rows for _ in range(2)]

@@ -35,7 +35,44 @@ SMALL = [
     "eval.best_of_n=[1,2,4]",
     "eval.show=3",
 ]
-QUIET = [f"{s}.run.{k}" for s in ("sft", "rm", "ppo") for k in ("report_to=[]", "progress=false")]
+QUIET = [
+    f"{s}.run.{k}"
+    for s in ("sft", "rm", "ppo", "grpo", "rloo", "dpo")
+    for k in ("report_to=[]", "progress=false")
+]
+# Three methods from the one SFT model, pairs and RM, each keeping checkpoints for its frontier curve.
+METHODS = [
+    "methods=[ppo,grpo,dpo]",
+    "ppo.train.save_every=1",
+    "grpo.ppo.iterations=3",
+    "grpo.rollout.batch_size=4",
+    "grpo.ppo.eval_every=3",
+    "grpo.ppo.eval_prompts=16",
+    "grpo.train.save_every=1",
+    "dpo.train.max_steps=4",
+    "dpo.train.batch_size=8",
+    "dpo.train.warmup_steps=1",
+    "dpo.train.log_every=1",
+    "dpo.train.eval_every=2",
+    "dpo.train.save_every=2",
+    "dpo.dpo.eval_every=2",
+    "dpo.dpo.eval_prompts=16",
+    "dpo.data.eval_size=16",
+    "eval.best_of_n=[1,2,4,8]",
+    "eval.checkpoint_samples_per_prompt=2",
+]
+# A fourth method whose reward raises at its first held-out eval.
+FAILING_RLOO = [
+    "methods=[ppo,grpo,dpo,rloo]",
+    "rloo.rollout.batch_size=4",
+    "rloo.ppo.iterations=2",
+    "rloo.ppo.eval_prompts=4",
+    "rloo.ppo.extra_rewards=[tests.trainers.test_pipeline:raising_reward]",
+]
+
+
+def raising_reward(prompts, responses):
+    raise ValueError("this reward always fails")
 
 
 def test_overrides_are_routed_by_stage_prefix():
@@ -78,37 +115,93 @@ def test_win_rate_counts_ties_as_half():
 
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_dir):
-    assert main(["pipeline", "--config", CONFIG, f"dir={tmp_path}", "name=t", *SMALL, *QUIET]) == 0
+    args = ["pipeline", "--config", CONFIG, f"dir={tmp_path}", "name=t", *SMALL, *METHODS, *QUIET]
+    assert main(args) == 0
     root = tmp_path / "t"
     report = (root / "report.md").read_text()
     # Every training number in the report is the first/last value in that stage's metrics.jsonl.
-    metrics = {s: read_metrics(root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo")}
+    metrics = {s: read_metrics(root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo", "grpo", "dpo")}
     rows = training_rows(metrics)
-    assert {stage for stage, *_ in rows} == {"sft", "rm", "ppo"}
+    assert {stage for stage, *_ in rows} == {"sft", "rm", "ppo", "grpo", "dpo"}
     for stage, key, first, last in rows:
         assert f"| {stage} | {key} | {fmt(first)} | {fmt(last)} |" in report
-    gold = [r["gold/score"] for r in metrics["ppo"] if "gold/score" in r]
-    assert fmt(gold[-1]) in report
+    assert ("grpo", "grpo/kl_k1") in {(stage, key) for stage, key, *_ in rows}
     # The headline table is eval.json's numbers; KL to SFT is 0 for SFT itself and >= 0 (k1 mean) elsewhere.
     evaluation = json.loads((root / "eval.json").read_text())
-    for label, name in (("base", "base"), ("SFT", "sft"), ("PPO", "ppo")):
+    for label, name in (("base", "base"), ("SFT", "sft"), ("PPO", "ppo"), ("GRPO", "grpo"), ("DPO", "dpo")):
         m = evaluation["metrics"][name]
         assert re.search(
             rf"^\| {label} \| {re.escape(fmt(m['gold']))} \| {re.escape(fmt(m['reward']))} \|", report, re.M
         )
-    assert evaluation["metrics"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-5)
-    assert [r["n"] for r in evaluation["best_of_n"]] == [1, 2, 4]
+    assert evaluation["metrics"]["sft"]["kl"] == 0.0
+    assert [r["n"] for r in evaluation["best_of_n"]] == [1, 2, 4, 8]
     assert (
-        "Win rate ppo vs sft" in report and "Gold gain ppo vs sft" in report and "## Health check" in report
+        "Win rate ppo vs sft" in report and "Gold gain dpo vs sft" in report and "## Health check" in report
     )
-    assert set(evaluation["gold_gains"]) == {"base vs sft", "ppo vs sft"}
-    for png in ("training.png", "gold_vs_kl.png"):
+    # One evaluation for all: each method's final and kept checkpoints (these with 2 draws per prompt).
+    checkpoints = {"ppo/step-1", "ppo/step-2", "grpo/step-1", "grpo/step-2", "dpo/step-2"}
+    assert set(evaluation["gold_gains"]) == {
+        f"{p} vs sft" for p in ("base", "ppo", "grpo", "dpo", *checkpoints)
+    }
+    assert {p: evaluation["draws_per_prompt"][p] for p in checkpoints} == dict.fromkeys(checkpoints, 2)
+    assert evaluation["draws_per_prompt"]["ppo"] == 8 and not evaluation["failed"]
+    assert_frontier_tables_match(report, evaluation, json.loads((root / "pipeline.json").read_text()))
+    for png in ("training.png", "gold_vs_kl.png", "overoptimisation.png"):
         assert (root / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # A rerun skips every finished stage and only re-evaluates.
+    # A rerun skips every finished stage; a fourth method that fails loses none of the others' results:
+    # they are evaluated and reported, the failure is recorded, and the run exits non-zero.
     capsys.readouterr()
-    assert main(["pipeline", "--config", CONFIG, f"dir={tmp_path}", "name=t", *SMALL, *QUIET]) == 0
-    out = capsys.readouterr().out
-    assert all(f"{s}: already complete, skipping" in out for s in ("sft", "prefs", "rm", "ppo"))
+    assert main([*args, *FAILING_RLOO]) == 2
+    out, err = capsys.readouterr()
+    assert all(
+        f"{s}: already complete, skipping" in out for s in ("sft", "prefs", "rm", "ppo", "grpo", "dpo")
+    )
+    assert "rloo: failed: ppo.reward=tests.trainers.test_pipeline:raising_reward raised ValueError" in err
+    assert f"the other methods' results and the report are in {root / 'report.md'}" in err
+    failed = json.loads((root / "pipeline.json").read_text())["failed"]
+    assert list(failed) == ["rloo"] and "this reward always fails" in failed["rloo"]
+    again = json.loads((root / "eval.json").read_text())
+    assert again["failed"] == failed and "rloo" not in again["metrics"]
+    assert again["metrics"]["ppo"] == evaluation["metrics"]["ppo"]  # same prompts, same random numbers
+    report = (root / "report.md").read_text()
+    assert "## Failed methods" in report and f"- **RLOO failed**: {failed['rloo']}" in report
+    assert "| PPO | final ★ |" in report and "| DPO | final ★ |" in report
+
+
+def assert_frontier_tables_match(report: str, evaluation: dict, timings: dict) -> None:
+    """The frontier's points, fits, KL-budget picks and costs in report.md are eval.json's."""
+    frontier = evaluation["frontier"]
+    assert list(frontier) == ["best_of_n", "ppo", "grpo", "dpo"]
+    assert [p["label"] for p in frontier["ppo"]["points"]] == ["step 1", "step 2", "final"]
+    for method in ("ppo", "grpo", "dpo"):
+        curve = frontier[method]
+        final = curve["points"][-1]
+        gain = evaluation["gold_gains"][f"{method} vs sft"]
+        assert final["final"] and final["gold"] == evaluation["metrics"][method]["gold"]
+        assert (
+            f"| {curve['label']} | final ★ | {fmt(final['kl'])} | {fmt(math.sqrt(max(final['kl'], 0)))} | "
+            f"{fmt(final['gold'])} | {gain['mean']:+.3f} ± {gain['stderr']:.3f} |"
+        ) in report
+        fit = curve["fit"]
+        used = sum(1 for p in curve["points"] if p["kl"] > 0)
+        if used < 3:
+            assert (
+                fit is None and f"| {curve['label']} | d(α − β log d) | {used} | not enough points" in report
+            )
+        else:
+            assert (
+                f"| {curve['label']} | d(α − β log d) | {used} | {fmt(fit['alpha'])} | {fmt(fit['beta'])} |"
+                in report
+            )
+        assert f"| {curve['label']} | {timings['seconds'][method]:.0f} | {curve['train_samples']} |" in report
+    assert frontier["ppo"]["train_samples"] == 3 * 16 and frontier["grpo"]["train_samples"] == 3 * 4 * 4
+    assert frontier["dpo"]["train_samples"] == 0
+    assert "| method | KL ≤ 1 | KL ≤ 2 | KL ≤ 4 |" in report
+    for method, picks in ((m, frontier[m]["gold_within_kl"]) for m in frontier):
+        label = picks["1.0"]
+        if label is not None:
+            point = next(p for p in frontier[method]["points"] if p["label"] == label)
+            assert point["kl"] <= 1.0 and f"{fmt(point['gold'])} ({label}, KL {point['kl']:.2f})" in report
 
 
 def test_pipeline_typo_in_a_stage_key_fails_before_any_work(tmp_path, capsys):
@@ -170,8 +263,20 @@ def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
     settings = EvalSettings(max_new_tokens=8, best_of_n=[1, 2], samples_per_prompt=3, batch_size=4)
     reward = lambda p, r, ids=None, **rows: __import__("torch").tensor([float(len(x)) for x in r])  # noqa: E731
     result = compare_policies(
-        {"sft": policy, "copy": copy}, "sft", prompts, [["x"]] * 5, settings, gold=True, reward_fn=reward
+        {"sft": policy, "copy": copy, "once": lambda: copy},
+        "sft",
+        prompts,
+        [["x"]] * 5,
+        settings,
+        gold=True,
+        reward_fn=reward,
+        draws_of={"once": 1},
     )
+    # A policy given fewer draws (a checkpoint's curve point) draws with the first draws' random numbers.
+    assert (
+        result.draws["once"] == 1 and result.samples["once"].responses == result.samples["sft"].responses[::3]
+    )
+    assert result.gold_gains["once vs sft"] == (0.0, 0.0)
     assert result.samples_per_prompt == 3 and result.n_prompts == 5
     assert result.samples["sft"].prompts == [p for p in prompts for _ in range(3)]
     # The same random numbers for every policy: an identical policy draws identical samples.
@@ -180,7 +285,13 @@ def test_every_policy_gets_k_paired_samples_per_prompt(tiny_sft_dir):
     assert result.win_rates["copy vs sft"] == {"gold": 0.5, "reward": 0.5}
     assert result.metrics["copy"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert result.gold_gains["copy vs sft"] == (0.0, 0.0)
-    assert eval_sample_count(5, 2, settings, "sft", reward) == 5 * (2 * 3 + 2)
+    # The reference draws max(k, best-of-n's pool) once: its first k draws are its own samples.
+    assert eval_sample_count(5, ["sft", "copy", "once"], settings, "sft", reward, {"once": 1}) == 5 * (
+        3 + 3 + 1
+    )
+    # best-of-n's pool extends SFT's own draws: best-of-1 is SFT's first draw, paired with its mean.
+    first = torch.tensor(result.samples["sft"].gold[::3])
+    assert result.best_of_n[0]["gold"] == pytest.approx(first.mean().item())
 
 
 def test_paired_gain_averages_each_prompts_draws_before_the_standard_error():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -53,13 +53,17 @@ class EvalResult:
     """Draws per prompt in `samples` (row-major: prompt i's are rows i*k .. i*k+k-1)."""
     gold_gains: dict[str, tuple[float, float]] = field(default_factory=dict)
     """"A vs B" -> (mean gold of A minus B, its standard error over prompts), from paired samples."""
+    draws: dict[str, int] = field(default_factory=dict)
+    """Draws per prompt of each policy's `samples` (samples_per_prompt unless the policy was given fewer:
+    a checkpoint's curve point); comparisons pair the first min(k_A, k_B) draws of each prompt."""
 
     @property
     def n_prompts(self) -> int:
         """Distinct prompts every policy was sampled on."""
-        return (
-            len(next(iter(self.samples.values())).prompts) // self.samples_per_prompt if self.samples else 0
-        )
+        if not self.samples:
+            return 0
+        name, samples = next(iter(self.samples.items()))
+        return len(samples.prompts) // self.draws.get(name, self.samples_per_prompt)
 
 
 @torch.no_grad()
@@ -75,19 +79,28 @@ def sample_policy(
     progress=None,
     noise_seed: int | None = None,
     on_rollout: Callable[[Rollout, int], None] | None = None,
+    noise_stride: int | None = None,
 ) -> PolicySamples:
     """n samples per prompt; with `reference`, the per-sample k1 KL to it. With `noise_seed`, row g's
     sampling noise is row_noise(noise_seed, g): the same draws on every call, whatever the batching.
-    `on_rollout(rollout, first_row)` sees each batch as sampled, for measurements that need more than
-    the texts (DPO's KL evals score the same draws instead of sampling them again)."""
+    With `noise_stride` too, draw j of prompt i gets row_noise(noise_seed, i * noise_stride + j): the
+    same random numbers for draw j of prompt i whatever n is, so a policy drawn fewer times per prompt
+    shares its first draws' noise with every other policy's. `on_rollout(rollout, first_row)` sees
+    each batch as sampled, for measurements that need more than the texts (DPO's KL evals score the
+    same draws instead of sampling them again)."""
     rows = [p for p in prompts for _ in range(n)]
     out = PolicySamples(rows, [], [], [], kl=[] if reference is not None else None, token_ids=[])
+    stride = noise_stride or n
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         noise = (
             None
             if noise_seed is None
-            else row_noise(noise_seed, range(start, start + len(chunk)), max_new_tokens)
+            else row_noise(
+                noise_seed,
+                [(g // n) * stride + g % n for g in range(start, start + len(chunk))],
+                max_new_tokens,
+            )
         )
         rollout = sample_prompts(model, tokenizer, chunk, max_new_tokens, temperature, noise=noise)
         out.responses += decode_responses(tokenizer, rollout)
@@ -169,8 +182,12 @@ def paired_gain(a: list[float], b: list[float], k: int) -> tuple[float, float]:
     return mean, math.sqrt(variance / len(per_prompt))
 
 
-def best_of_n(gold: torch.Tensor, reward: torch.Tensor, ns: list[int]) -> list[dict[str, float]]:
+def best_of_n(
+    gold: torch.Tensor, reward: torch.Tensor, ns: list[int], baseline: torch.Tensor | None = None
+) -> list[dict[str, float]]:
     """Best-of-n from (P, N) scores: per prompt keep the highest-reward sample among the first n draws.
+    With `baseline` (P,), each prompt's mean gold under the reference, also the paired gold gain over it
+    (`gain`, `gain_stderr`: the prompt is the unit, as paired_gain).
 
     Two KLs per n: `kl_bound` = log n - (n - 1) / n, which Stiennon et al. 2020 and Gao et al. 2022
     use as the KL of best-of-n but is an upper bound (Beirami et al. 2024), far off when draws repeat
@@ -182,15 +199,17 @@ def best_of_n(gold: torch.Tensor, reward: torch.Tensor, ns: list[int]) -> list[d
         if not 1 <= n <= draws:
             raise ValueError(f"best-of-n: n={n} needs 1 <= n <= {draws} samples per prompt")
         pick = reward[:, :n].argmax(dim=1, keepdim=True)  # (P, 1)
-        rows.append(
-            {
-                "n": n,
-                "gold": gold.gather(1, pick).mean().item(),
-                "reward": reward.gather(1, pick).mean().item(),
-                "kl": best_of_n_kl(reward, n),
-                "kl_bound": math.log(n) - (n - 1) / n,
-            }
-        )
+        picked = gold.gather(1, pick).squeeze(1)  # (P,)
+        row = {
+            "n": n,
+            "gold": picked.mean().item(),
+            "reward": reward.gather(1, pick).mean().item(),
+            "kl": best_of_n_kl(reward, n),
+            "kl_bound": math.log(n) - (n - 1) / n,
+        }
+        if baseline is not None:
+            row["gain"], row["gain_stderr"] = paired_gain(picked.tolist(), baseline.tolist(), k=1)
+        rows.append(row)
     return rows
 
 
@@ -256,8 +275,15 @@ class EvalSettings:
     prompts)."""
 
 
+# Draw j of held-out prompt i gets the random numbers row_noise(seed, i * NOISE_STRIDE + j), for every
+# policy and whatever its number of draws: policies are compared on the same numbers, a checkpoint drawn
+# fewer times shares its draws' numbers with the finals', and best-of-n's pool extends the reference's
+# own draws (its first k are the reference's samples).
+NOISE_STRIDE = 1 << 16
+
+
 def compare_policies(
-    policies: dict[str, tuple],
+    policies: Mapping[str, tuple | Callable[[], tuple]],
     reference: str | None,
     prompts: list[str],
     references: list[list[str]] | None,
@@ -265,75 +291,107 @@ def compare_policies(
     gold: bool,
     reward_fn: Callable | None,
     progress=None,
+    draws_of: dict[str, int] | None = None,
     rows: list[dict] | None = None,
 ) -> EvalResult:
-    """Sample every policy `settings.samples_per_prompt` times per prompt with the same random numbers
-    (so their differences are paired); KL and win rates against `reference` (the SFT policy);
-    best-of-n from the reference reranked by `reward_fn`. `policies` maps name -> (model, tokenizer);
-    `progress` (a tqdm bar or None) advances by one per sample drawn, `eval_sample_count` in all;
-    `rows` (one per prompt, its dataset row) is what a `f(samples)` reward reads as metadata."""
-    draws = best_of_n_draws(settings, reference, reward_fn)
-    bar = progress
-    k = settings.samples_per_prompt
-    result = EvalResult(samples_per_prompt=k)
-    per_sample_references = None if references is None else [r for r in references for _ in range(k)]
-    ref_model = policies[reference][0] if reference is not None else None
-    for name, (model, tokenizer) in policies.items():
-        torch.manual_seed(settings.seed)
-        compare_to = ref_model if ref_model is not None and _same_vocab(model, ref_model) else None
+    """Sample every policy with the same random numbers (NOISE_STRIDE; so their differences are
+    paired), `settings.samples_per_prompt` times per prompt or `draws_of[name]`; KL, win rates and paired
+    gold gains against `reference` (the SFT policy); best-of-n from the reference reranked by `reward_fn`.
+    `policies` maps name -> (model, tokenizer), or a function returning them: loaded when its turn comes
+    and dropped after, so a curve of checkpoints never holds more than two models. `progress` (a tqdm
+    bar or None) advances by one per sample drawn, `eval_sample_count` in all. `rows` (one per prompt,
+    its dataset row) is what a `f(samples)` reward reads as metadata."""
+    draws = policy_draws(list(policies), settings, reference, reward_fn, draws_of)
+    pool_draws = best_of_n_draws(settings, reference, reward_fn)
+    result = EvalResult(samples_per_prompt=settings.samples_per_prompt)
+    ref = _loaded(policies[reference]) if reference is not None else None
+    pool = None
+    for name, entry in policies.items():
+        model, tokenizer = ref if name == reference else _loaded(entry)
+        compare_to = ref[0] if ref is not None and name != reference and _same_vocab(model, ref[0]) else None
         samples = sample_policy(
             model,
             tokenizer,
             prompts,
             settings.max_new_tokens,
             settings.temperature,
-            n=k,
+            n=draws[name],
             batch_size=settings.batch_size,
             reference=compare_to,
-            progress=bar,
+            progress=progress,
+            noise_seed=settings.seed,
+            noise_stride=NOISE_STRIDE,
         )
-        if ref_model is not None and not same_tokenizer(tokenizer, policies[reference][1]):
+        if name == reference:
+            samples.kl = [0.0] * len(samples.prompts)  # a policy's KL to itself
+        if ref is not None and not same_tokenizer(tokenizer, ref[1]):
             samples.token_ids = None  # ids of another vocabulary: the reward reads the text instead
-        add_scores(samples, gold, reward_fn, settings.batch_size, per_sample(rows, k))
-        result.samples[name] = samples
-        result.metrics[name] = summarise(samples, per_sample_references)
+        add_scores(samples, gold, reward_fn, settings.batch_size, per_sample(rows, draws[name]))
+        k = draws[name] if name != reference else settings.samples_per_prompt
+        if name == reference and pool_draws:
+            pool, samples = samples, take_draws(samples, draws[name], k)
+        result.samples[name], result.draws[name] = samples, k
+        per_sample_refs = None if references is None else [r for r in references for _ in range(k)]
+        result.metrics[name] = summarise(samples, per_sample_refs)
     if reference is not None:
-        ref = result.samples[reference]
-        for name, samples in result.samples.items():
-            if name == reference:
-                continue
-            result.win_rates[f"{name} vs {reference}"] = {
-                key: win_rate(getattr(samples, key), getattr(ref, key))
-                for key in ("gold", "reward")
-                if getattr(samples, key) is not None
-            }
-            if samples.gold is not None:
-                result.gold_gains[f"{name} vs {reference}"] = paired_gain(samples.gold, ref.gold, k)
-    if draws:
-        torch.manual_seed(settings.seed + 1)
-        model, tokenizer = policies[reference]
-        pool = sample_policy(
-            model,
-            tokenizer,
-            prompts,
-            settings.max_new_tokens,
-            settings.temperature,
-            n=draws,
-            batch_size=settings.batch_size,
-            progress=bar,
+        add_comparisons(result, reference)
+    if pool is not None and pool.gold is not None:
+        shape = (len(prompts), draws[reference])
+        k = settings.samples_per_prompt
+        baseline = torch.tensor(pool.gold).view(shape)[:, :k].mean(dim=1)  # the reference's own draws
+        result.best_of_n = best_of_n(
+            torch.tensor(pool.gold).view(shape),
+            torch.tensor(pool.reward).view(shape),
+            settings.best_of_n,
+            baseline=baseline,
         )
-        add_scores(pool, gold, reward_fn, settings.batch_size, per_sample(rows, draws))
-        if pool.gold is not None:
-            shape = (len(prompts), draws)
-            result.best_of_n = best_of_n(
-                torch.tensor(pool.gold).view(shape), torch.tensor(pool.reward).view(shape), settings.best_of_n
-            )
     return result
 
 
 def per_sample(rows: list[dict] | None, n: int) -> list[dict] | None:
     """Each prompt's row once per draw (samples are row-major: prompt i's draws are rows i*n .. i*n+n-1)."""
     return None if rows is None else [row for row in rows for _ in range(n)]
+
+
+def add_comparisons(result: EvalResult, reference: str) -> None:
+    """Win rates and paired gold gains of every policy against `reference`, on the first min(k_A, k_ref)
+    draws of each prompt (the draws that share their random numbers)."""
+    ref = result.samples[reference]
+    for name, samples in result.samples.items():
+        if name == reference:
+            continue
+        k = min(result.draws[name], result.draws[reference])
+        mine, theirs = take_draws(samples, result.draws[name], k), take_draws(ref, result.draws[reference], k)
+        result.win_rates[f"{name} vs {reference}"] = {
+            key: win_rate(getattr(mine, key), getattr(theirs, key))
+            for key in ("gold", "reward")
+            if getattr(mine, key) is not None
+        }
+        if mine.gold is not None:
+            result.gold_gains[f"{name} vs {reference}"] = paired_gain(mine.gold, theirs.gold, k)
+
+
+def take_draws(samples: PolicySamples, n: int, k: int) -> PolicySamples:
+    """The first k of each prompt's n draws (rows i*n .. i*n+k-1), every per-sample field cut alike."""
+    if k == n:
+        return samples
+    keep = [row for row in range(len(samples.prompts)) if row % n < k]
+    cut = {}
+    for key in ("prompts", "responses", "finished", "lengths", "gold", "reward", "kl", "token_ids"):
+        values = getattr(samples, key)
+        cut[key] = None if values is None else [values[row] for row in keep]
+    return PolicySamples(**cut)
+
+
+def policy_draws(
+    names: list[str], settings: EvalSettings, reference: str | None, reward_fn, draws_of: dict | None = None
+) -> dict[str, int]:
+    """Draws per prompt each policy is sampled: `draws_of[name]` or samples_per_prompt; the reference
+    max(samples_per_prompt, best-of-n's pool), its first draws being its own samples."""
+    draws = {name: (draws_of or {}).get(name, settings.samples_per_prompt) for name in names}
+    if reference is not None:
+        draws[reference] = max(settings.samples_per_prompt, best_of_n_draws(settings, reference, reward_fn))
+    return draws
 
 
 def best_of_n_draws(settings: EvalSettings, reference: str | None, reward_fn) -> int:
@@ -344,10 +402,14 @@ def best_of_n_draws(settings: EvalSettings, reference: str | None, reward_fn) ->
     )
 
 
-def eval_sample_count(n_prompts: int, n_policies: int, settings: EvalSettings, reference, reward_fn) -> int:
-    return n_prompts * (
-        n_policies * settings.samples_per_prompt + best_of_n_draws(settings, reference, reward_fn)
-    )
+def eval_sample_count(
+    n_prompts: int, names: list[str], settings: EvalSettings, reference, reward_fn, draws_of=None
+) -> int:
+    return n_prompts * sum(policy_draws(names, settings, reference, reward_fn, draws_of).values())
+
+
+def _loaded(entry) -> tuple:
+    return entry() if callable(entry) else entry
 
 
 def _same_vocab(model, other) -> bool:

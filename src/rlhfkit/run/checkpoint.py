@@ -92,19 +92,22 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path) -> dict[str, object]:
-    """All parts of one checkpoint; raises ValueError if the manifest does not match the files."""
+def load_checkpoint(path: Path, only: tuple[str, ...] | None = None) -> dict[str, object]:
+    """All parts of one checkpoint (or the parts named in `only`, e.g. ("model",) to evaluate its
+    weights without reading the optimizer); raises ValueError if the manifest does not match the files."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
         raise ValueError(f"{path}: no manifest.json")
     manifest = json.loads(manifest_file.read_text())["files"]
     for name, digest in manifest.items():
+        if only is not None and name.rsplit(".", 1)[0] not in only:
+            continue
         if not (path / name).is_file() or _sha256(path / name) != digest:
             raise ValueError(f"{path}/{name}: missing or does not match its hash in manifest.json")
     parts = {}
     for skeleton_file in sorted(path.glob("*.json")):
-        if skeleton_file.name == "manifest.json":
+        if skeleton_file.name == "manifest.json" or (only is not None and skeleton_file.stem not in only):
             continue
         name = skeleton_file.stem
         tensors = load_file(str(path / f"{name}.safetensors"))
