@@ -1,4 +1,4 @@
-"""FSDP2 with 2 CPU processes (gloo; trainers/sharding.py, docs/scaling.md §2.2): SFT, PPO and DPO train
+"""FSDP2 with 2 CPU processes (gloo; trainers/sharding.py; docs/scaling.md section 2.2): SFT, PPO, DPO train
 like one process with the double batch, and final/ is the same loadable HF folder. One torchrun runs
 the three commands (tests/trainers/run_commands.py); the 1-process runs go in process."""
 

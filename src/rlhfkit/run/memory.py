@@ -69,16 +69,17 @@ class Run:
 
 
 def weights(run: Run) -> float:
-    """Every copy of the weights a process holds (sharded ones divided by shards)."""
+    """Every copy of the weights a process holds. FSDP shards what accelerate prepared (the policy and
+    a trained critic); the frozen reference copy and the reward model stay whole on every process."""
     s, w = run.shape, run.weight_bytes
-    copies = 1.0
+    sharded, whole = 1.0, 0.0
     if run.stage in ("ppo", "dpo") and not run.lora_r:
-        copies += 1  # a frozen reference copy (LoRA: the base with the adapter off, no copy)
+        whole += 1  # a frozen reference copy (LoRA: the base with the adapter off, no copy)
     if run.stage == "ppo" and run.reward_model:
-        copies += 1  # the reward model
+        whole += 1  # the reward model
     if run.stage == "ppo" and run.critic == "reward_model":
-        copies += 1  # the critic initialised from it, trained
-    return copies * s.params * w / run.shards
+        sharded += 1  # the critic initialised from it, trained
+    return (sharded / run.shards + whole) * s.params * w
 
 
 def trainable(run: Run) -> float:
