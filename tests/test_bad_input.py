@@ -745,6 +745,31 @@ CASES = [
         "step-1: weight base_model.model.",
         checkpoint_of_another_model,
     ),
+    # --- launchers (docs/scaling.md): an engine or precision that would silently not be what was asked
+    Case(
+        "launcher's mixed precision differs from the config's",
+        lambda t: SFT,
+        "the launcher asks for mixed precision fp16, the config for train.mixed_precision=no",
+        patch=lambda mp: mp.setenv("ACCELERATE_MIXED_PRECISION", "fp16"),
+    ),
+    Case(
+        "DeepSpeed on a machine without a GPU",
+        lambda t: SFT,
+        "DeepSpeed needs a GPU: accelerate ignores it on CPU",
+        patch=lambda mp: mp.setenv("ACCELERATE_USE_DEEPSPEED", "true"),
+    ),
+    Case(
+        "FSDP1 on CPU",
+        lambda t: SFT,
+        "FSDP1 cannot run on CPU",
+        patch=lambda mp: mp.setenv("ACCELERATE_USE_FSDP", "true"),
+    ),
+    Case(
+        "merged LoRA save under FSDP",
+        lambda t: [*SFT, "sft.save_merged=true"],
+        "sft.save_merged=true is not supported under FSDP",
+        patch=lambda mp: (mp.setenv("ACCELERATE_USE_FSDP", "true"), mp.setenv("FSDP_VERSION", "2")),
+    ),
     # --- moved run folders
     Case(
         "stage moved without the stage it was trained on",

@@ -33,7 +33,8 @@ YAML_CLASSES = {
     "rloo": PPOConfig,
     "reinforce_pp": PPOConfig,
 }
-SHIPPED = sorted(REPO.glob("configs/**/*.yaml"))
+# configs/accelerate/ holds launcher configs, not stage configs (test_accelerate_configs_load).
+SHIPPED = sorted(p for p in REPO.glob("configs/**/*.yaml") if p.parent.name != "accelerate")
 
 
 def recipe_kind(path: Path) -> str:
@@ -359,3 +360,17 @@ def test_a_resolved_config_with_every_key_loads_back(cls, tmp_path):
     cfg = load_config(cls, None, ["train.seed=3", "model.lora=false", "train.lr=1e-3"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(cls, tmp_path / "config.yaml") == cfg
+
+
+def test_accelerate_configs_load_with_accelerates_own_reader():
+    # configs/accelerate/*.yaml are what `accelerate launch --config_file` reads (docs/scaling.md).
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        kinds[path.stem] = str(config.distributed_type).split(".")[-1]
+        assert config.mixed_precision == "no", "precision is the stage config's train.mixed_precision"
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
+    fsdp = load_config_from_file(str(REPO / "configs" / "accelerate" / "fsdp.yaml"))
+    assert fsdp.fsdp_config["fsdp_version"] == 2

@@ -139,6 +139,12 @@ class TrainConfig:
     """Checkpoints kept in checkpoints/ (oldest deleted first); 0 keeps every one."""
     threads: int | None = at_least(None, 1)
     """torch intra-op threads; None leaves torch's default."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """`bf16`: forwards under bfloat16 autocast (accelerate), weights and optimizer states in float32.
+    The launcher's --mixed_precision must agree (docs/scaling.md)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: less memory, about a
+    third more compute (docs/scaling.md's memory model)."""
     max_nonfinite_steps: int = at_least(5, 1)
     """Optimizer steps in a row whose loss or gradient norm is NaN/inf that are skipped (counted as
     train/skipped_steps) before the run stops with an error; the weights stay at the last good step."""

@@ -26,8 +26,8 @@ def stage_command(
     return [*launcher, "-m", "rlhfkit.cli", stage, *config_args, f"run.dir={run_dir}", *args]
 
 
-def run_ok(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+def run_ok(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

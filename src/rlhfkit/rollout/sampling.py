@@ -53,6 +53,10 @@ def generate(
                 do_sample=not greedy,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
+                # transformers syncs every step across processes when it sees FSDP; a caller that
+                # samples from a sharded model gathers its weights first (trainers/sharding.py), and
+                # then one process may generate alone.
+                synced_gpus=False,
                 **sampling,
             )
             for row in out[:, input_ids.shape[1] :].tolist():

@@ -20,6 +20,7 @@ from rlhfkit.run.checkpoint import (
 )
 from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import check_finite_weights
+from rlhfkit.trainers.sharding import full_optimizer_state, full_tensor, like, load_optimizer_state
 
 
 def save_training_state(
@@ -36,6 +37,7 @@ def save_training_state(
         return
     state = trainable_state(ctx.accelerator.unwrap_model(model))
     check_finite_weights(state.items(), f"{ctx.guard.label} {step}", ctx.cfg.train.lr)
+    optimizer_state = full_optimizer_state(optimizer)  # whole tensors under FSDP: every process gathers
     if ctx.is_main:
         checkpoints = ctx.out / "checkpoints"
         trainer = {
@@ -49,7 +51,7 @@ def save_training_state(
             save_checkpoint(
                 checkpoints,
                 step,
-                {"model": state, "optimizer": optimizer.state_dict(), "trainer": trainer},
+                {"model": state, "optimizer": optimizer_state, "trainer": trainer},
                 keep_last=ctx.cfg.train.keep_last,
             )
         except OSError as e:
@@ -72,7 +74,7 @@ def restore_training_state(ctx: StageContext, model, optimizer, scheduler) -> tu
     step, parts = found
     try:
         load_trainable_state(ctx.accelerator.unwrap_model(model), parts["model"])
-        optimizer.load_state_dict(parts["optimizer"])
+        load_optimizer_state(optimizer, parts["optimizer"])
     except (ValueError, RuntimeError, KeyError) as e:
         raise RlhfkitError(
             f"{ctx.out}/checkpoints: checkpoint step-{step} does not fit this model "
@@ -122,7 +124,9 @@ def set_aside_checkpoints(ctx: StageContext, first_bad: int) -> str:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """Whole tensors, also of a sharded model (every process calls it then): a checkpoint does not
+    depend on how the run was sharded."""
+    return {name: full_tensor(p.detach()).clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -132,4 +136,4 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
         raise ValueError(f"checkpoint has parameters this model lacks, e.g. {missing[0]}")
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value)
+            params[name].copy_(like(params[name], value))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import DistributedType
 
 
 def reduce_sum(accelerator, tensor: torch.Tensor) -> torch.Tensor:
@@ -55,8 +56,9 @@ class Shard:
 
 
 def check_replicas_agree(accelerator, net: torch.nn.Module, stage: str) -> None:
-    """Every process must end with the same weights (DDP keeps them equal); fail loudly if not."""
-    if accelerator.num_processes == 1:
+    """Every process must end with the same weights (DDP keeps them equal); fail loudly if not. Under
+    FSDP each process holds its own shard: there are no replicas to compare."""
+    if accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP:
         return
     total = sum(p.detach().double().abs().sum() for p in net.parameters() if p.requires_grad)
     totals = gather_rows(accelerator, total.view(1))

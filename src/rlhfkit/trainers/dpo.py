@@ -47,6 +47,7 @@ from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
 from rlhfkit.trainers.ppo import held_out_gold
 from rlhfkit.trainers.rm import load_pair_data
+from rlhfkit.trainers.sharding import full_weights
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 REFERENCE_TABLE = "reference_logps.safetensors"
@@ -312,8 +313,12 @@ class DPOEvals:
         self.first_gold = json.loads(first.read_text()) if ctx.resume and first.is_file() else None
 
     def pairs(self, step: int) -> None:
-        if not self.ctx.is_main:
-            return
+        """Rank 0 evaluates; every process enters full_weights (it gathers a sharded policy)."""
+        with full_weights(self.ctx.accelerator, self.s.model):
+            if self.ctx.is_main:
+                self.pairs_on_main(step)
+
+    def pairs_on_main(self, step: int) -> None:
         s, average = self.s, self.cfg.dpo.loss == "simpo"
         logps = all_pair_logps(
             s.policy, s.held_out, s.tokenizer.pad_token_id, self.cfg.train.batch_size, average
@@ -331,8 +336,13 @@ class DPOEvals:
         s.model.train()
 
     def sampled(self, step: int) -> None:
-        if not self.ctx.is_main or not self.prompts:
+        if not self.prompts:
             return
+        with full_weights(self.ctx.accelerator, self.s.model):
+            if self.ctx.is_main:
+                self.sampled_on_main(step)
+
+    def sampled_on_main(self, step: int) -> None:
         s = self.s
         gold, stats = sampled_evals(s.policy, s.frozen, s.tokenizer, self.rows, self.prompts, self.cfg)
         if gold is not None:

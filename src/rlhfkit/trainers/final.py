@@ -16,6 +16,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.load import BASE_RECORD, base_reference
 from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import check_finite_weights
+from rlhfkit.trainers.sharding import full_state_dict, is_sharded
 
 
 def save_final(
@@ -30,8 +31,13 @@ def save_final(
     `extra_models` {name: (model, tokenizer)} become from_pretrained() folders final/<name>/."""
     final = ctx.out / "final"
     unwrapped = ctx.accelerator.unwrap_model(model)
+    # A sharded model is gathered into whole tensors on every process (a collective), then saved.
+    sharded = is_sharded(ctx.accelerator)
+    states = {name: full_state_dict(m) for name, (m, _) in (extra_models or {}).items()} if sharded else {}
+    states[""] = full_state_dict(unwrapped) if sharded else None
     with torch.no_grad():
-        check_finite_weights(unwrapped.named_parameters(), f"{ctx.stage} final/", ctx.cfg.train.lr)
+        named = states[""].items() if sharded else unwrapped.named_parameters()
+        check_finite_weights(named, f"{ctx.stage} final/", ctx.cfg.train.lr)
     if ctx.is_main:
         try:
             _write_final(
@@ -42,6 +48,7 @@ def save_final(
                 extra_files,
                 extra_models,
                 _adapter_base(ctx.cfg, final),
+                states,
             )
         except OSError as e:
             raise RlhfkitError(
@@ -72,9 +79,13 @@ def _write_final(
     extra_files: dict | None,
     extra_models: dict | None = None,
     adapter_base: tuple[str, dict] | None = None,
+    states: dict | None = None,
 ) -> None:
+    """`states`: whole state dicts of a sharded run by model ("" = the trained one); None saves each
+    model's own."""
+    states = states or {}
     with atomic_dir(final) as tmp:
-        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=states.get(""))
         adapter_config = tmp / "adapter_config.json"
         if adapter_base is not None and adapter_config.is_file():
             peft_base, record = adapter_base
@@ -87,7 +98,7 @@ def _write_final(
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         for name, (extra_model, extra_tokenizer) in (extra_models or {}).items():
-            extra_model.save_pretrained(tmp / name, safe_serialization=True)
+            extra_model.save_pretrained(tmp / name, safe_serialization=True, state_dict=states.get(name))
             extra_tokenizer.save_pretrained(tmp / name)
         if save_merged and hasattr(unwrapped, "merge_and_unload"):
             merged = copy.deepcopy(unwrapped).merge_and_unload()

@@ -12,6 +12,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.trainers.checkpoints import restore_training_state
 from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import guarded_step
+from rlhfkit.trainers.sharding import use_gradient_checkpointing
 
 
 def prepare_training(
@@ -26,6 +27,7 @@ def prepare_training(
             f"{n_examples} training examples cannot fill one global batch of {global_batch} "
             "(train.batch_size x train.grad_accum x processes)"
         )
+    use_gradient_checkpointing(model, t.gradient_checkpointing)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, head, head_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.max_steps))
     model, optimizer = ctx.accelerator.prepare(model, optimizer)

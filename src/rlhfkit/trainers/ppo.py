@@ -56,7 +56,8 @@ from rlhfkit.ops import (
     response_scores,
 )
 from rlhfkit.rewards import is_function_reward, load_reward, reward_normalisation, same_tokenizer
-from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, sample_prompts, score
+from rlhfkit.rollout.backend import InProcessSampler, RolloutBackend
+from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, score
 from rlhfkit.run import metrics as M
 from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import restore_training_state, save_training_state
@@ -65,6 +66,7 @@ from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.guard import guarded_step
 from rlhfkit.trainers.optim import build_optimizer
+from rlhfkit.trainers.sharding import full_state_dict, full_weights, use_gradient_checkpointing
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
@@ -254,6 +256,8 @@ class PPOSetup:
     """First iteration to run (> 0 after --resume)."""
     resumed: dict
     """The checkpoint's loop state (KL coefficient, gold baseline, health history); {} when fresh."""
+    sampler: RolloutBackend
+    """Samples the rollouts (the policy itself in process; rollout/backend.py)."""
 
 
 def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
@@ -294,8 +298,10 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         net, cfg.train.lr, cfg.train.weight_decay, "critic." if critic else "value_head", critic_lr
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    use_gradient_checkpointing(policy, cfg.train.gradient_checkpointing)
     model, optimizer = ctx.accelerator.prepare(net, optimizer)
     start, extras = restore_training_state(ctx, model, optimizer, scheduler) if resume else (0, {})
+    sampler = InProcessSampler(net.policy, tokenizer, r, lambda: full_weights(ctx.accelerator, model))
     return PPOSetup(
         net,
         model,
@@ -311,6 +317,7 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         critic_tokenizer,
         start,
         extras,
+        sampler,
     )
 
 
@@ -332,7 +339,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         # 1. rollout: G rows per prompt; prompts and each row's sampling noise are pure functions of (seed,
         # iteration, global row), so resume needs no data state and N processes x b sample what 1 x N*b does.
         prompts, noise = rollout_prompts(s.prompts, cfg, iteration, shard)
-        rollout = make_rollout(s.net, s.tokenizer, prompts, noise, cfg)
+        s.sampler.load_weights(s.net.policy)  # the generation backend's seam (rollout/backend.py)
+        rollout = s.sampler.sample(prompts, noise)
         # 2. score: old log-probs (+ values with a critic), reference log-probs, reward
         old, ref = score_rollout(s, rollout, cfg)
         raw_scores, scores = reward_scores(s, prompts, rollout, p)
@@ -469,14 +477,17 @@ class HeldOutGold:
 
     def baseline(self) -> dict[str, float]:
         """The step-0 eval (logged at step 0); {} when there is none or it was restored."""
-        if not self.enabled or self.tracker.first is not None:
-            return {}
-        stats = self.measure()
-        self.ctx.logger.log(0, stats)
+        stats = self.at(due=self.tracker.first is None)
+        if stats:
+            self.ctx.logger.log(0, stats)
         return stats
 
     def at(self, due: bool) -> dict[str, float]:
-        return self.measure() if self.enabled and due else {}
+        """Rank 0 measures; every process enters full_weights (it gathers a sharded policy)."""
+        if not (due and self.s.eval_rows):
+            return {}
+        with full_weights(self.ctx.accelerator, self.s.model):
+            return self.measure() if self.enabled else {}
 
     def measure(self) -> dict[str, float]:
         samples = held_out_gold(
@@ -528,26 +539,10 @@ def save_ppo_final(ctx: StageContext, s: PPOSetup):
     if s.net.critic is None and s.net.value_head is None:
         return save_final(ctx, s.net.policy, s.tokenizer)
     if s.net.critic is None:
-        value_head = save({k: v.contiguous() for k, v in s.net.value_head.state_dict().items()})
+        value_head = save({k: v.contiguous() for k, v in full_state_dict(s.net.value_head).items()})
         return save_final(ctx, s.net.policy, s.tokenizer, extra_files={"value_head.safetensors": value_head})
     return save_final(
         ctx, s.net.policy, s.tokenizer, extra_models={"critic": (s.net.critic, s.critic_tokenizer)}
-    )
-
-
-def make_rollout(
-    model: PolicyWithValue, tokenizer, prompts: list[str], noise: torch.Tensor, cfg: PPOConfig
-) -> Rollout:
-    r = cfg.rollout
-    return sample_prompts(
-        model.policy,
-        tokenizer,
-        prompts,
-        r.max_new_tokens,
-        r.temperature,
-        top_k=r.top_k,
-        repetition_penalty=r.repetition_penalty,
-        noise=noise,
     )
 
 

@@ -31,6 +31,7 @@ from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
+from rlhfkit.trainers.sharding import full_weights
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
@@ -133,15 +134,18 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
     lengths = tuple(max(len(c), len(r)) for c, r in zip(train.chosen_ids, train.rejected_ids))
 
     def log_eval(step: int) -> None:
-        metrics, table = rm_metrics(
-            acc.unwrap_model(model), held_out, eval_pairs, tokenizer.pad_token_id, t.batch_size
-        )
+        """Rank 0 evaluates; every process enters full_weights (it gathers a sharded model)."""
+        with full_weights(acc, model):
+            if not ctx.is_main:
+                return
+            metrics, table = rm_metrics(
+                acc.unwrap_model(model), held_out, eval_pairs, tokenizer.pad_token_id, t.batch_size
+            )
         ctx.logger.log(step, metrics)
-        if ctx.is_main:
-            with open(ctx.out / "calibration.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "bins": table}) + "\n")
+        with open(ctx.out / "calibration.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "bins": table}) + "\n")
 
-    if start_step == 0 and ctx.is_main:
+    if start_step == 0:
         log_eval(0)
     bar = progress_bar(t.max_steps, start_step, "rm", ctx.is_main and cfg.run.progress)
     for step in range(start_step, t.max_steps):
@@ -179,7 +183,7 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
                     M.SKIPPED_STEPS: ctx.guard.skipped,
                 },
             )
-        if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
+        if done % t.eval_every == 0 or done == t.max_steps:
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:
             save_training_state(ctx, done, model, optimizer, scheduler)

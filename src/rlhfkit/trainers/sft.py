@@ -22,6 +22,7 @@ from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
+from rlhfkit.trainers.sharding import full_weights
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
@@ -102,14 +103,17 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
     lengths = tuple(len(ids) for ids in train.input_ids)
 
     def log_eval(step: int) -> None:
-        metrics, samples = evaluate_sft(acc.unwrap_model(model), tokenizer, cfg, held_out, eval_rows)
+        """Rank 0 evaluates; every process enters full_weights (it gathers a sharded model)."""
+        with full_weights(acc, model):
+            if not ctx.is_main:
+                return
+            metrics, samples = evaluate_sft(acc.unwrap_model(model), tokenizer, cfg, held_out, eval_rows)
         ctx.logger.log(step, metrics)
-        if ctx.is_main and samples:
-            with open(ctx.out / "samples.jsonl", "a", encoding="utf-8") as f:
-                for sample in samples:
-                    f.write(json.dumps({"step": step, **sample}) + "\n")
+        with open(ctx.out / "samples.jsonl", "a", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **sample}) + "\n")
 
-    if start_step == 0 and ctx.is_main:
+    if start_step == 0:
         log_eval(0)
     bar = progress_bar(t.max_steps, start_step, "sft", ctx.is_main and cfg.run.progress)
     for step in range(start_step, t.max_steps):
@@ -147,7 +151,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
                     M.SKIPPED_STEPS: ctx.guard.skipped,
                 },
             )
-        if ctx.is_main and (done % t.eval_every == 0 or done == t.max_steps):
+        if done % t.eval_every == 0 or done == t.max_steps:
             log_eval(done)
         if done % t.save_every == 0 and done < t.max_steps:
             save_training_state(ctx, done, model, optimizer, scheduler)

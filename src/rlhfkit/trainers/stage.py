@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 from rlhfkit.run.folder import check_stage_dir
 from rlhfkit.run.logger import read_metrics
 from rlhfkit.trainers.checkpoints import set_aside_checkpoints
 from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.guard import NonFiniteGuard
+from rlhfkit.trainers.sharding import make_accelerator
 
 
 @dataclass
@@ -44,7 +44,7 @@ def start_stage(cfg, stage: str, resume: bool, overwrite: bool) -> StageContext:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg)
     out = check_stage_dir(cfg, stage, resume=resume, overwrite=overwrite)
     guard = NonFiniteGuard(
         cfg.train.max_nonfinite_steps, "ppo iteration" if stage == "ppo" else f"{stage} step"
