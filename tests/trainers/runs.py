@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from rlhfkit.cli import main
@@ -179,6 +181,18 @@ def kill_mid_checkpoint_and_at_random_then_resume(
     assert not leftovers, f"temp folders left behind: {leftovers}"
 
 
+@contextmanager
+def one_thread():
+    """One torch thread in process, as the subprocesses run (ENV: OMP_NUM_THREADS=1): the same kernels,
+    and no 2-thread OpenMP runtime spinning against other work on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def two_process_args(
     run_dir: Path,
     stage: str,
@@ -219,7 +233,8 @@ def two_processes_equal_one(
     `two_process_dir` says where an earlier launch ran these very arguments (`two_process_args`; the
     conftest fixture `two_process_runs`). Returns the 2-process launch's stdout ("" if not launched here)."""
     one_args = cli_args(stage, config, tmp_path, *args, "run.name=one", *(f"{k}={batch}" for k in batch_keys))
-    assert main(one_args) == 0
+    with one_thread():
+        assert main(one_args) == 0
     stdout = ""
     if two_process_dir is None:
         stdout = torchrun_commands([two_process_args(tmp_path, stage, config, args, batch, batch_keys)])
