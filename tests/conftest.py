@@ -66,3 +66,29 @@ def tiny_rm_dir(tiny_sft_dir, tmp_path_factory) -> Path:
         ],
     )
     return train_rm(cfg).dir
+
+
+@pytest.fixture(scope="session")
+def straight_runs(tmp_path_factory):
+    """Uninterrupted subprocess runs kept for the session (tests/trainers/runs.py: StraightRuns): the
+    SIGKILL-and-resume tests of test_kill_resume.py and the `*_sigkill_after_checkpoint_*` tests of
+    test_sft.py, test_rm.py and test_ppo.py train the same commands, and each stage's command runs straight
+    once for both."""
+    from tests.trainers.runs import StraightRuns
+
+    return StraightRuns(tmp_path_factory.mktemp("straight-runs"))
+
+
+@pytest.fixture(scope="session")
+def two_process_runs(tmp_path_factory, tiny_dir, tiny_sft_dir) -> Path:
+    """The 2-process halves of the DDP tests of test_sft.py, test_rm.py and test_dpo.py (each module's
+    `DDP`/`ddp(sft)` arguments), run one after the other by ONE torchrun (tests/trainers/run_commands.py),
+    so the launcher's and two workers' start-up and imports are paid once, not once per stage. Each test
+    runs its 1-process half itself and compares it with <returned dir>/two/<stage>."""
+    from tests.trainers import test_dpo, test_rm, test_sft
+    from tests.trainers.runs import torchrun_commands, two_process_args
+
+    run_dir = tmp_path_factory.mktemp("two-process-runs")
+    cases = [test_sft.DDP, test_rm.DDP, test_dpo.ddp(tiny_sft_dir)]
+    torchrun_commands([two_process_args(run_dir, **case) for case in cases])
+    return run_dir

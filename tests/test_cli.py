@@ -156,7 +156,16 @@ def test_eval_sampled_comparison_with_reference_reward_and_best_of_n(tmp_path, c
         "2",
         "4",
     ]
-    assert (
-        main(["eval", "--model", "tiny", "--reference", "nope", "--reward", "rlhfkit.tasks:gold_scores"]) == 2
-    )
+    # The check runs after the greedy table: 1 row and 1 token keep that part short.
+    refused = [
+        "--reference",
+        "nope",
+        "--reward",
+        "rlhfkit.tasks:gold_scores",
+        "--n",
+        "1",
+        "--max-new-tokens",
+        "1",
+    ]
+    assert main(["eval", "--model", "tiny", *refused]) == 2
     assert "--reference nope must be one of the --model values" in capsys.readouterr().err

@@ -138,11 +138,10 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path, t
     )
 
 
-@pytest.mark.slow
-def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir):
-    # The live adapter-off reference and the held-out evals (rank 0 alone) included.
+def ddp(sft: Path) -> dict:
+    """The DDP test's run; its 2-process half runs in conftest's shared torchrun (`two_process_runs`)."""
     args = [
-        f"model.name={tiny_sft_dir}",
+        f"model.name={sft}",
         *QUICK,
         "train.grad_accum=1",
         "train.max_steps=3",
@@ -150,8 +149,18 @@ def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_sft
         "train.eval_every=2",
         "dpo.eval_prompts=0",
     ]
+    return dict(stage="dpo", config="", args=args, batch=6)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_sft_dir, two_process_runs):
+    # The live adapter-off reference and the held-out evals (rank 0 alone) included.
     two_processes_equal_one(
-        tmp_path, "dpo", "", args, batch=6, weights="adapter_model.safetensors", metric=M.DPO_LOSS
+        tmp_path,
+        **ddp(tiny_sft_dir),
+        weights="adapter_model.safetensors",
+        metric=M.DPO_LOSS,
+        two_process_dir=two_process_runs,
     )
 
 

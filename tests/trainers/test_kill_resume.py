@@ -1,5 +1,7 @@
 """SIGKILL every stage in the middle of writing a checkpoint and again at a random moment; the
-resumed run ends with the weights and metrics of an uninterrupted one (tests/trainers/runs.py)."""
+resumed run ends with the weights and metrics of an uninterrupted one (tests/trainers/runs.py). Each
+stage's uninterrupted run is the one its test_<stage>.py SIGKILL test compares against (the session
+fixture `straight_runs`): the same command, run straight once."""
 
 import pytest
 
@@ -8,44 +10,40 @@ from tests.trainers.runs import kill_mid_checkpoint_and_at_random_then_resume
 
 
 @pytest.mark.slow
-def test_sft_killed_mid_checkpoint_and_at_random(tmp_path, tiny_dir):
+def test_sft_killed_mid_checkpoint_and_at_random(tmp_path, tiny_dir, straight_runs):
     kill_mid_checkpoint_and_at_random_then_resume(
         tmp_path,
         "sft",
         test_sft.TINY,
-        [*test_sft.QUICK, "train.max_steps=24", "train.save_every=8"],
+        test_sft.KILL_ARGS,
         stall_step=16,
         weights="model.safetensors",
         seed=1,
+        straight_runs=straight_runs,
     )
 
 
 @pytest.mark.slow
-def test_rm_killed_mid_checkpoint_and_at_random(tmp_path, tiny_dir):
+def test_rm_killed_mid_checkpoint_and_at_random(tmp_path, tiny_dir, straight_runs):
     kill_mid_checkpoint_and_at_random_then_resume(
         tmp_path,
         "rm",
         "",
-        [
-            *test_rm.RM_ARGS,
-            "train.batch_size=2",
-            "train.max_steps=12",
-            "train.save_every=4",
-            "model.lora=false",
-        ],
+        test_rm.KILL_ARGS,
         stall_step=8,
         weights="model.safetensors",
         seed=2,
+        straight_runs=straight_runs,
     )
 
 
 @pytest.mark.slow
-def test_ppo_killed_mid_checkpoint_and_at_random(tmp_path, tiny_sft_dir):
+def test_ppo_killed_mid_checkpoint_and_at_random(tmp_path, tiny_sft_dir, straight_runs):
     kill_mid_checkpoint_and_at_random_then_resume(
         tmp_path,
         "ppo",
         test_ppo.TINY,
-        [
+        [  # the arguments of test_ppo.py's SIGKILL test: the same straight run
             f"model.name={tiny_sft_dir}",
             *test_ppo.QUICK,
             "ppo.iterations=6",
@@ -58,4 +56,5 @@ def test_ppo_killed_mid_checkpoint_and_at_random(tmp_path, tiny_sft_dir):
         weights="adapter_model.safetensors",
         metric="ppo/kl_coef",
         seed=3,
+        straight_runs=straight_runs,
     )

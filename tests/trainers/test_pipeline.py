@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -113,11 +114,23 @@ def test_win_rate_counts_ties_as_half():
         win_rate([1.0], [])
 
 
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory, tiny_dir) -> Path:
+    """The tiny pipeline with SMALL and METHODS (ppo, grpo, dpo), run once (in process) into <dir>/t.
+    Each test copies the folder:
+    test_tiny_pipeline_end_to_end_report_matches_metrics checks its report and reruns it,
+    test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo keeps its SFT, pairs and RM
+    and runs PPO again (with a kill)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    assert main(["pipeline", "--config", CONFIG, f"dir={out}", "name=t", *SMALL, *METHODS, *QUIET]) == 0
+    return out / "t"
+
+
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_dir):
+def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_pipeline):
     args = ["pipeline", "--config", CONFIG, f"dir={tmp_path}", "name=t", *SMALL, *METHODS, *QUIET]
-    assert main(args) == 0
     root = tmp_path / "t"
+    shutil.copytree(tiny_pipeline, root)
     report = (root / "report.md").read_text()
     # Every training number in the report is the first/last value in that stage's metrics.jsonl.
     metrics = {s: read_metrics(root / s / "metrics.jsonl") for s in ("sft", "rm", "ppo", "grpo", "dpo")}
@@ -211,7 +224,7 @@ def test_pipeline_typo_in_a_stage_key_fails_before_any_work(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp_path):
+def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp_path, tiny_pipeline):
     import signal
     import subprocess
     import time
@@ -221,6 +234,10 @@ def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp
     args = [f"dir={tmp_path}", "name=t", *SMALL, *QUIET, "ppo.ppo.iterations=6", "ppo.train.save_every=2"]
     cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", CONFIG, *args]
     root = tmp_path / "t"
+    # The finished SFT, pairs and RM of the shared run; PPO (and its evaluation) from scratch.
+    shutil.copytree(
+        tiny_pipeline, root, ignore=shutil.ignore_patterns("ppo", "report.md", "eval.json", "plots")
+    )
     checkpoint = root / "ppo" / "checkpoints" / "step-2"
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
@@ -229,21 +246,16 @@ def test_pipeline_killed_during_ppo_resumes_and_matches_an_uninterrupted_ppo(tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists() and not (root / "ppo" / "final").exists(), "killed too late"
+    # The same PPO stage run straight through from its resolved config, while the pipeline resumes
+    # (both single-threaded: 2 cores run them at once).
+    straight_cmd = [sys.executable, "-m", "rlhfkit.cli", "ppo", "--config", str(root / "ppo" / "config.yaml")]
+    with open(tmp_path / "straight.log", "w") as log:
+        straight = subprocess.Popen([*straight_cmd, "run.name=straight"], env=ENV, stdout=log, stderr=log)
     out = run_ok(cmd).stdout
     assert all(f"{s}: already complete, skipping" in out for s in ("sft", "prefs", "rm")) and "resumed" in out
     assert (root / "report.md").is_file()
-    # The resumed PPO equals the same PPO stage run straight through from its resolved config.
-    run_ok(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "ppo",
-            "--config",
-            str(root / "ppo" / "config.yaml"),
-            "run.name=straight",
-        ]
-    )
+    # The resumed PPO equals the straight one.
+    assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-3000:]
     assert_same_weights(
         tmp_path / "straight" / "ppo" / "final" / "model.safetensors",
         root / "ppo" / "final" / "model.safetensors",

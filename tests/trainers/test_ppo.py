@@ -112,7 +112,7 @@ def test_reward_function_errors_are_one_line(tmp_path, tiny_sft_dir):
 
 
 @pytest.mark.slow
-def test_ppo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
+def test_ppo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir, straight_runs):
     kill_after_checkpoint_then_resume(
         tmp_path,
         "ppo",
@@ -129,6 +129,7 @@ def test_ppo_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path,
         checkpoint_step=4,
         weights="adapter_model.safetensors",
         metric="ppo/kl_coef",
+        straight_runs=straight_runs,  # the straight run test_kill_resume.py's PPO test compares against
     )
 
 

@@ -126,25 +126,29 @@ RM_ARGS = [
 ]
 
 
+# The run both SIGKILL tests (this file's and test_kill_resume.py's) compare against, straight once.
+KILL_ARGS = [*RM_ARGS, "train.batch_size=2", "train.max_steps=12", "train.save_every=4", "model.lora=false"]
+
+
 @pytest.mark.slow
-def test_rm_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir):
+def test_rm_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir, straight_runs):
     kill_after_checkpoint_then_resume(
         tmp_path,
         "rm",
         "",
-        [*RM_ARGS, "train.batch_size=2", "train.max_steps=12", "train.save_every=4", "model.lora=false"],
+        KILL_ARGS,
         checkpoint_step=8,
         weights="model.safetensors",
+        straight_runs=straight_runs,
     )
+
+
+# The DDP test's run; its 2-process half runs in conftest's shared torchrun (`two_process_runs`).
+DDP = dict(
+    stage="rm", config="", args=[*RM_ARGS, "train.max_steps=3", "model.lora=true", "model.lora_r=4"], batch=4
+)
 
 
 @pytest.mark.slow
-def test_rm_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir):
-    two_processes_equal_one(
-        tmp_path,
-        "rm",
-        "",
-        [*RM_ARGS, "train.max_steps=3", "model.lora=true", "model.lora_r=4"],
-        batch=4,
-        weights="model.safetensors",
-    )
+def test_rm_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir, two_process_runs):
+    two_processes_equal_one(tmp_path, **DDP, weights="model.safetensors", two_process_dir=two_process_runs)

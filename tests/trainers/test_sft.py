@@ -81,27 +81,36 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path, tiny_dir):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+# The run both SIGKILL tests (this file's and test_kill_resume.py's) compare against, straight once.
+KILL_ARGS = [*QUICK, "train.max_steps=24", "train.save_every=8"]
+
+
 @pytest.mark.slow
-def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir):
+def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_dir, straight_runs):
     kill_after_checkpoint_then_resume(
         tmp_path,
         "sft",
         TINY,
-        [*QUICK, "train.max_steps=24", "train.save_every=8"],
+        KILL_ARGS,
         checkpoint_step=16,
         weights="model.safetensors",
+        straight_runs=straight_runs,
     )
 
 
+# The DDP test's run; its 2-process half runs in conftest's shared torchrun (`two_process_runs`).
+DDP = dict(
+    stage="sft",
+    config=TINY,
+    args=[*QUICK, "train.max_steps=4", "model.lora=true", "model.lora_r=4", "train.lr=1e-2"],
+    batch=8,
+)
+
+
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir):
+def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path, tiny_dir, two_process_runs):
     two_processes_equal_one(
-        tmp_path,
-        "sft",
-        TINY,
-        [*QUICK, "train.max_steps=4", "model.lora=true", "model.lora_r=4", "train.lr=1e-2"],
-        batch=8,
-        weights="adapter_model.safetensors",
+        tmp_path, **DDP, weights="adapter_model.safetensors", two_process_dir=two_process_runs
     )
 
 
