@@ -28,7 +28,7 @@ def test_repetition_penalty_at_sampling_scored_without_it_gives_negative_kl_and_
         rollout = sample(
             policy, query, query, 8, 0.8, eos_token_id=-1, pad_token_id=0, repetition_penalty=penalty
         )
-        new, ref = score(policy, rollout, 0.8), score(reference, rollout, 0.8)
+        new, ref = (score(m, rollout, 0.8, logit_rows=512) for m in (policy, reference))
         k1 = masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), rollout.response_mask, dim=-1).mean().item()
         exact = (
             masked_sum(kl_exact(new["logits"], ref["logits"], temperature=0.8), rollout.response_mask, dim=-1)

@@ -10,7 +10,7 @@ from rlhfkit.config import ModelConfig
 from rlhfkit.data.collate import left_pad
 from rlhfkit.evaluate.health import health_warnings
 from rlhfkit.models import load_causal_lm
-from rlhfkit.ops import kl_exact, kl_k1, masked_sum
+from rlhfkit.ops import entropy_from_logits, kl_exact, kl_k1, masked_sum
 from rlhfkit.rollout.ppo import Rollout, sample, score
 from rlhfkit.run import metrics as M
 
@@ -67,7 +67,8 @@ def test_score_equals_a_full_forward_sliced_to_the_response(tiny_sft_dir):
     rollout = sample(model, query_ids, query_mask, 12, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
     head = torch.nn.Linear(model.config.n_embd, 1)
     with torch.no_grad():
-        got = score(model, rollout, 0.7, with_values=True, value_head=head)
+        got = score(model, rollout, 0.7, with_values=True, value_head=head, entropy=True, logit_rows=2)
+        plain = score(model, rollout, 0.7)
         mask = rollout.attention_mask
         full = model(
             input_ids=rollout.input_ids,
@@ -78,8 +79,12 @@ def test_score_equals_a_full_forward_sliced_to_the_response(tiny_sft_dir):
         start = query_ids.shape[1] - 1
         logits = full.logits[:, start:-1]  # (B, R, V)
         want = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, rollout.response_ids[..., None]).squeeze(-1)
-    assert got["logits"].shape == logits.shape
-    assert torch.allclose(got["logits"], logits, atol=1e-5)
+    # The full logits of only the rows asked for (the exact KL's), the entropy of every row, and by
+    # default neither: a rollout does not keep B x R x V floats per pass (design §6.9).
+    assert got["logits"].shape == logits[:2].shape
+    assert torch.allclose(got["logits"], logits[:2], atol=1e-5)
+    assert torch.allclose(got["entropy"], entropy_from_logits(logits, 0.7), atol=1e-5)
+    assert set(plain) == {"logprobs"} and torch.equal(plain["logprobs"], got["logprobs"])
     assert torch.allclose(got["logprobs"], want, atol=1e-5)
     assert torch.allclose(got["values"], head(full.hidden_states[-1][:, start:-1]).squeeze(-1), atol=1e-6)
 
@@ -115,7 +120,7 @@ def test_top_k_sampling_scored_without_it_gives_negative_kl_and_the_health_warni
     history = []
     for top_k in (0, 3):
         rollout = sample(policy, query_ids, query_mask, 8, 1.0, eos_token_id=-1, pad_token_id=0, top_k=top_k)
-        new, ref = score(policy, rollout, 1.0), score(reference, rollout, 1.0)
+        new, ref = (score(m, rollout, 1.0, logit_rows=256) for m in (policy, reference))
         k1 = masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), rollout.response_mask, dim=-1).mean().item()
         exact = (
             masked_sum(kl_exact(new["logits"], ref["logits"]), rollout.response_mask, dim=-1).mean().item()

@@ -17,7 +17,7 @@ import torch
 from rlhfkit.data.collate import left_pad
 from rlhfkit.data.templates import encode_prompt
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.ops import logprobs_from_logits
+from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
 
 
 def _cache_name() -> str:
@@ -181,11 +181,21 @@ def critic_values(critic, rollout: Rollout, mean: float = 0.0, std: float = 1.0)
 
 
 def score(
-    model, rollout: Rollout, temperature: float, with_values: bool = False, value_head=None
+    model,
+    rollout: Rollout,
+    temperature: float,
+    with_values: bool = False,
+    value_head=None,
+    entropy: bool = False,
+    logit_rows: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Response log-probs (B, R) and logits (B, R, V) under `model` at temperature T; optionally values.
+    """Response log-probs (B, R) under `model` at temperature T; optionally values, the per-token
+    entropy (B, R) and the logits (rows, R, V) of the first `logit_rows` rows.
 
-    The same call serves the rollout (old/ref log-probs, no grad) and the update (with grad).
+    The same call serves the rollout (old/ref log-probs, no grad) and the update (with grad). The full
+    (B, R, V) logits are dropped here: the rollout needs only the entropy of every row and the logits
+    of the rows the exact KL reads (ppo.kl_exact_rows), so an iteration does not hold 2 x B x R x V
+    floats for the old and reference passes (design §6.9).
     """
     attention = rollout.attention_mask
     n_response = rollout.response_ids.shape[1]
@@ -206,7 +216,11 @@ def score(
     if with_values:
         hidden = out.hidden_states[-1][:, start:-1]  # (B, R, H): value of the state before each token
         result["values"] = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
-    result["logits"] = logits
+    if entropy:
+        result["entropy"] = entropy_from_logits(logits, temperature)
+    if logit_rows is not None:
+        # A copy, so the (B, R, V) tensor the slice would keep alive is freed with `out`.
+        result["logits"] = logits[:logit_rows].clone()
     return result
 
 

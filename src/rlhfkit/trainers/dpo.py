@@ -416,16 +416,15 @@ class SampleKL:
     @torch.no_grad()
     def __call__(self, rollout, start: int) -> None:
         p = self.p
-        new = score(self.policy, rollout, p.temperature)
-        with reference_model(self.policy, self.frozen) as ref_model:
-            ref = score(ref_model, rollout, p.temperature)
         mask = rollout.response_mask  # (b, R)
-        self.k1.append(masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), mask, dim=-1).double())  # (b,)
         rows = max(0, min(p.kl_exact_rows - start, mask.shape[0]))
+        # Full logits only of the rows the exact KL reads (score keeps no others).
+        new = score(self.policy, rollout, p.temperature, logit_rows=rows)
+        with reference_model(self.policy, self.frozen) as ref_model:
+            ref = score(ref_model, rollout, p.temperature, logit_rows=rows)
+        self.k1.append(masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), mask, dim=-1).double())  # (b,)
         if rows:
-            per_token = kl_exact(
-                new["logits"][:rows], ref["logits"][:rows], temperature=p.temperature
-            )  # (rows, R)
+            per_token = kl_exact(new["logits"], ref["logits"], temperature=p.temperature)  # (rows, R)
             self.exact.append(masked_sum(per_token, mask[:rows], dim=-1).double())
 
     def stats(self) -> dict[str, float]:

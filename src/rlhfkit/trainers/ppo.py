@@ -39,7 +39,6 @@ from rlhfkit.ops import (
     adaptive_kl_coef,
     aggregate_loss,
     aggregation_count,
-    entropy_from_logits,
     explained_variance,
     k1_exact_z,
     kl_exact,
@@ -95,10 +94,11 @@ class PolicyWithValue(torch.nn.Module):
             torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(
-        self, rollout: Rollout, temperature: float, ptx: dict | None = None
+        self, rollout: Rollout, temperature: float, ptx: dict | None = None, **diagnostics
     ) -> dict[str, torch.Tensor]:
-        """Response log-probs, logits and values; with `ptx` (an SFT batch) also its NLL. One call,
-        so that DDP sees one forward per backward."""
+        """Response log-probs and values; with `ptx` (an SFT batch) also its NLL; `diagnostics`
+        (`score`'s entropy, logit_rows) for the rollout's pass. One call, so that DDP sees one
+        forward per backward."""
         if self.critic is None:
             out = score(
                 self.policy,
@@ -106,9 +106,10 @@ class PolicyWithValue(torch.nn.Module):
                 temperature,
                 with_values=self.value_head is not None,
                 value_head=self.value_head,
+                **diagnostics,
             )
         else:
-            out = score(self.policy, rollout, temperature)
+            out = score(self.policy, rollout, temperature, **diagnostics)
             out["values"] = critic_values(self.critic, rollout, *self.critic_norm)
         if ptx is not None:
             logits = self.policy(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]).logits
@@ -358,7 +359,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
                 advantages, mask, stats_from=(shard.gather(advantages), shard.gather(mask))
             )
         # 5. clipped policy updates (+ value loss with a critic, + KL term with kl_in=loss) over minibatches
-        targets = {**old, "ref_logprobs": ref["logprobs"], "advantages": advantages, "returns": returns}
+        kept = {key: old[key] for key in ("logprobs", "values") if key in old}
+        targets = {**kept, "ref_logprobs": ref["logprobs"], "advantages": advantages, "returns": returns}
         update = ppo_update(ctx, s, shard, rollout, targets, cfg, iteration, kl_coef)
         # 6. diagnostics over the global batch, the KL controller, held-out gold
         stats = {**update, **diagnostics(shard, rollout, old, ref, raw_scores, rewards, returns, cfg)}
@@ -384,11 +386,14 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
 
 
 def score_rollout(s: PPOSetup, rollout: Rollout, cfg: PPOConfig) -> tuple[dict, dict]:
-    """(old, ref): the rollout scored by the policy (and its critic) and by the reference, no grad."""
+    """(old, ref): the rollout scored by the policy (and its critic) and by the reference, no grad.
+    Besides log-probs (and values) they keep only what the diagnostics read: the policy's per-token
+    entropy and both passes' logits on the ppo.kl_exact_rows rows of the exact KL (design §6.9)."""
+    rows, temperature = cfg.ppo.kl_exact_rows, cfg.rollout.temperature
     with torch.no_grad():
-        old = s.net(rollout, cfg.rollout.temperature)
+        old = s.net(rollout, temperature, entropy=True, logit_rows=rows)
         with reference_context(s.net, cfg.model.lora):
-            ref = score(s.reference or s.net.policy, rollout, cfg.rollout.temperature)
+            ref = score(s.reference or s.net.policy, rollout, temperature, logit_rows=rows)
     return old, ref
 
 
@@ -446,9 +451,7 @@ def diagnostics(
         .mean()
         .item(),
         M.PPO_KL_EXACT: exact_rows.mean().item(),
-        M.PPO_ENTROPY: masked_mean(
-            shard.gather(entropy_from_logits(old["logits"], temperature)), all_mask
-        ).item(),
+        M.PPO_ENTROPY: masked_mean(shard.gather(old["entropy"]), all_mask).item(),
         M.PPO_REWARD_RM: shard.gather(raw_scores).mean().item(),
         M.PPO_REWARD_TOTAL: masked_sum(shard.gather(rewards), all_mask, dim=-1).mean().item(),
         M.PPO_RESPONSE_LEN: all_mask.sum(-1).float().mean().item(),
