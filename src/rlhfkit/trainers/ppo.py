@@ -346,8 +346,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         old, ref = score_rollout(s, rollout, cfg)
         raw_scores, scores = reward_scores(s, prompts, rollout, p)
         # 3. per-token rewards: the score on the last token, minus kl_coef x k1 when the KL is in the reward
-        mask = rollout.response_mask
-        reward_kl = kl_coef if p.kl_in == "reward" else 0.0
+        mask, reward_kl = rollout.response_mask, (kl_coef if p.kl_in == "reward" else 0.0)
         rewards = kl_shaped_rewards(scores, old["logprobs"], ref["logprobs"], mask, reward_kl)
         # 4. advantages by the named estimator, whitened with the whole (all processes') batch's statistics
         estimator = ADVANTAGE_ESTIMATORS[p.advantage]
