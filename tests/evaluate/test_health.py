@@ -250,10 +250,10 @@ RECORDED_KL0_EVALS = [
 ]
 
 
-def test_reward_hacking_fires_on_the_real_tiny_run_without_a_kl_penalty():
-    """Issue #15 item 3: this run printed no warning before; gold's fall at iteration 100 is 2.7 paired
-    standard errors below its iteration-20 best while the RM's held-out reward rose by 10."""
-    history = []
+def recorded_kl0_records() -> list[tuple[int, dict]]:
+    """(step, record) of RECORDED_KL0_EVALS as the online loop logs its held-out evals (the standard
+    errors from the first paired eval on)."""
+    records = []
     for step, gold, reward, gain_se, reward_se, drop_se in RECORDED_KL0_EVALS:
         record = {M.GOLD_SCORE: gold, M.HELDOUT_REWARD_RM: reward}
         if gain_se is not None:
@@ -262,6 +262,15 @@ def test_reward_hacking_fires_on_the_real_tiny_run_without_a_kl_penalty():
                 M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
                 M.GOLD_DROP_STDERR: drop_se,
             }
+        records.append((step, record))
+    return records
+
+
+def test_reward_hacking_fires_on_the_real_tiny_run_without_a_kl_penalty():
+    """Issue #15 item 3: this run printed no warning before; gold's fall at iteration 100 is 2.7 paired
+    standard errors below its iteration-20 best while the RM's held-out reward rose by 10."""
+    history = []
+    for step, record in recorded_kl0_records():
         history.append(record)
         fired = [w for w in health_warnings(history, window=5) if w.startswith("reward-hacking")]
         assert bool(fired) == (step == 100), (step, fired)

@@ -9,7 +9,7 @@ from rlhfkit.evaluate.health import health_warnings
 from rlhfkit.evaluate.plots import plot_overoptimisation
 from rlhfkit.evaluate.report import overoptimisation_section
 from rlhfkit.run import metrics as M
-from tests.evaluate.test_health import RECORDED_KL0_EVALS
+from tests.evaluate.test_health import recorded_kl0_records
 
 # The run's KL at the peak (1.6) and the end (7.6) were recorded; between them an illustrative ramp.
 KL = {10: 0.7, 20: 1.6, 30: 2.3, 40: 3.0, 50: 3.8, 60: 4.5, 70: 5.3, 80: 6.0, 90: 6.8, 100: 7.6}
@@ -19,15 +19,9 @@ def recorded_rows(method: str) -> list[dict]:
     """metrics.jsonl records as the online loop logs them: evals with the iteration's KL under the
     method's prefix, and a health/warning record wherever the rules fire (they fire once, at 100)."""
     rows, history = [], []
-    for step, gold, reward, gain_se, reward_se, drop_se in RECORDED_KL0_EVALS:
-        record = {M.GOLD_SCORE: gold, M.HELDOUT_REWARD_RM: reward}
-        if gain_se is not None:
-            record |= {
-                M.GOLD_GAIN_STDERR: gain_se,
-                M.HELDOUT_REWARD_GAIN_STDERR: reward_se,
-                M.GOLD_DROP_STDERR: drop_se,
-                M.online(method)[M.PPO_KL_K1]: KL[step],
-            }
+    for step, record in recorded_kl0_records():
+        if step in KL:
+            record[M.online(method)[M.PPO_KL_K1]] = KL[step]
         history.append(record)
         rows.append({"step": step, **record})
         rows += [{"step": step, M.HEALTH_WARNING: w} for w in health_warnings(history, window=5)]
