@@ -331,8 +331,7 @@ def compare_policies(
         if name == reference and pool_draws:
             pool, samples = samples, take_draws(samples, draws[name], k)
         result.samples[name], result.draws[name] = samples, k
-        per_sample_refs = None if references is None else [r for r in references for _ in range(k)]
-        result.metrics[name] = summarise(samples, per_sample_refs)
+        result.metrics[name] = summarise(samples, per_sample(references, k))
     if reference is not None:
         add_comparisons(result, reference)
     if pool is not None and pool.gold is not None:
@@ -348,9 +347,10 @@ def compare_policies(
     return result
 
 
-def per_sample(rows: list[dict] | None, n: int) -> list[dict] | None:
-    """Each prompt's row once per draw (samples are row-major: prompt i's draws are rows i*n .. i*n+n-1)."""
-    return None if rows is None else [row for row in rows for _ in range(n)]
+def per_sample(items: list | None, n: int) -> list | None:
+    """Each prompt's item (its dataset row, its references) once per draw (samples are row-major:
+    prompt i's draws are rows i*n .. i*n+n-1)."""
+    return None if items is None else [item for item in items for _ in range(n)]
 
 
 def add_comparisons(result: EvalResult, reference: str) -> None:
