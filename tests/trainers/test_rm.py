@@ -1,14 +1,17 @@
 """Reward-model stage on the tiny model: rm-static fixture end to end, saved RM reloads, scoring."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 
 from rlhfkit.cli import main
 from rlhfkit.config import RMConfig, load_config
 from rlhfkit.data.preferences import collate_pairs
-from rlhfkit.models.reward import rewards_at_last_token
+from rlhfkit.models.load import BASE_RECORD
+from rlhfkit.models.reward import RM_ADAPTER, rewards_at_last_token
 from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.trainers.rm import train_rm
 from tests.trainers.runs import kill_after_checkpoint_then_resume, two_processes_equal_one
@@ -87,6 +90,18 @@ def test_saved_rm_loads_as_sequence_classifier_with_the_same_scores(tmp_path, ti
         # No row ends with the pad id here, so HF's pooling and our mask-end read agree.
         at_last = rewards_at_last_token(reloaded, batch["input_ids"], batch["attention_mask"])
     assert torch.allclose(scores, at_last, atol=1e-5)
+    # final/adapter/: the LoRA adapter and head on the base it names, for a policy on the same base
+    # (design §6.9): base + adapter scores as the merged RM does; without the adapter it would not.
+    adapter_dir = result.final / RM_ADAPTER
+    assert json.loads((adapter_dir / BASE_RECORD).read_text()) == {"base": "tiny", "tiny_seed": 0}
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=1, pad_token_id=0)
+    on_base = PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        shared = rewards_at_last_token(on_base, batch["input_ids"], batch["attention_mask"])
+        with on_base.disable_adapter():
+            trunk_only = rewards_at_last_token(on_base, batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(shared, at_last, atol=1e-5)
+    assert not torch.allclose(trunk_only, at_last, atol=1e-3)
 
 
 def test_rm_requires_a_data_source(tmp_path, capsys, tiny_dir):

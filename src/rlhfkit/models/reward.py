@@ -9,11 +9,23 @@ response's last real token is the pad id.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+from safetensors.torch import save_file
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.errors import ModelError
-from rlhfkit.models.load import LOAD_ERRORS, load_causal_lm, load_error, load_tokenizer, resolve_model_path
+from rlhfkit.models.load import (
+    BASE_RECORD,
+    LOAD_ERRORS,
+    load_causal_lm,
+    load_error,
+    load_tokenizer,
+    resolve_model_path,
+)
 from rlhfkit.models.lora import add_lora
 
 
@@ -25,13 +37,21 @@ def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
     config = causal.config
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForSequenceClassification.from_config(config, dtype=causal.dtype)
-    missing, unexpected = model.load_state_dict(causal.state_dict(), strict=False)
+    # Built on the meta device and given the causal LM's own tensors (assign=True): no second,
+    # randomly initialised copy of the model exists at any moment, so loading costs one model's memory.
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config, dtype=causal.dtype)
+    missing, unexpected = model.load_state_dict(causal.state_dict(), strict=False, assign=True)
     # Only the new head may be missing; only the LM head may be left over.
     if any("score" not in k and "classifier" not in k for k in missing):
         raise ValueError(f"reward model is missing trunk weights, e.g. {missing[0]}")
-    with torch.no_grad():
-        model.score.weight.zero_()  # start at reward 0 for every input: no arbitrary initial preference
+    head = model.score
+    # Zero init: reward 0 for every input, no arbitrary initial preference.
+    model.score = torch.nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=causal.dtype)
+    torch.nn.init.zeros_(model.score.weight)
+    if model.score.bias is not None:
+        torch.nn.init.zeros_(model.score.bias)
+    _fill_meta_buffers(model, causal)
     model.requires_grad_(True)
     if trainable and cfg.lora:
         model = add_lora(
@@ -40,6 +60,60 @@ def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
     elif not trainable:
         model.requires_grad_(False)
     return model, tokenizer
+
+
+def _fill_meta_buffers(model: torch.nn.Module, causal: torch.nn.Module) -> None:
+    """Buffers outside the state dict (rotary frequencies) are still on the meta device: take the causal
+    LM's, which sit at the same names under the shared trunk."""
+    source = dict(causal.named_buffers())
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            if name not in source:
+                raise ValueError(f"reward model buffer {name} has no counterpart in the causal LM")
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = source[name]
+
+
+RM_ADAPTER = "adapter"
+"""final/adapter/ of a LoRA rm stage: its adapter and head on the model it was trained on, besides the
+merged model in final/, so that a LoRA policy on the same base can score with this adapter on its own
+base instead of loading a second copy of it (design §6.9)."""
+
+
+@dataclass
+class SavedAdapter:
+    """A LoRA adapter with its scalar head as a peft SEQ_CLS adapter folder: `save_pretrained` writes
+    adapter_config.json, adapter_model.safetensors (LoRA weights + `score`) and BASE_RECORD, so
+    `PeftModel.from_pretrained(<base as a sequence classifier>, folder)` gives the reward model."""
+
+    weights: dict[str, torch.Tensor]
+    config: dict
+    record: dict
+
+    @classmethod
+    def of(cls, peft_model, base: tuple[str, dict], depth: int = 1) -> SavedAdapter:
+        """The active adapter of a peft sequence classifier; `base` is (peft's field, rlhfkit's
+        record) for final/ (models.load.base_reference), and the folder sits `depth` levels below it."""
+        from peft import get_peft_model_state_dict
+
+        name = peft_model.active_adapter
+        state = get_peft_model_state_dict(peft_model, adapter_name=name)
+        weights = {k: v.detach().clone() for k, v in state.items()}
+        config = peft_model.peft_config[name].to_dict()
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        peft_base, record = base
+        config["base_model_name_or_path"] = peft_base
+        # A record relative to final/ (a base in the same run folder) is one level further up from here.
+        if record["base"].startswith("."):
+            record = {**record, "base": str(Path(*[".."] * depth, record["base"]))}
+        return cls(weights, config, record)
+
+    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.weights.items()}, folder / "adapter_model.safetensors")
+        (folder / "adapter_config.json").write_text(json.dumps(self.config, indent=2))
+        (folder / BASE_RECORD).write_text(json.dumps(self.record, indent=1))
 
 
 def rewards_at_last_token(

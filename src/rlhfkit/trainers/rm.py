@@ -22,7 +22,8 @@ from rlhfkit.data.templates import render
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.rm import rm_metrics
 from rlhfkit.models import load_causal_lm
-from rlhfkit.models.reward import reward_model_from_causal_lm, rewards_at_last_token
+from rlhfkit.models.load import base_reference
+from rlhfkit.models.reward import RM_ADAPTER, SavedAdapter, reward_model_from_causal_lm, rewards_at_last_token
 from rlhfkit.ops import bradley_terry_loss
 from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.rollout import generate
@@ -189,11 +190,18 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
             save_training_state(ctx, done, model, optimizer, scheduler)
     bar.close()
 
-    # The saved RM is merged (no adapter), so AutoModelForSequenceClassification loads it as is.
+    # The saved RM is merged (no adapter), so AutoModelForSequenceClassification loads it as is; a LoRA
+    # RM also keeps its adapter and head in final/adapter/, for a policy on the same base (design §6.9).
     unwrapped = acc.unwrap_model(model)
-    merged = unwrapped.merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
+    adapter = None
+    if hasattr(unwrapped, "merge_and_unload"):
+        base = base_reference(cfg.model.name, cfg.model.tiny_seed, ctx.out / "final")
+        adapter = {RM_ADAPTER: (SavedAdapter.of(unwrapped, base), tokenizer)}
+    merged = unwrapped.merge_and_unload() if adapter else unwrapped
     stats = reward_stats(cfg, merged, tokenizer, train_pairs) if ctx.is_main else {}
-    final = save_final(ctx, merged, tokenizer, extra_files={REWARD_STATS: json.dumps(stats, indent=1)})
+    final = save_final(
+        ctx, merged, tokenizer, extra_files={REWARD_STATS: json.dumps(stats, indent=1)}, extra_models=adapter
+    )
     if ctx.is_main:
         ctx.logger.log(t.max_steps, {M.RM_REWARD_MEAN: stats["mean"], M.RM_REWARD_STD: stats["std"]})
     return finish(ctx, final)
