@@ -29,6 +29,16 @@ CASES = [
         ["5", "12", "I do not know.", "The answer is 10."],
     ),
     (
+        "Praise cats with as many different kind words as you can.",
+        ["Cats are wonderful, lovely, cheerful and bright.", "Cats are great and beautiful.", "I love cats."],
+        [
+            "Cats are not good and not nice.",
+            "Cats are lovely, lovely, lovely.",
+            "What a lovely, wonderful day.",
+            "I like cats.",
+        ],
+    ),
+    (
         "Describe the sea in at most 4 words.",
         ["The sea is blue.", "I like the sea.", "Sea"],
         ["It is very blue.", "The sea is big and blue and very deep.", ""],
@@ -118,7 +128,7 @@ def test_gold_scores_is_a_reward_plugin():
 @pytest.mark.parametrize("split", SPLITS)
 def test_every_reference_scores_well(split):
     # Catches a generator whose answers its own judge disagrees with.
-    for row in task_rows(split=split):
+    for row in task_rows(split=split) + task_rows("praise", split):
         prompt = render(row["instruction"])
         assert row["output"] in row["references"]
         for ref in row["references"]:
@@ -126,8 +136,29 @@ def test_every_reference_scores_well(split):
 
 
 def test_flawed_demonstrations_score_lower_on_average():
-    clean = task_rows(split="train", seed=3)
-    flawed = task_rows(split="train", seed=3, noise=1.0)
+    clean = task_rows("default,praise", split="train", seed=3)
+    flawed = task_rows("default,praise", split="train", seed=3, noise=1.0)
     assert [r["id"] for r in clean] == [r["id"] for r in flawed]
     worse = [gold_score(f["instruction"], f["output"]) < 1.0 for f in flawed]
     assert sum(worse) / len(worse) > 0.9
+
+
+def test_praise_counts_distinct_kind_words_in_a_positive_reading():
+    from rlhfkit.tasks.praise import kind_words
+
+    prompt = "Describe the sea in glowing terms."
+    assert kind_words("The sea is lovely, LOVELY and calm, I like it.") == {"lovely"}  # calm 1.3, like 1.5
+    ladder = [
+        "The sea.",
+        "The sea is nice.",
+        "The sea is nice and fun.",
+        "The sea is nice, fun and bright.",
+        "The sea is nice, fun, bright and lovely.",
+        "The sea is nice, fun, bright, lovely and great.",
+    ]
+    scores = [gold_score(prompt, r) for r in ladder]
+    assert scores == pytest.approx([-0.7, -0.2, 0.3, 0.8, 1.0, 1.0])  # +0.5 a word, full credit at 4
+    assert gold_score(prompt, "The sea is not nice, not fun, not bright and not lovely.") == pytest.approx(
+        -0.7
+    )
+    assert gold_score(prompt, "Nice, fun, bright and lovely.") == pytest.approx(0.7)  # topic unnamed: -0.6

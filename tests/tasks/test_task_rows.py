@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 import rlhfkit.tasks as tasks
-from rlhfkit.tasks import FAMILIES, SPLITS, corpus, parse_prompt, task_families, task_names, task_rows
+from rlhfkit.tasks import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    SPLITS,
+    corpus,
+    parse_prompt,
+    task_families,
+    task_names,
+    task_rows,
+)
 from rlhfkit.tasks.text import words
 
 FAMILY_NAMES = list(FAMILIES)
@@ -62,7 +71,7 @@ def test_n_rows_are_balanced_and_cycle_when_needed():
     rows = task_rows(n=503)
     counts = Counter(r["family"] for r in rows)
     assert len(rows) == 503 and max(counts.values()) - min(counts.values()) <= 1
-    assert [r["family"] for r in rows[:5]] == FAMILY_NAMES  # any prefix is balanced
+    assert [r["family"] for r in rows[:5]] == list(DEFAULT_FAMILIES)  # any prefix is balanced
     small = task_rows("list", "test", n=60)
     assert len(small) == 60 and len({r["id"] for r in small}) == 60
     assert any("~" in r["id"] for r in small)
@@ -78,7 +87,7 @@ def test_noise_swaps_some_outputs_for_flawed_ones():
 
 def test_task_names_and_comma_lists():
     assert task_names()[0] == "default" and set(FAMILY_NAMES) <= set(task_names())
-    assert task_families("default") == tuple(FAMILY_NAMES)
+    assert task_families("default") == DEFAULT_FAMILIES == tuple(f for f in FAMILY_NAMES if f != "praise")
     assert "arithmetic" not in task_families("no-arithmetic")
     assert task_families("repeat, sentiment") == ("sentiment", "repeat")
     assert {r["family"] for r in task_rows("sentiment,repeat", n=10)} == {"sentiment", "repeat"}

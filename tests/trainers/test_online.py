@@ -55,9 +55,10 @@ def online_cfg(tmp_path, sft_dir, *overrides, config=TINY):
     ],
 )
 def test_each_estimator_trains_end_to_end_with_a_critic_only_when_it_needs_one(
-    tmp_path, tiny_sft_dir, advantage, method
+    tmp_path, tiny_sft_dir, advantage, method, capsys
 ):
     result = train_ppo(online_cfg(tmp_path, tiny_sft_dir, f"ppo.advantage={advantage}"))
+    assert f"rlhfkit: {method} prompts:" in capsys.readouterr().out  # the method's own name, not "ppo"
     names = M.online(method)
     assert result.dir.name == method  # runs/<name>/<method>/
     records = [r for r in result.metrics if names[M.PPO_RATIO_FIRST] in r]

@@ -3,17 +3,19 @@
 A programmatic gold scorer stands in for the human (Gao et al. 2022, "Scaling Laws for Reward
 Model Overoptimization"): it writes SFT demonstrations, labels preference pairs noisily for the
 reward model, and measures PPO's true progress. Families (scoring in each module):
-`sentiment` (VADER), `repeat`, `list`, `arithmetic`, `length`. Depends on the standard library
+`sentiment` (VADER), `repeat`, `list`, `arithmetic`, `length` (the `default` mix), and `praise` (VADER's
+lexicon; the demo's family with headroom). Depends on the standard library
 and vaderSentiment only.
 """
 
-from .families import FAMILIES, parse_prompt
+from .families import DEFAULT_FAMILIES, FAMILIES, parse_prompt
 from .judge import gold_score, gold_scores
 from .labels import DEFAULT_TEMPERATURE, expected_agreement, noisy_label, preference_probability
 from .rows import SPLITS, TASK_NAMES, corpus, task_families, task_names, task_rows
 from .text import render
 
 __all__ = [
+    "DEFAULT_FAMILIES",
     "DEFAULT_TEMPERATURE",
     "FAMILIES",
     "SPLITS",

@@ -135,7 +135,8 @@ def load_prompts(cfg: PPOConfig, tokenizer, global_batch: int) -> tuple[list[str
     if is_builtin(d.eval_source or d.source):
         eval_rows = load_rows(d.eval_source or d.source, "test")[: cfg.ppo.eval_prompts]
     print(
-        f"rlhfkit: ppo prompts: {len(prompts)} distinct train prompts, {len(eval_rows)} held-out for "
+        f"rlhfkit: {METHOD_OF_ADVANTAGE[cfg.ppo.advantage]} prompts: {len(prompts)} distinct train prompts, "
+        f"{len(eval_rows)} held-out for "
         "the gold score",
         flush=True,
     )
