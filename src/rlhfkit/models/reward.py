@@ -108,10 +108,18 @@ class SavedAdapter:
             record = {**record, "base": str(Path(*[".."] * depth, record["base"]))}
         return cls(weights, config, record)
 
-    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.weights
+
+    def save_pretrained(
+        self, folder, safe_serialization: bool = True, state_dict: dict | None = None
+    ) -> None:
+        """As a model's save_pretrained (trainers/final.py saves extra models so); `state_dict`: the
+        weights as whole tensors when the run is sharded (sharding.full_state_dict of this object)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.weights.items()}, folder / "adapter_model.safetensors")
+        weights = self.weights if state_dict is None else state_dict
+        save_file({k: v.contiguous() for k, v in weights.items()}, folder / "adapter_model.safetensors")
         (folder / "adapter_config.json").write_text(json.dumps(self.config, indent=2))
         (folder / BASE_RECORD).write_text(json.dumps(self.record, indent=1))
 

@@ -189,10 +189,13 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
         if done % t.save_every == 0 and done < t.max_steps:
             save_training_state(ctx, done, model, optimizer, scheduler)
     bar.close()
+    return finish(ctx, save_rm_final(ctx, cfg, acc.unwrap_model(model), tokenizer, train_pairs))
 
-    # The saved RM is merged (no adapter), so AutoModelForSequenceClassification loads it as is; a LoRA
-    # RM also keeps its adapter and head in final/adapter/, for a policy on the same base (design §6.9).
-    unwrapped = acc.unwrap_model(model)
+
+def save_rm_final(ctx, cfg: RMConfig, unwrapped, tokenizer, train_pairs: list[dict]):
+    """final/: the RM merged (no adapter), so AutoModelForSequenceClassification loads it as is, with
+    its reward_stats.json; a LoRA RM also keeps its adapter and head in final/adapter/, for a policy on
+    the same base (design §6.9)."""
     adapter = None
     if hasattr(unwrapped, "merge_and_unload"):
         base = base_reference(cfg.model.name, cfg.model.tiny_seed, ctx.out / "final")
@@ -203,5 +206,5 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
         ctx, merged, tokenizer, extra_files={REWARD_STATS: json.dumps(stats, indent=1)}, extra_models=adapter
     )
     if ctx.is_main:
-        ctx.logger.log(t.max_steps, {M.RM_REWARD_MEAN: stats["mean"], M.RM_REWARD_STD: stats["std"]})
-    return finish(ctx, final)
+        ctx.logger.log(cfg.train.max_steps, {M.RM_REWARD_MEAN: stats["mean"], M.RM_REWARD_STD: stats["std"]})
+    return final
