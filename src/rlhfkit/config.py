@@ -388,6 +388,10 @@ class PPOSection:
     final/critic/."""
     critic_lr: float | None = at_least(None, 0)
     """Learning rate of the value head or critic (its own optimizer group); None uses train.lr."""
+    shared_base: bool = True
+    """A LoRA policy scores with a LoRA rm stage trained on its own base as a second adapter on the
+    policy's base weights (and `critic=reward_model` trains a third), so the base is held once
+    (design §6.9); any other RM is loaded merged. false: always load the RM merged."""
     ptx_coef: float = at_least(0.0, 0)
     """PPO-ptx (Ouyang et al. 2022, eq. 2): weight of the SFT next-token loss mixed into every
     minibatch loss, to keep the policy's SFT skills; 0 turns it off."""

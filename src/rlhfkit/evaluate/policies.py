@@ -20,6 +20,7 @@ from rlhfkit.errors import ModelError
 from rlhfkit.evaluate.compare import EvalResult, EvalSettings, compare_policies, eval_sample_count
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.models import load_causal_lm
+from rlhfkit.models.shared import CRITIC_ADAPTER
 from rlhfkit.rewards import load_reward
 from rlhfkit.run.checkpoint import load_checkpoint
 from rlhfkit.run.progress import progress_bar
@@ -51,7 +52,8 @@ def load_checkpoint_policy(path: Path):
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key, value in state.items():
-            if key.startswith(("value_head.", "critic.")):
+            # The value head, a critic, or a critic adapter beside the policy's on its base (design §6.9).
+            if key.startswith(("value_head.", "critic.")) or f".{CRITIC_ADAPTER}." in key:
                 continue
             name = key.removeprefix("policy.")
             if name not in params:

@@ -134,7 +134,7 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
 def _tokenizer_location(location: str) -> str:
     path = Path(location)
     if (path / "adapter_config.json").is_file() and not _has_tokenizer(path):
-        return _adapter_base(path)
+        return adapter_base(path)
     return location
 
 
@@ -176,7 +176,7 @@ def base_reference(name: str, tiny_seed: int, adapter_dir: Path) -> tuple[str, d
     return here, {"base": str(local)}
 
 
-def _adapter_base(path: Path) -> str:
+def adapter_base(path: Path) -> str:
     """Where the base of the adapter in `path` is on this machine: from BASE_RECORD, else (an adapter
     rlhfkit did not write, or wrote before the record existed) from peft's base_model_name_or_path."""
     record_file = path / BASE_RECORD
@@ -208,7 +208,7 @@ def _load_merged_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base_path = _adapter_base(path)
+    base_path = adapter_base(path)
     # An adapter trained on a merged adapter (PPO on a LoRA SFT run) names that run: merge the chain.
     if (Path(base_path) / "adapter_config.json").is_file():
         base = _load_merged_adapter(Path(base_path), dtype, trust_remote_code)

@@ -101,8 +101,13 @@ class SavedAdapter:
         weights = {k: v.detach().clone() for k, v in state.items()}
         config = peft_model.peft_config[name].to_dict()
         config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        return cls.made(weights, config, base, depth)
+
+    @classmethod
+    def made(cls, weights: dict, config: dict, base: tuple[str, dict], depth: int = 1) -> SavedAdapter:
+        """From the adapter file's weights and config, naming `base` as `of` does."""
         peft_base, record = base
-        config["base_model_name_or_path"] = peft_base
+        config = {**config, "base_model_name_or_path": peft_base}
         # A record relative to final/ (a base in the same run folder) is one level further up from here.
         if record["base"].startswith("."):
             record = {**record, "base": str(Path(*[".."] * depth, record["base"]))}

@@ -17,8 +17,15 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.shared import AdapterHead
 from rlhfkit.rewards.function import RewardSample, python_reward
-from rlhfkit.rewards.model import REWARD_STATS, model_reward, reward_normalisation, same_tokenizer
+from rlhfkit.rewards.model import (
+    REWARD_STATS,
+    model_reward,
+    reward_normalisation,
+    same_tokenizer,
+    shareable_adapter,
+)
 
 __all__ = [
     "REWARD_STATS",
@@ -28,6 +35,7 @@ __all__ = [
     "load_reward",
     "reward_normalisation",
     "same_tokenizer",
+    "shareable_adapter",
 ]
 
 
@@ -37,15 +45,17 @@ def load_reward(
     policy_tokenizer=None,
     template: str = "human_assistant",
     extra: list[str] | tuple = (),
+    scorer: AdapterHead | None = None,
 ) -> Callable[..., torch.Tensor]:
     """`module:function` (rewards/function.py's two forms) or a reward-model folder (an rm stage's, or
     any local AutoModelForSequenceClassification folder), plus the `extra` rewards, each `spec` or
     `spec@weight`, added with their weights. `template` is the data.template the prompts are
-    rendered with; an rm stage's model must have been trained on it."""
+    rendered with; an rm stage's model must have been trained on it. `scorer`: `spec`'s RM as an
+    adapter on the policy's base (rewards.model.shareable_adapter); the extra rewards load their own."""
     if is_function_reward(spec):
         main = python_reward(spec)
     else:
-        main = model_reward(spec, normalize, policy_tokenizer, template)
+        main = model_reward(spec, normalize, policy_tokenizer, template, scorer)
     if not extra:
         return main
     terms = [(main, 1.0)]

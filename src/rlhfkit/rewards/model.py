@@ -11,10 +11,13 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.config import ModelConfig
 from rlhfkit.data.collate import right_pad
 from rlhfkit.data.templates import render
-from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.reward import load_reward_model, rewards_at_last_token
+from rlhfkit.errors import ModelError, RlhfkitError
+from rlhfkit.models.load import adapter_base, load_tokenizer, resolve_model_path
+from rlhfkit.models.reward import RM_ADAPTER, load_reward_model, rewards_at_last_token
+from rlhfkit.models.shared import AdapterHead, has_score_head
 
 REWARD_STATS = "reward_stats.json"
 
@@ -61,11 +64,49 @@ def check_template(folder: str, template: str) -> None:
         )
 
 
-def model_reward(folder: str, normalize: bool, policy_tokenizer, template: str = "human_assistant"):
+def shareable_adapter(folder: str, model: ModelConfig, policy_tokenizer) -> tuple[Path | None, str]:
+    """(the RM's adapter folder, "") when the reward-model folder can score as an adapter on the
+    policy's own base (design §6.9), else (None, why not): the policy is LoRA, the RM is a LoRA rm
+    stage (final/adapter/: LoRA on the trunk and a `score` head) trained on the very model the policy
+    loads as its base (`model.name`, the same tiny_seed), and its tokenizer is the policy's."""
+    final = Path(stats_path(folder)).parent
+    adapter = final / RM_ADAPTER
+    if not model.lora:
+        return None, "the policy is not LoRA"
+    if not (adapter / "adapter_config.json").is_file():
+        return None, f"{folder} has no {RM_ADAPTER}/ (not a LoRA rm stage)"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if (
+        config.get("peft_type") != "LORA"
+        or config.get("task_type") != "SEQ_CLS"
+        or not has_score_head(adapter)
+    ):
+        return None, f"{adapter} is not a LoRA sequence classifier with a `score` head"
+    try:
+        rm_base = Path(adapter_base(adapter)).resolve()
+    except ModelError as e:  # the base it names is gone: the merged RM in final/ needs none
+        return None, str(e)
+    policy_base = Path(resolve_model_path(model.name, model.tiny_seed)).resolve()
+    if rm_base != policy_base:
+        return None, f"the RM was trained on {rm_base}, the policy's base is {policy_base}"
+    if not same_tokenizer(load_tokenizer(str(final)), policy_tokenizer):
+        return None, "the RM's tokenizer is not the policy's"
+    return adapter, ""
+
+
+def model_reward(
+    folder: str,
+    normalize: bool,
+    policy_tokenizer,
+    template: str = "human_assistant",
+    scorer: AdapterHead | None = None,
+):
     """Scores of a reward-model folder, normalised with the stats the rm stage saved beside it;
-    `template` is the one the prompts were rendered with, which the text path joins responses by."""
+    `template` is the one the prompts were rendered with, which the text path joins responses by.
+    `scorer`: the folder's RM as an adapter on the policy's own base (models/shared.py), used instead
+    of loading it merged."""
     check_template(folder, template)
-    model, tokenizer = load_reward_model(folder)
+    model, tokenizer = load_reward_model(folder) if scorer is None else (scorer, policy_tokenizer)
     mean, std = reward_normalisation(folder, normalize)
     shares_ids = same_tokenizer(tokenizer, policy_tokenizer)
 

@@ -84,8 +84,12 @@ def _write_final(
     """`states`: whole state dicts of a sharded run by model ("" = the trained one); None saves each
     model's own."""
     states = states or {}
+    # A peft model with more adapters than the trained one (a LoRA policy holding its RM's, design §6.9)
+    # saves the trained (active) one alone: peft would write every other into a subfolder of final/.
+    peft_config = getattr(unwrapped, "peft_config", {})
+    only = {"selected_adapters": [unwrapped.active_adapter]} if len(peft_config) > 1 else {}
     with atomic_dir(final) as tmp:
-        unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=states.get(""))
+        unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=states.get(""), **only)
         adapter_config = tmp / "adapter_config.json"
         if adapter_base is not None and adapter_config.is_file():
             peft_base, record = adapter_base

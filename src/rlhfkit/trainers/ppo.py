@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import save
@@ -31,8 +32,15 @@ from rlhfkit.evaluate.compare import PolicySamples, add_scores, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.evaluate.health import HeldOutEvals, health_warnings, kl_check_stats
 from rlhfkit.models import load_causal_lm
-from rlhfkit.models.load import disable_dropout
+from rlhfkit.models.load import base_reference, disable_dropout
 from rlhfkit.models.reward import load_reward_model
+from rlhfkit.models.shared import (
+    CRITIC_ADAPTER,
+    REWARD_ADAPTER,
+    AdapterHead,
+    adapters_off,
+    add_scored_adapter,
+)
 from rlhfkit.ops import (
     ADVANTAGE_ESTIMATORS,
     NEEDS_VALUES,
@@ -54,7 +62,13 @@ from rlhfkit.ops import (
     ppo_value_loss,
     response_scores,
 )
-from rlhfkit.rewards import is_function_reward, load_reward, reward_normalisation, same_tokenizer
+from rlhfkit.rewards import (
+    is_function_reward,
+    load_reward,
+    reward_normalisation,
+    same_tokenizer,
+    shareable_adapter,
+)
 from rlhfkit.rollout.backend import InProcessSampler, RolloutBackend
 from rlhfkit.rollout.ppo import Rollout, critic_values, decode_responses, row_noise, score
 from rlhfkit.run import metrics as M
@@ -65,7 +79,7 @@ from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.guard import guarded_step
 from rlhfkit.trainers.optim import build_optimizer
-from rlhfkit.trainers.sharding import full_state_dict, full_weights, use_gradient_checkpointing
+from rlhfkit.trainers.sharding import full_state_dict, full_weights, is_sharded, use_gradient_checkpointing
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
@@ -160,6 +174,46 @@ def load_ptx_data(cfg: PPOConfig, tokenizer, world: int) -> TokenizedSFT | None:
     return data
 
 
+def load_reward_and_critic(cfg: PPOConfig, ctx: StageContext, policy, tokenizer) -> tuple:
+    """(reward function, critic or None, the critic's tokenizer, its (mean, std)). A LoRA rm stage
+    trained on the policy's own base runs as adapters on the policy's base weights (design §6.9): the
+    reward as a frozen adapter, a `ppo.critic=reward_model` critic as a trainable one initialised from
+    it. Any other RM is loaded merged, and so is such a critic (a trainable copy)."""
+    p = cfg.ppo
+    adapter = shared_reward_adapter(cfg, ctx, tokenizer)
+    scorer = add_scored_adapter(policy, REWARD_ADAPTER, adapter, trainable=False) if adapter else None
+    reward_fn = load_reward(
+        p.reward, p.normalize_reward, tokenizer, cfg.data.template, p.extra_rewards, scorer
+    )
+    if p.critic != "reward_model":
+        return reward_fn, None, None, (0.0, 1.0)
+    # Gradient checkpointing recomputes each block in the backward pass with the adapter active then
+    # (the policy's), not the critic's: such a critic is trained as a copy of its own.
+    if adapter is None or cfg.train.gradient_checkpointing:
+        return reward_fn, *load_critic(cfg, tokenizer)
+    critic = add_scored_adapter(policy, CRITIC_ADAPTER, adapter, trainable=True)
+    return reward_fn, critic, tokenizer, reward_normalisation(p.reward, p.normalize_reward)
+
+
+def shared_reward_adapter(cfg: PPOConfig, ctx: StageContext, tokenizer) -> Path | None:
+    """The RM adapter folder to run on the policy's base, or None: a function reward, or a reward
+    model loaded merged (the log says why)."""
+    p = cfg.ppo
+    if is_function_reward(p.reward):
+        return None
+    if not p.shared_base:
+        adapter, why = None, "ppo.shared_base=false"
+    elif is_sharded(ctx.accelerator):
+        # final/critic/ would have to gather the critic adapter's shards out of the policy's.
+        adapter, why = None, "a sharded (FSDP) run"
+    else:
+        adapter, why = shareable_adapter(p.reward, cfg.model, tokenizer)
+    if ctx.is_main:
+        how = "as an adapter on the policy's base weights" if adapter else f"merged, on its own ({why})"
+        print(f"rlhfkit: reward model {p.reward}: {how}", flush=True)
+    return adapter
+
+
 def load_critic(cfg: PPOConfig, policy_tokenizer):
     """(value model, its tokenizer, (mean, std)): the RM in ppo.reward, trainable, dropout off."""
 
@@ -180,8 +234,8 @@ def load_critic(cfg: PPOConfig, policy_tokenizer):
 
 
 def reference_context(model: PolicyWithValue, lora: bool):
-    """With LoRA the reference is the same weights with the adapter off: no second copy (design §6.3)."""
-    return model.policy.disable_adapter() if lora else contextlib.nullcontext()
+    """With LoRA the reference is the same weights with every adapter off: no second copy (design §6.3)."""
+    return adapters_off(model.policy) if lora else contextlib.nullcontext()
 
 
 def check_ppo_config(cfg: PPOConfig) -> None:
@@ -282,9 +336,7 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         if cfg.model.lora
         else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)[0]
     )
-    critic, critic_tokenizer, critic_norm = (
-        load_critic(cfg, tokenizer) if p.critic == "reward_model" else (None, None, (0.0, 1.0))
-    )
+    reward_fn, critic, critic_tokenizer, critic_norm = load_reward_and_critic(cfg, ctx, policy, tokenizer)
     net = PolicyWithValue(
         policy,
         policy.config.get_text_config().hidden_size,
@@ -292,7 +344,6 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         critic_norm,
         value_head=p.advantage in NEEDS_VALUES,
     )
-    reward_fn = load_reward(p.reward, p.normalize_reward, tokenizer, cfg.data.template, p.extra_rewards)
     prompts, eval_rows, metadata = load_prompts(cfg, tokenizer, r.batch_size * world)
     ptx = load_ptx_data(cfg, tokenizer, world)
     critic_lr = p.critic_lr or (cfg.train.lr if critic is not None else None)
@@ -544,9 +595,10 @@ def save_ppo_final(ctx: StageContext, s: PPOSetup):
     if s.net.critic is None:
         value_head = save({k: v.contiguous() for k, v in full_state_dict(s.net.value_head).items()})
         return save_final(ctx, s.net.policy, s.tokenizer, extra_files={"value_head.safetensors": value_head})
-    return save_final(
-        ctx, s.net.policy, s.tokenizer, extra_models={"critic": (s.net.critic, s.critic_tokenizer)}
-    )
+    critic, m = s.net.critic, ctx.cfg.model
+    if isinstance(critic, AdapterHead):  # an adapter on the policy's base: saved as the rm stage's adapter/
+        critic = critic.saved(base_reference(m.name, m.tiny_seed, ctx.out / "final"))
+    return save_final(ctx, s.net.policy, s.tokenizer, extra_models={"critic": (critic, s.critic_tokenizer)})
 
 
 def ptx_minibatch(
