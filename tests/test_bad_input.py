@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhfkit.cli import main
+from rlhfkit.models import load_tokenizer
 from tests.data.chat import tiny_chat_model
 
 REPO = Path(__file__).parents[1]
@@ -186,6 +188,26 @@ def custom_code_model(tmp: Path, fx: dict) -> None:
         tmp / "remote" / "evil.py",
         "from pathlib import Path\nPath(__file__).with_name('RAN').write_text('x')\n",
     )
+
+
+def tiny_opt(tmp: Path, fx: dict) -> None:
+    """A random 2-layer OPT with the tiny tokenizer: OPT takes positions from the attention mask, so
+    position ids cannot keep packed examples apart."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tokenizer = load_tokenizer(str(fx["tiny"]))
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        word_embed_proj_dim=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+    )
+    OPTForCausalLM(config).save_pretrained(tmp / "opt")
+    tokenizer.save_pretrained(tmp / "opt")
 
 
 def gguf_truncated(tmp: Path, fx: dict) -> None:
@@ -590,9 +612,10 @@ CASES = [
         yaml_file("train:\n  lr: 1.0e-5\n  max_steps: 100\n"),
     ),
     Case(
-        "sft.packing (not implemented)",
-        lambda t: [*SFT, "sft.packing=true"],
-        "sft.packing=true has no effect in the sft stage (not implemented); remove it",
+        "sft.packing with a model that cannot keep examples apart",
+        lambda t: [*SFT, "sft.packing=true", "model.lora=false", f"model.name={t}/opt"],
+        "/opt: sft.packing=true cannot keep packed examples apart: a 'opt' model with attention '",
+        tiny_opt,
     ),
     Case(
         "RM data key RM never reads",

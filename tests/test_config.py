@@ -334,14 +334,9 @@ def test_a_key_the_stage_never_reads_is_rejected_unless_it_is_the_default(cls, k
     assert load_config(cls, path) == cls()
 
 
-def test_sft_packing_is_not_implemented():
-    assert load_config(SFTConfig, None, ["sft.packing=false"]).sft.packing is False
-    with pytest.raises(
-        ConfigError,
-        match=r"^defaults: sft.packing=true has no effect in the sft stage "
-        r"\(not implemented\); remove it$",
-    ):
-        load_config(SFTConfig, None, ["sft.packing=true"])
+def test_sft_packing_is_a_setting_of_the_sft_stage():
+    assert load_config(SFTConfig, None, ["sft.packing=true"]).sft.packing is True
+    assert "sft.packing" not in SFTConfig.NO_EFFECT
 
 
 def test_ppo_file_setting_train_max_steps_names_file_key_and_stage(tmp_path):

@@ -129,7 +129,7 @@ class TrainConfig:
     max_steps: int = at_least(200, 0)
     """Optimizer steps."""
     batch_size: int = at_least(16, 1)
-    """Per-process micro-batch."""
+    """Per-process micro-batch (of packed rows with sft.packing)."""
     grad_accum: int = at_least(1, 1)
     max_grad_norm: float = at_least(1.0, 0, strict=True)
     log_every: int = at_least(10, 1)
@@ -168,8 +168,9 @@ class RunConfig:
 @dataclass
 class SFTSection:
     packing: bool = False
-    """Concatenate examples into full-length rows (no padding waste). Not implemented: `true` is
-    rejected (SFTConfig.NO_EFFECT)."""
+    """Pack several examples into each row of up to `data.max_length` tokens (best-fit decreasing),
+    position ids restarted per example so none attends to another; `train.batch_size` then counts
+    rows. Same token-mean loss, less padding (data/packing.py, docs/design.md §3.3)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
     save_merged: bool = False
@@ -184,7 +185,7 @@ class SFTConfig:
     # Keys this stage reads nowhere, with why. load_config rejects any value but this class's
     # default, so a run's resolved config.yaml (every key, defaults included) still loads.
     STAGE: ClassVar[str] = "sft"
-    NO_EFFECT: ClassVar[dict[str, str]] = {**MODEL_NO_EFFECT, "sft.packing": "not implemented"}
+    NO_EFFECT: ClassVar[dict[str, str]] = {**MODEL_NO_EFFECT}
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

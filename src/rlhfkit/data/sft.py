@@ -99,6 +99,12 @@ class TokenizedSFT:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def collate(self, examples, pad_token_id: int) -> dict[str, torch.Tensor]:
+        """The padded batch of these examples (collate_sft); PackedSFT.collate is its packed twin."""
+        return collate_sft(
+            [self.input_ids[i] for i in examples], [self.labels[i] for i in examples], pad_token_id
+        )
+
 
 def fit_prompt(
     prompt_ids: list[int], response_len: int, max_length: int, truncation: str, where: str

@@ -16,15 +16,21 @@ from rlhfkit.trainers.sharding import use_gradient_checkpointing
 
 
 def prepare_training(
-    ctx: StageContext, model, n_examples: int, head: str | None = None, head_lr: float | None = None
+    ctx: StageContext,
+    model,
+    n_examples: int,
+    head: str | None = None,
+    head_lr: float | None = None,
+    unit: str = "training examples",
 ):
     """(model, optimizer, scheduler, start step, global batch): AdamW with warm-up + cosine, wrapped
-    by accelerate, restored from the latest checkpoint under --resume."""
+    by accelerate, restored from the latest checkpoint under --resume. `unit` names what a batch
+    counts in the error (SFT with sft.packing batches packed rows)."""
     t = ctx.cfg.train
     global_batch = t.batch_size * t.grad_accum * ctx.accelerator.num_processes
     if n_examples < global_batch:
         raise ConfigError(
-            f"{n_examples} training examples cannot fill one global batch of {global_batch} "
+            f"{n_examples} {unit} cannot fill one global batch of {global_batch} "
             "(train.batch_size x train.grad_accum x processes)"
         )
     use_gradient_checkpointing(model, t.gradient_checkpointing)

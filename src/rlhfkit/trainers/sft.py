@@ -9,8 +9,9 @@ import time
 import torch
 
 from rlhfkit.config import SFTConfig
-from rlhfkit.data import collate_sft, load_rows, split_off_eval, tokenize_sft
+from rlhfkit.data import load_rows, split_off_eval, tokenize_sft
 from rlhfkit.data.batching import global_batch_at, micro_batch
+from rlhfkit.data.packing import PackedSFT, check_packing_is_exact, pack_sft
 from rlhfkit.data.sft import TokenizedSFT, completion_tokens
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
@@ -66,6 +67,18 @@ def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[TokenizedSFT, TokenizedSFT
     return train, held_out, [eval_rows[i] for i in held_out.rows]
 
 
+def packed_rows(train: TokenizedSFT, max_length: int) -> PackedSFT:
+    """sft.packing: the training examples in rows of up to data.max_length tokens, with a report."""
+    packed = pack_sft(train, max_length)
+    tokens = sum(len(ids) for ids in packed.input_ids)
+    print(
+        f"rlhfkit: sft packing: {len(train)} examples in {len(packed)} rows of <= {max_length} tokens "
+        f"({tokens / (len(packed) * max_length):.0%} full)",
+        flush=True,
+    )
+    return packed
+
+
 @torch.no_grad()
 def evaluate_sft(
     model, tokenizer, cfg: SFTConfig, held_out: TokenizedSFT, eval_rows: list[dict]
@@ -97,7 +110,13 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
     acc, t = ctx.accelerator, cfg.train
     model, tokenizer = load_causal_lm(cfg.model)
     train, held_out, eval_rows = load_sft_data(cfg, tokenizer)
-    model, optimizer, scheduler, start_step, global_batch = prepare_training(ctx, model, len(train))
+    if cfg.sft.packing:
+        # Before accelerate wraps (or shards) the model: the check is one forward of the whole model.
+        check_packing_is_exact(model, cfg.model.name)
+        train = packed_rows(train, cfg.data.max_length)
+    model, optimizer, scheduler, start_step, global_batch = prepare_training(
+        ctx, model, len(train), unit="packed rows" if cfg.sft.packing else "training examples"
+    )
     ctx.open_run()
     rank, world = acc.process_index, acc.num_processes
     lengths = tuple(len(ids) for ids in train.input_ids)
@@ -125,11 +144,13 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
 
         def micro_loss(micro_step: int, indices=indices, global_tokens=global_tokens):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
-            batch = collate_sft(
-                [train.input_ids[i] for i in ids], [train.labels[i] for i in ids], tokenizer.pad_token_id
-            )
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss, stats = masked_nll(logits, batch["labels"])
+            # Padded examples carry an attention mask; packed rows carry position ids instead
+            # (data/packing.py). A training forward never reads a KV cache, and with one transformers
+            # would not see the packing.
+            batch = train.collate(ids, tokenizer.pad_token_id)
+            labels = batch.pop("labels")
+            logits = model(**batch, use_cache=False).logits
+            loss, stats = masked_nll(logits, labels)
             return loss, stats["tokens"] / global_tokens
 
         step_loss, grad_norm = accumulate_and_step(
