@@ -71,6 +71,63 @@ def adapters_off(peft_model) -> Iterator[None]:
         yield
 
 
+def _mergeable_layers(peft_model) -> list | None:
+    """The LoRA Linear layers of the active adapter, or None when a merged weight could not stand in
+    for them: DoRA, LoRA biases, other layer types, modules_to_save copies, an adapter already merged
+    in place, or FSDP-managed parameters (FSDP swaps their storage itself)."""
+    from peft.tuners.lora import Linear, LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+    from torch.distributed.fsdp import FSDPModule
+
+    name = getattr(peft_model, "active_adapter", None)
+    layers = []
+    for module in peft_model.modules():
+        if isinstance(module, (ModulesToSaveWrapper, FSDPModule)):
+            return None
+        if isinstance(module, LoraLayer) and name in module.lora_A:
+            plain = isinstance(module, Linear) and not module.merged
+            if not plain or module.use_dora.get(name) or getattr(module, "lora_bias", {}).get(name):
+                return None
+            layers.append(module)
+    return layers or None
+
+
+def _merged_weight(layer, name: str) -> torch.Tensor:
+    """W + s·BA as a new tensor in W's layout (GPT-2's Conv1D stores W transposed: W + s·AᵀBᵀ)."""
+    weight, scale = layer.get_base_layer().weight, layer.scaling[name]
+    a, b = layer.lora_A[name].weight.to(weight.dtype), layer.lora_B[name].weight.to(weight.dtype)
+    if layer.fan_in_fan_out:
+        return torch.addmm(weight, a.t(), b.t(), alpha=scale)
+    return torch.addmm(weight, b, a, alpha=scale)
+
+
+@contextlib.contextmanager
+def adapter_merged(peft_model) -> Iterator[bool]:
+    """Inside the block the active adapter runs folded into the base weights (W + s·BA: one matmul per
+    adapted layer instead of three, design §6.1) and the block gets True; for a model it cannot
+    merge (`_mergeable_layers`) nothing changes and it gets False. The merged weights are new tensors
+    swapped into the base parameters, never written into them: leaving the block puts the very same
+    tensors back, bit-identical. (peft's merge_adapter/unmerge_adapter would leave W + BA - BA, which
+    is not W: the reference, adapters off, would drift and an exact resume would break.) No grad."""
+    layers = _mergeable_layers(peft_model) if hasattr(peft_model, "disable_adapter") else None
+    if layers is None:
+        yield False
+        return
+    name, swapped = peft_model.active_adapter, []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                merged = _merged_weight(layer, name)
+                swapped.append((weight, weight.data))
+                weight.data = merged
+        with adapters_off(peft_model):  # the base layers now hold the merged weights
+            yield True
+    finally:
+        for weight, original in swapped:
+            weight.data = original
+
+
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     training = module.training

@@ -10,6 +10,7 @@ minibatch the new/old probability ratio is exactly 1.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from rlhfkit.data.collate import left_pad
 from rlhfkit.data.templates import encode_prompt
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.shared import adapter_merged
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
 
 
@@ -119,6 +121,7 @@ def sample(
             attention_mask=attention,
             position_ids=positions,
             use_cache=True,
+            logits_to_keep=1,  # only the last position's logits: the prefill skips (B, P-1, V) of LM head
             **{cache: past},
         )
         past = getattr(out, cache)
@@ -240,23 +243,30 @@ def sample_prompts(
     top_k: int = 0,
     repetition_penalty: float = 1.0,
     noise: torch.Tensor | None = None,
+    merge_lora: bool = True,
 ) -> Rollout:
     """Tokenise rendered prompts as every stage does (`encode_prompt`, so a reward model trained on
-    `render`'s ids reads these), left-pad, then `sample`: the rollout PPO trains on and eval measures."""
+    `render`'s ids reads these), left-pad, then `sample`: the rollout PPO trains on and eval measures.
+
+    A LoRA policy samples with its adapter merged into temporary weights (models.shared.adapter_merged:
+    the base weights are bit-identical afterwards), unless merge_lora=False: per decode step one matmul
+    per adapted layer instead of three. The tokens may differ from unmerged sampling by float rounding;
+    their log-probs come from the scoring pass, which always runs the unmerged forward (design §6.1)."""
     query_ids, query_mask = left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     model.eval()
-    return sample(
-        model,
-        query_ids,
-        query_mask,
-        max_new_tokens,
-        temperature,
-        tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
-        top_k=top_k,
-        repetition_penalty=repetition_penalty,
-        noise=noise,
-    )
+    with adapter_merged(model) if merge_lora else contextlib.nullcontext():
+        return sample(
+            model,
+            query_ids,
+            query_mask,
+            max_new_tokens,
+            temperature,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            noise=noise,
+        )
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
