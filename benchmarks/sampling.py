@@ -2,6 +2,7 @@
 KV cache and torch.compile; with this CPU's matmul peak and copy bandwidth to compare against.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/sampling.py --threads 1 --repeats 5
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/sampling.py --threads 1 --ppo-iterations 4 --repeats 2
 
 Every variant samples the same prompts with the same noise at T=1. Variants are interleaved within
 each repeat (A B C A B C ...) so a change in the machine's load hits them alike; the medians are
@@ -108,7 +109,13 @@ def hf_static_call(model, tokenizer, batch: list[str], new_tokens: int, compiled
 
     torch.manual_seed(0)
     ids, mask = left_pad([encode_prompt(tokenizer, p) for p in batch], tokenizer.pad_token_id)
-    extra = {} if compiled else {"disable_compile": True}
+    extra = {"disable_compile": True}
+    if compiled:  # transformers compiles the static-cache decode step on GPUs only unless told
+        from transformers import CompileConfig
+
+        config = CompileConfig()
+        config._compile_all_devices = True
+        extra = {"compile_config": config}
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids,
@@ -141,6 +148,43 @@ def variants(plain, lora, tokenizer, static: bool, compiled: bool) -> dict:
     return out
 
 
+def ppo_seconds(threads: int, iterations: int, repeats: int, run_dir: Path) -> None:
+    """Seconds per iteration of a short LoRA PPO run on SmolLM2 (configs/smollm2/ppo.yaml on the base
+    model, the gold judge as reward, no held-out evals), sampling merged vs unmerged, runs interleaved.
+    The first iteration is left out of the median (warm-up)."""
+    import functools
+
+    from rlhfkit.config import PPOConfig, load_config
+    from rlhfkit.rollout import backend
+    from rlhfkit.run import metrics as M
+    from rlhfkit.trainers.ppo import train_ppo
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "smollm2" / "ppo.yaml"
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for repeat in range(repeats):
+        for merge in (True, False):
+            backend.sample_prompts = functools.partial(sample_prompts, merge_lora=merge)
+            overrides = [
+                "model.name=smollm2",
+                "ppo.reward=rlhfkit.tasks:gold_scores",
+                f"ppo.iterations={iterations}",
+                "ppo.eval_prompts=0",
+                f"train.threads={threads}",
+                "train.save_every=1000",
+                f"run.dir={run_dir}",
+                f"run.name=merge{int(merge)}-{repeat}",
+                "run.report_to=[]",
+                "run.progress=false",
+            ]
+            result = train_ppo(load_config(PPOConfig, config, overrides))
+            times = [r[M.PPO_SECONDS] for r in result.metrics if M.PPO_SECONDS in r][1:]
+            seconds[merge] += times
+            print(f"ppo merge_lora={merge}: s/iteration {[round(t, 2) for t in times]}", flush=True)
+    for merge, times in seconds.items():
+        median = statistics.median(times)
+        print(f"ppo merge_lora={merge}: median {median:.2f} s/iteration ({len(times)} iterations)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -151,8 +195,13 @@ def main() -> None:
     ap.add_argument("--static", action="store_true", help="also transformers' static KV cache")
     ap.add_argument("--compile", action="store_true", help="also the static cache's compiled decode step")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--ppo-iterations", type=int, help="instead: s/iteration of a short LoRA PPO run")
+    ap.add_argument("--run-dir", type=Path, default=Path("runs") / "bench-sampling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ppo_iterations:
+        ppo_seconds(args.threads, args.ppo_iterations, args.repeats, args.run_dir)
+        return
     plain, lora, tokenizer = models(16, 32)
     n_params = sum(p.numel() for p in plain.parameters())  # tied embedding counted once
     peak, bandwidth = matmul_peak(), copy_bandwidth()
@@ -164,8 +213,8 @@ def main() -> None:
     results = {}
     for batch in args.batches:
         chunk = all_prompts[:batch]
-        for fn in runs.values():  # warm-up (and compilation) outside the timing
-            fn(chunk, 2)
+        for fn in runs.values():  # warm-up (and compilation, per token count) outside the timing
+            fn(chunk, args.new_tokens)
         times: dict[str, list[tuple[float, float, int]]] = {k: [] for k in runs}
         for _ in range(args.repeats):
             for name, fn in runs.items():

@@ -9,7 +9,8 @@ changing. The loop trusts a backend for the sampled tokens only:
   exact KL z statistic (k1 is unbiased only on samples from the scored distribution; a backend that
   samples from other weights, another precision or a warped distribution moves it, design §6.1).
 
-`InProcessSampler`, the trainer's own model with the KV cache, is the one implementation shipped."""
+`InProcessSampler`, the trainer's own model with the KV cache, is the one implementation shipped; it
+samples a LoRA policy with the adapter merged into temporary weights (rollout.ppo.sample_prompts)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,73 @@
+"""A LoRA policy samples from its adapter merged into temporary weights (models.shared.adapter_merged,
+design §6.1): the same distribution as the unmerged forward up to float rounding, and afterwards the
+base weights are the very same tensors, bit-identical (the reference, adapters off, must not drift)."""
+
+import pytest
+import torch
+
+from rlhfkit.config import ModelConfig
+from rlhfkit.models import load_causal_lm
+from rlhfkit.models.shared import adapter_merged, adapters_off
+from rlhfkit.rollout.ppo import row_noise, sample_prompts
+
+PROMPTS = ["Human: say something nice\n\nAssistant:", "Human: hi\n\nAssistant:", "Human: a\n\nAssistant:"]
+
+
+@pytest.fixture
+def lora_policy(tiny_dir):
+    """The tiny GPT-2 (Conv1D: the transposed merge) with a LoRA adapter that changes its outputs."""
+    model, tokenizer = load_causal_lm(ModelConfig(name=str(tiny_dir), lora=True, lora_r=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)  # B = 0 at init would make the merge a no-op
+    return model.eval(), tokenizer
+
+
+def snapshot(model) -> dict[str, tuple[torch.Tensor, int]]:
+    return {name: (p.detach().clone(), p.data_ptr()) for name, p in model.named_parameters()}
+
+
+def test_merged_sampling_leaves_every_weight_bit_identical(lora_policy):
+    model, tokenizer = lora_policy
+    before = snapshot(model)
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    sample_prompts(model, tokenizer, PROMPTS, 6, 1.0, noise=row_noise(0, range(3), 6))
+    for name, param in model.named_parameters():
+        value, pointer = before[name]
+        assert torch.equal(param, value) and param.data_ptr() == pointer, name
+        assert param.requires_grad == grads[name], name
+    with pytest.raises(RuntimeError, match="inside"), adapter_merged(model):
+        raise RuntimeError("inside")  # an error while merged still puts the base weights back
+    assert all(torch.equal(p, before[name][0]) for name, p in model.named_parameters())
+
+
+def test_merged_forward_matches_the_adapted_forward_and_the_adapter_is_on_again(lora_policy):
+    model, tokenizer = lora_policy
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    with torch.no_grad():
+        adapted = model(ids).logits
+        with adapters_off(model):
+            base = model(ids).logits
+        with adapter_merged(model) as merged:
+            folded = model(ids).logits
+        after = model(ids).logits
+    assert merged
+    assert (adapted - base).abs().max() > 1e-2, "the adapter must change the outputs for this to test"
+    torch.testing.assert_close(folded, adapted, atol=1e-5, rtol=0)
+    assert torch.equal(after, adapted), "the adapter runs unmerged again after the block"
+
+
+def test_merged_and_unmerged_sampling_draw_the_same_tokens(lora_policy):
+    model, tokenizer = lora_policy
+    noise = row_noise(1, range(3), 8)
+    merged = sample_prompts(model, tokenizer, PROMPTS, 8, 1.0, noise=noise)
+    unmerged = sample_prompts(model, tokenizer, PROMPTS, 8, 1.0, noise=noise, merge_lora=False)
+    assert torch.equal(merged.response_ids, unmerged.response_ids)
+
+
+def test_a_model_without_an_adapter_is_sampled_as_is(tiny_dir):
+    model, _ = load_causal_lm(ModelConfig(name=str(tiny_dir), lora=False), trainable=False)
+    with adapter_merged(model) as merged:
+        assert not merged
