@@ -18,16 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The offline demo: SFT -> pairs -> RM -> PPO, RLOO, DPO -> one evaluation with best-of-n -> report on
-# SmolLM2-135M; a rerun skips finished stages.
+# The offline demo: SFT -> pairs -> RM -> PPO -> report on SmolLM2-135M; a rerun skips finished stages.
 demo: $(STAMP)
 	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml
 	@echo "report: runs/smollm2/report.md"
 
-# Every method on the same SFT model, pairs and RM (after `make demo` only GRPO and REINFORCE++ train).
+# Every method on one frontier, on the praise family (headroom): PPO, GRPO, RLOO, REINFORCE++ and DPO from
+# one SFT model, pairs and RM, with best-of-n to 16. Long on 2 CPU cores (README).
 demo-full: $(STAMP)
-	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml "methods=[ppo,grpo,rloo,reinforce-pp,dpo]"
-	@echo "report: runs/smollm2/report.md"
+	$(BIN)/rlhfkit pipeline --config configs/smollm2-praise/pipeline.yaml "methods=[ppo,grpo,rloo,reinforce-pp,dpo]"
+	@echo "report: runs/smollm2-praise/report.md"
 
 demo-tiny: $(STAMP)
 	$(BIN)/rlhfkit pipeline --config configs/tiny/pipeline.yaml

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlhfkit.cli import main
 from rlhfkit.models import load_tokenizer
 from tests.data.chat import tiny_chat_model
+from tests.data.tiny_models import tiny_opt as random_opt
 
 REPO = Path(__file__).parents[1]
 PREFS = REPO / "tests" / "fixtures" / "prefs.jsonl"
@@ -193,20 +193,8 @@ def custom_code_model(tmp: Path, fx: dict) -> None:
 def tiny_opt(tmp: Path, fx: dict) -> None:
     """A random 2-layer OPT with the tiny tokenizer: OPT takes positions from the attention mask, so
     position ids cannot keep packed examples apart."""
-    from transformers import OPTConfig, OPTForCausalLM
-
     tokenizer = load_tokenizer(str(fx["tiny"]))
-    torch.manual_seed(0)
-    config = OPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        word_embed_proj_dim=32,
-        ffn_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=128,
-    )
-    OPTForCausalLM(config).save_pretrained(tmp / "opt")
+    random_opt(len(tokenizer), 128).save_pretrained(tmp / "opt")
     tokenizer.save_pretrained(tmp / "opt")
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from rlhfkit.data import IGNORE, load_rows, tokenize_sft
 from rlhfkit.data.batching import global_batch_at
@@ -20,6 +20,7 @@ from rlhfkit.data.sft import completion_tokens
 from rlhfkit.errors import ConfigError
 from rlhfkit.models import load_tokenizer
 from rlhfkit.ops import logprobs_from_logits, masked_nll
+from tests.data.tiny_models import tiny_opt
 
 MAX_LENGTH = 96
 
@@ -173,18 +174,7 @@ def test_packed_loss_equals_unpacked_per_token(model, examples, tokenizer):
 def test_models_whose_mask_ignores_position_ids_are_refused(tiny_dir, tokenizer):
     check_packing_is_exact(AutoModelForCausalLM.from_pretrained(tiny_dir), "tiny")  # passes
     check_packing_is_exact(tiny_llama(len(tokenizer), "sdpa").to(torch.bfloat16), "llama-bf16")
-    torch.manual_seed(0)
-    opt = OPTForCausalLM(
-        OPTConfig(
-            vocab_size=64,
-            hidden_size=32,
-            word_embed_proj_dim=32,
-            ffn_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=64,
-        )
-    )
+    opt = tiny_opt(64, 64)
     with pytest.raises(
         ConfigError,
         match=r"^model.name=opt: sft.packing=true cannot keep packed examples apart: a 'opt' model "

@@ -6,7 +6,7 @@ import pytest
 
 from rlhfkit.evaluate.frontier import gold_peak
 from rlhfkit.evaluate.health import health_warnings
-from rlhfkit.evaluate.plots import plot_overoptimisation
+from rlhfkit.evaluate.plots import plot_overoptimisation, warning_lines
 from rlhfkit.evaluate.report import overoptimisation_section
 from rlhfkit.run import metrics as M
 from tests.evaluate.test_health import recorded_kl0_records
@@ -50,6 +50,13 @@ def test_the_report_says_and_draws_the_peak(tmp_path):
     peak = gold_peak(metrics["ppo"], M.PPO_KL_K1)
     png = plot_overoptimisation(tmp_path / "o.png", metrics, {"ppo": peak})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A lasting warning repeats every health window: one legend entry for all of its lines.
+    assert warning_lines([90, 95, 150]) == [
+        (90, "reward-hacking warnings (3, from iteration 90)"),
+        (95, "_nolegend_"),
+        (150, "_nolegend_"),
+    ]
+    assert warning_lines([100]) == [(100, "reward-hacking warning (iteration 100)")]
     # A run whose gold only rises says so instead.
     rising = [r for r in metrics["ppo"] if r["step"] <= 20 and M.HEALTH_WARNING not in r]
     assert "no fall of gold within this run" in "\n".join(overoptimisation_section({"ppo": rising}, {}))

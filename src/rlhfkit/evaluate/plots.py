@@ -138,6 +138,19 @@ def plot_frontier(path: Path, curves: list[MethodCurve], sft_gold: float | None)
     return path
 
 
+def warning_lines(steps: list[int]) -> list[tuple[int, str]]:
+    """(iteration, legend label) per reward-hacking warning: one legend entry for all of them (a lasting
+    symptom repeats every health window, and one entry per repeat buried the plot's own lines)."""
+    if not steps:
+        return []
+    first = (
+        f"reward-hacking warning (iteration {steps[0]})"
+        if len(steps) == 1
+        else (f"reward-hacking warnings ({len(steps)}, from iteration {steps[0]})")
+    )
+    return [(step, first if i == 0 else "_nolegend_") for i, step in enumerate(steps)]
+
+
 def plot_overoptimisation(path: Path, metrics: dict[str, list[dict]], peaks: dict[str, dict]) -> Path:
     """Per online method, its training-time held-out evals: gold (left axis) and the RM's reward of the
     same samples (right axis) against the iteration; the gold peak starred, each reward-hacking warning
@@ -156,10 +169,8 @@ def plot_overoptimisation(path: Path, metrics: dict[str, list[dict]], peaks: dic
             xytext=(10, -24),
             fontsize=8,
         )
-        for step in peak["warnings"]:
-            ax.axvline(
-                step, color="tab:red", linestyle=":", label=f"reward-hacking warning (iteration {step})"
-            )
+        for step, label in warning_lines(peak["warnings"]):
+            ax.axvline(step, color="tab:red", linestyle=":", label=label)
         ax.set(
             title=f"{stage}: gold and RM reward on held-out prompts", xlabel="iteration", ylabel="gold score"
         )
