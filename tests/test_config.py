@@ -145,12 +145,16 @@ def test_shipped_pipelines_wire_their_stages_without_a_rejected_key(path):
     # The wiring sets model paths, the pairs file, the RM and run.name/dir through load_config, each
     # different from the stage's default: a wired key in a stage's NO_EFFECT would fail here. Every
     # method is planned, so each one's file (or the ppo file under its presets) must wire too.
+    from rlhfkit.models.assets import BUILTIN_MODELS
     from rlhfkit.trainers.pipeline import plan_pipeline
 
     every = "methods=[ppo,grpo,rloo,reinforce-pp,dpo]"
     cfg = load_config(PipelineConfig, path, [every])
     plan = plan_pipeline(cfg, path, {"ppo": ["ppo.iterations=3"], "grpo": ["ppo.iterations=5"]})
     assert plan.ppo.ppo.reward == str(plan.root / "rm") and plan.rm.model.name == str(plan.root / "sft")
+    # The first stage starts from a model this offline machine has: a built-in name (a hub name would
+    # retry the unreachable hub for a minute, then fail; configs/smollm2-praise once named itself).
+    assert plan.sft.model.name in BUILTIN_MODELS, plan.sft.model.name
     assert list(plan.methods) == ["ppo", "grpo", "rloo", "reinforce_pp", "dpo"]
     for stage, method_cfg in plan.methods.items():
         assert method_cfg.model.name == str(plan.root / "sft") and method_cfg.run.name == cfg.name
