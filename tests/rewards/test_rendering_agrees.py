@@ -30,7 +30,9 @@ class Scripted(torch.nn.Module):
         super().__init__()
         self.responses, self.vocab, self.eos = responses, vocab, eos
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0, **cache):
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0, **cache
+    ):
         step = next((v for v in cache.values() if v is not None), 0)
         logits = torch.full((input_ids.shape[0], input_ids.shape[1], self.vocab), -1e4)
         for b, response in enumerate(self.responses):

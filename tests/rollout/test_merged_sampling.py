@@ -71,3 +71,28 @@ def test_a_model_without_an_adapter_is_sampled_as_is(tiny_dir):
     model, _ = load_causal_lm(ModelConfig(name=str(tiny_dir), lora=False), trainable=False)
     with adapter_merged(model) as merged:
         assert not merged
+
+
+def test_sampled_generate_is_the_rollout_sampler(lora_policy):
+    # Pairs, the RM's normalisation samples and `rlhfkit generate` draw through rollout.generate, which
+    # samples with PPO's sampler (merged adapter, last-position logits): the same tokens for the same
+    # random numbers, each row cut after its first EOS, and the model's train/eval mode kept.
+    from rlhfkit.rollout import generate
+
+    model, tokenizer = lora_policy
+    model.train()
+    torch.manual_seed(3)
+    out = generate(model, tokenizer, PROMPTS, 12, greedy=False, temperature=0.7, batch_size=2)
+    assert model.training
+    torch.manual_seed(3)
+    first = sample_prompts(model, tokenizer, PROMPTS[:2], 12, 0.7)
+    second = sample_prompts(model, tokenizer, PROMPTS[2:], 12, 0.7)
+    expected = [
+        ids[m.bool()].tolist() for r in (first, second) for ids, m in zip(r.response_ids, r.response_mask)
+    ]
+    assert out.token_ids == expected
+    assert out.finished == [*first.finished.tolist(), *second.finished.tolist()]
+    eos = tokenizer.eos_token_id
+    for row, done in zip(out.token_ids, out.finished):
+        assert (eos in row) == done and (not done or row.index(eos) == len(row) - 1)
+        assert len(row) <= 12
