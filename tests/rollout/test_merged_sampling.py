@@ -96,3 +96,20 @@ def test_sampled_generate_is_the_rollout_sampler(lora_policy):
     for row, done in zip(out.token_ids, out.finished):
         assert (eos in row) == done and (not done or row.index(eos) == len(row) - 1)
         assert len(row) <= 12
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_sampled_logprobs_are_the_scoring_passes(lora_policy, merge):
+    # Evaluation's KL reads the sampling forward's log-probs instead of a second forward (design §6.1):
+    # they must be score()'s (the unmerged full forward) up to float rounding, 0 after each row's EOS.
+    from rlhfkit.rollout.ppo import score
+
+    model, tokenizer = lora_policy
+    rollout = sample_prompts(
+        model, tokenizer, PROMPTS, 10, 0.8, noise=row_noise(1, range(3), 10), merge_lora=merge
+    )
+    scored = score(model, rollout, 0.8)["logprobs"] * rollout.response_mask
+    assert rollout.sampled_logprobs.shape == rollout.response_ids.shape
+    assert torch.allclose(rollout.sampled_logprobs, scored, atol=1e-5)
+    assert (rollout.sampled_logprobs[rollout.response_mask == 0] == 0).all()
+    assert torch.equal(rollout.rows([2, 0]).sampled_logprobs, rollout.sampled_logprobs[[2, 0]])

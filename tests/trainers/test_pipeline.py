@@ -148,6 +148,9 @@ def test_tiny_pipeline_end_to_end_report_matches_metrics(tmp_path, capsys, tiny_
         )
     assert evaluation["metrics"]["sft"]["kl"] == 0.0
     assert [r["n"] for r in evaluation["best_of_n"]] == [1, 2, 4, 8]
+    agreement = evaluation["rm_gold_agreement"]  # on best-of-n's pool of SFT draws
+    assert 0 < agreement["pairs"] <= evaluation["prompts"] * 8 * 7 // 2 and 0 <= agreement["agreement"] <= 1
+    assert f"as the noiseless gold judge does in {fmt(agreement['agreement'])} ±" in report
     assert (
         "Win rate ppo vs sft" in report and "Gold gain dpo vs sft" in report and "## Health check" in report
     )

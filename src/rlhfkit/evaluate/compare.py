@@ -56,6 +56,9 @@ class EvalResult:
     draws: dict[str, int] = field(default_factory=dict)
     """Draws per prompt of each policy's `samples` (samples_per_prompt unless the policy was given fewer:
     a checkpoint's curve point); comparisons pair the first min(k_A, k_B) draws of each prompt."""
+    rm_agreement: dict[str, float] | None = None
+    """On best-of-n's pool: how often the RM orders two draws of a prompt as the gold judge does
+    (`rm_gold_agreement`), the reward model's accuracy where best-of-n and RL read it."""
 
     @property
     def n_prompts(self) -> int:
@@ -110,7 +113,8 @@ def sample_policy(
         if on_rollout is not None:
             on_rollout(rollout, start)
         if reference is not None:
-            logprobs = score(model, rollout, temperature)["logprobs"]
+            # The policy's log-probs from its sampling forward: one forward fewer per sample (design §6.1).
+            logprobs = rollout.sampled_logprobs
             ref_logprobs = score(reference, rollout, temperature)["logprobs"]
             out.kl += masked_sum(logprobs - ref_logprobs, rollout.response_mask, dim=-1).tolist()
         if progress is not None:
@@ -211,6 +215,41 @@ def best_of_n(
             row["gain"], row["gain_stderr"] = paired_gain(picked.tolist(), baseline.tolist(), k=1)
         rows.append(row)
     return rows
+
+
+def rm_gold_agreement(gold: torch.Tensor, reward: torch.Tensor) -> dict[str, float]:
+    """Over every pair of draws of the same prompt that the gold judge does not tie ((P, N) scores):
+    the fraction the reward orders as gold does (a reward tie counts half), its standard error with the
+    prompt as the unit (a ratio estimator: a prompt's pairs share its draws), and the pair count. The
+    held-out pairs of the rm stage are a few dozen; N draws of P prompts give P * N(N-1)/2."""
+    i, j = torch.triu_indices(gold.shape[1], gold.shape[1], offset=1)
+    gold_sign = (gold[:, i] - gold[:, j]).sign()  # (P, pairs)
+    reward_sign = (reward[:, i] - reward[:, j]).sign()
+    counted = gold_sign != 0
+    agree = torch.where(reward_sign == 0, 0.5, (reward_sign == gold_sign).double()) * counted
+    per_prompt, pairs = agree.sum(1), counted.sum(1).double()  # (P,) each
+    total = pairs.sum()
+    if total == 0:
+        return {"agreement": float("nan"), "stderr": float("nan"), "pairs": 0, "prompts": 0}
+    rate = per_prompt.sum() / total
+    used = pairs > 0
+    n = int(used.sum())
+    residual = per_prompt[used] - rate * pairs[used]
+    stderr = (residual.pow(2).sum() / (n * (n - 1))).sqrt() / pairs[used].mean() if n > 1 else float("nan")
+    return {"agreement": float(rate), "stderr": float(stderr), "pairs": int(total), "prompts": n}
+
+
+def rm_gold_agreement_reference(gold: list[list[float]], reward: list[list[float]]) -> tuple[float, int]:
+    """Plain loops for `rm_gold_agreement` (the test oracle): (agreement, untied pairs)."""
+    agree, pairs = 0.0, 0
+    for g, r in zip(gold, reward):
+        for a in range(len(g)):
+            for b in range(a + 1, len(g)):
+                if g[a] == g[b]:
+                    continue
+                pairs += 1
+                agree += 0.5 if r[a] == r[b] else float((r[a] > r[b]) == (g[a] > g[b]))
+    return agree / pairs, pairs
 
 
 def best_of_n_reference(gold: list[list[float]], reward: list[list[float]], n: int) -> tuple[float, float]:
@@ -343,6 +382,9 @@ def compare_policies(
             torch.tensor(pool.reward).view(shape),
             settings.best_of_n,
             baseline=baseline,
+        )
+        result.rm_agreement = rm_gold_agreement(
+            torch.tensor(pool.gold).view(shape), torch.tensor(pool.reward).view(shape)
         )
     return result
 

@@ -121,6 +121,18 @@ def best_of_n_table(rows: list[dict[str, float]]) -> list[str]:
     ]
 
 
+def rm_agreement_line(agreement: dict[str, float] | None) -> list[str]:
+    if not agreement or not agreement["pairs"]:
+        return []
+    return [
+        "",
+        f"- The RM orders two of these SFT draws of a held-out prompt as the noiseless gold judge does "
+        f"in {fmt(agreement['agreement'])} ± {fmt(agreement['stderr'])} of {agreement['pairs']} pairs that "
+        f"the judge does not tie ({agreement['prompts']} prompts; an RM tie counts half): the reward "
+        "model's accuracy on the responses best-of-n and RL rank.",
+    ]
+
+
 def write_report(
     out_dir: str | Path,
     title: str,
@@ -174,6 +186,7 @@ def write_report(
             "## Best-of-n from the SFT policy, reranked by the RM",
             "",
             *best_of_n_table(result.best_of_n),
+            *rm_agreement_line(result.rm_agreement),
         ]
     lines += frontier_section(list(curves), labels, plots)
     lines += overoptimisation_section(metrics, labels)

@@ -41,6 +41,10 @@ class Rollout:
     """(B, R) 1 up to and including the first EOS."""
     finished: torch.Tensor
     """(B,) True where an EOS was sampled."""
+    sampled_logprobs: torch.Tensor | None = None
+    """(B, R) log-probs of the sampled tokens at T from the sampling forward (merged adapter, KV cache):
+    score()'s up to float rounding. Evaluation's KL reads them instead of a second forward; training
+    never does: its ratio needs score()'s exact unmerged pass (design §6.1)."""
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -65,7 +69,8 @@ class Rollout:
                     self.response_mask,
                     self.finished,
                 )
-            )
+            ),
+            None if self.sampled_logprobs is None else self.sampled_logprobs[index],
         )
 
     def token_rows(self) -> list[list[int]]:
@@ -112,7 +117,7 @@ def sample(
     attention = query_mask.clone()
     positions = position_ids(attention)
     step_input, past, cache = query_ids, None, _cache_name()
-    tokens = []
+    tokens, logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool)
     seen = None  # (B, V) tokens already in each row, for a repetition penalty
     for step in range(max_new_tokens):
@@ -126,6 +131,7 @@ def sample(
         )
         past = getattr(out, cache)
         logits = out.logits[:, -1].float()  # (B, V)
+        log_pi = torch.log_softmax(logits / temperature, dim=-1)  # the model's own, before any warping
         if repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor (design §6.7)
             if seen is None:
                 seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, query_ids, query_mask.bool())
@@ -148,6 +154,7 @@ def sample(
         # Rows that finished earlier feed pad with attention 0 (pad may equal EOS: mask, not id).
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
+        logprobs.append(log_pi.gather(1, token[:, None]).squeeze(1))
         if seen is not None:
             seen[torch.arange(batch), token] |= ~done
         attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
@@ -161,7 +168,8 @@ def sample(
     # Mask: every token up to and including the first EOS (cumsum of EOS counts before t is 0).
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     response_mask = (eos_before == 0).long()
-    return Rollout(query_ids, query_mask, response_ids, response_mask, is_eos.any(-1))
+    sampled = torch.stack(logprobs, dim=1) * response_mask  # (B, R), 0 after the first EOS
+    return Rollout(query_ids, query_mask, response_ids, response_mask, is_eos.any(-1), sampled)
 
 
 def critic_values(critic, rollout: Rollout, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:

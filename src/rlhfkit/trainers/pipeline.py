@@ -353,6 +353,7 @@ def write_eval_json(
                     pair: {"mean": m, "stderr": se} for pair, (m, se) in result.gold_gains.items()
                 },
                 "best_of_n": result.best_of_n,
+                "rm_gold_agreement": result.rm_agreement,
                 "draws_per_prompt": result.draws,
                 "frontier": {c.stage: c.as_json() for c in curves},
                 "failed": failed or {},
