@@ -58,3 +58,30 @@ def test_best_within_a_budget_takes_the_highest_gold_at_or_below_it():
     assert best_within(points, 0.1) is None
     assert points[0].d == pytest.approx(math.sqrt(0.5))
     assert FrontierPoint("x", kl=-0.01, gold=0, gain=0, stderr=0).d == 0.0
+
+
+def test_the_training_plots_gold_panel_falls_back_to_the_pipelines_checkpoint_evaluation(tmp_path):
+    # The demo's methods run no held-out evals while training (ppo.eval_prompts=0): the gold panel then
+    # draws each method's checkpoints from the pipeline's one evaluation, by step from SFT at step 0;
+    # best-of-n (no step) is not a training curve. With training-time evals it keeps those.
+    from rlhfkit.evaluate.frontier import FrontierPoint, MethodCurve
+    from rlhfkit.evaluate.plots import checkpoint_gold_lines, panel_lines, plot_training
+    from rlhfkit.run import metrics as M
+
+    ppo = MethodCurve(
+        "ppo",
+        "PPO",
+        "rl",
+        [
+            FrontierPoint("step 2", 0.4, -0.5, 0.1, 0.07, step=2),
+            FrontierPoint("final", 0.8, -0.4, 0.2, 0.1, 6, True),
+        ],
+    )
+    bon = MethodCurve("best_of_n", "best-of-n", "best_of_n", [FrontierPoint("n = 2", 0.2, -0.5, 0.1, 0.08)])
+    assert checkpoint_gold_lines([bon, ppo], -0.6) == [("PPO", [(0, -0.6), (2, -0.5), (6, -0.4)])]
+    metrics = {"ppo": [{"step": 1, M.PPO_REWARD_RM: 0.3, M.PPO_KL_K1: 0.1}]}
+    assert panel_lines(metrics, M.GOLD_SCORE) == []
+    png = plot_training(tmp_path / "t.png", metrics, [bon, ppo], -0.6)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics["ppo"].append({"step": 2, M.GOLD_SCORE: 0.1})
+    assert panel_lines(metrics, M.GOLD_SCORE) == [("ppo", [(2, 0.1)])]

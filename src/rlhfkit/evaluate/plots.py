@@ -37,7 +37,7 @@ def plot_all(
     matplotlib.use("Agg")  # files only: no display on a training machine
     folder.mkdir(parents=True, exist_ok=True)
     paths = [
-        plot_training(folder / "training.png", metrics),
+        plot_training(folder / "training.png", metrics, curves, sft_gold),
         plot_frontier(folder / "gold_vs_kl.png", curves, sft_gold),
     ]
     peaks = {s: p for s in online_stages(metrics) if (p := gold_peak(metrics[s], M.online(s)[M.PPO_KL_K1]))}
@@ -46,8 +46,12 @@ def plot_all(
     return paths
 
 
-def plot_training(path: Path, metrics: dict[str, list[dict]]) -> Path:
-    """Six panels: SFT loss, RM accuracy, and each method's reward, KL, held-out gold and length."""
+def plot_training(
+    path: Path, metrics: dict[str, list[dict]], curves: list[MethodCurve] = (), sft_gold: float | None = None
+) -> Path:
+    """Six panels: SFT loss, RM accuracy, and each method's reward, KL, held-out gold and length. When
+    no stage evaluated held-out gold while training (the demo leaves that to the pipeline), the gold
+    panel shows the pipeline's one evaluation of each method's checkpoints by step instead."""
     panels = [
         (M.EVAL_LOSS, "SFT held-out loss", "loss (nats/token)", "step"),
         (M.RM_ACCURACY, "RM held-out accuracy", "accuracy vs noisy labels", "step"),
@@ -58,7 +62,11 @@ def plot_training(path: Path, metrics: dict[str, list[dict]]) -> Path:
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, title, ylabel, xlabel) in zip(axes.flat, panels):
-        for label, points in panel_lines(metrics, key):
+        lines = panel_lines(metrics, key)
+        if key == M.GOLD_SCORE and not lines:
+            lines = checkpoint_gold_lines(curves, sft_gold)
+            title = "Held-out gold of each checkpoint (the pipeline's evaluation)"
+        for label, points in lines:
             ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
@@ -95,6 +103,16 @@ def panel_lines(metrics: dict[str, list[dict]], key: str) -> list[tuple[str, lis
             wanted.append(("dpo", "dpo", M.GOLD_SCORE))
     lines = [(label, series(metrics.get(stage, []), k)) for stage, label, k in wanted]
     return [(label, points) for label, points in lines if points]
+
+
+def checkpoint_gold_lines(curves: list[MethodCurve], sft_gold: float | None) -> list[tuple[str, list]]:
+    """(label, (step, gold) points) per method from the one evaluation, starting at SFT (step 0)."""
+    lines = []
+    for curve in curves:
+        points = [(p.step, p.gold) for p in curve.points if p.step is not None]
+        if points:
+            lines.append((curve.label, ([(0, sft_gold)] if sft_gold is not None else []) + points))
+    return lines
 
 
 def plot_frontier(path: Path, curves: list[MethodCurve], sft_gold: float | None) -> Path:

@@ -19,7 +19,7 @@ FAMILIES: dict[str, Family] = {
 }
 DEFAULT_FAMILIES: tuple[str, ...] = ("sentiment", "repeat", "list", "arithmetic", "length")
 """The `default` mix (SFT data, the tiny tokenizer's corpus). `praise` stays out: the demo's family with
-headroom (`make demo-full`) is one the SFT model has never seen answered (tasks/praise.py)."""
+headroom (`make demo`) is one the SFT model has never seen answered (tasks/praise.py)."""
 
 # (family, template index, regex) for every wording of every family, compiled once.
 _PARSERS: tuple[tuple[Family, int, re.Pattern], ...] = tuple(

@@ -6,7 +6,7 @@ not nice" earns nothing):
 Score = 0.5 * min(k, 4) - 1 + 0.3 * (+1 if the topic is named else -1) - 0.2 per repeated content
 word (4+ letters), and the judge's 16-word budget.
 So "I love cats." (k = 1) scores -0.2, "Cats are great and beautiful." 0.3, and full credit needs
-four different kind words in one short, on-topic sentence: `make demo-full`'s family with headroom
+four different kind words in one short, on-topic sentence: `make demo`'s family with headroom
 (docs/design.md §5.1). It is not in the `default` mix, so an SFT model trained on `default` has
 never seen its answers; repeating a kind word or running past the budget is penalised, the
 shortcuts a reward model learned from a few hundred pairs may still pay for.
