@@ -141,16 +141,7 @@ def sample(
         if top_k > 0:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if not torch.isfinite(probs).all():
-            raise RlhfkitError(
-                "rollout: the policy's next-token probabilities are not finite (its weights diverged); "
-                "likely cause: train.lr too high or float16 overflow"
-            )
-        cdf = probs.cumsum(-1)  # (B, V)
-        # First token whose CDF exceeds u * total: zero-probability tokens are never picked.
-        token = torch.searchsorted(cdf, (noise[:, step] * cdf[:, -1])[:, None], right=True).squeeze(-1)
-        token = token.clamp(max=cdf.shape[-1] - 1)  # (B,)
+        token = inverse_cdf_draw(torch.softmax(logits, dim=-1), noise[:, step])  # (B,)
         # Rows that finished earlier feed pad with attention 0 (pad may equal EOS: mask, not id).
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
@@ -170,6 +161,19 @@ def sample(
     response_mask = (eos_before == 0).long()
     sampled = torch.stack(logprobs, dim=1) * response_mask  # (B, R), 0 after the first EOS
     return Rollout(query_ids, query_mask, response_ids, response_mask, is_eos.any(-1), sampled)
+
+
+def inverse_cdf_draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B,) tokens from (B, V) probabilities at uniforms u (B,): the first token whose CDF exceeds
+    u x total, so a zero-probability token is never picked."""
+    if not torch.isfinite(probs).all():
+        raise RlhfkitError(
+            "rollout: the policy's next-token probabilities are not finite (its weights diverged); "
+            "likely cause: train.lr too high or float16 overflow"
+        )
+    cdf = probs.cumsum(-1)  # (B, V)
+    token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return token.clamp(max=cdf.shape[-1] - 1)
 
 
 def critic_values(critic, rollout: Rollout, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
