@@ -113,7 +113,8 @@ class SavedAdapter:
             record = {**record, "base": str(Path(*[".."] * depth, record["base"]))}
         return cls(weights, config, record)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
+        """As a module's (sharding.full_state_dict passes keep_vars)."""
         return self.weights
 
     def save_pretrained(
@@ -137,7 +138,8 @@ def rewards_at_last_token(
     A decoder RM (a `score` head: GPT-2, Llama, ..., LoRA-wrapped or DDP-wrapped too) runs with
     position ids counted over attended tokens and its head is applied to the final hidden state at
     that position. An encoder RM (BERT-like; `extra` e.g. its token_type_ids) keeps its own pooling
-    of the first token.
+    of the first token. Under FSDP2 the head, applied after the forward, belongs to the root unit,
+    which stays gathered after forward (trainers/sharding.py: full_weights keeps it so).
     """
     head = score_head(model)
     if head is None:

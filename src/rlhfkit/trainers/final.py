@@ -28,7 +28,9 @@ def save_final(
     extra_models: dict[str, tuple] | None = None,
 ) -> Path:
     """final/: a from_pretrained()-loadable folder (the adapter for LoRA, plus merged/ if asked);
-    `extra_models` {name: (model, tokenizer)} become from_pretrained() folders final/<name>/."""
+    `extra_models` {name: (model, tokenizer)} become from_pretrained() folders final/<name>/. Every
+    process calls it, or the main process alone with unsharded models while the others call
+    wait_for_final (rm's final/ under FSDP)."""
     final = ctx.out / "final"
     unwrapped = ctx.accelerator.unwrap_model(model)
     # A sharded model is gathered into whole tensors on every process (a collective), then saved.
@@ -59,6 +61,13 @@ def save_final(
             push_to_hub(final, ctx.cfg.run.push_to_hub)
     ctx.accelerator.wait_for_everyone()
     return final
+
+
+def wait_for_final(ctx: StageContext) -> Path:
+    """What a process does while the main process alone saves final/ from a model only it holds (whole
+    tensors, so save_final needs no collective): save_final's closing wait."""
+    ctx.accelerator.wait_for_everyone()
+    return ctx.out / "final"
 
 
 def _adapter_base(cfg, final: Path) -> tuple[str, dict] | None:

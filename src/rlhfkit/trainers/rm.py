@@ -30,9 +30,9 @@ from rlhfkit.rollout import generate
 from rlhfkit.run import metrics as M
 from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
-from rlhfkit.trainers.final import save_final
+from rlhfkit.trainers.final import save_final, wait_for_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
-from rlhfkit.trainers.sharding import full_weights
+from rlhfkit.trainers.sharding import full_state_dict, full_weights, is_sharded
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
@@ -196,6 +196,13 @@ def save_rm_final(ctx, cfg: RMConfig, unwrapped, tokenizer, train_pairs: list[di
     """final/: the RM merged (no adapter), so AutoModelForSequenceClassification loads it as is, with
     its reward_stats.json; a LoRA RM also keeps its adapter and head in final/adapter/, for a policy on
     the same base (design §6.9)."""
+    if is_sharded(ctx.accelerator):
+        # Merging the adapter and reward_stats' sampling run on rank 0 alone, which a sharded model
+        # cannot (its forward is a collective): rank 0 puts the whole weights in an unsharded RM.
+        state = full_state_dict(unwrapped)  # a collective: every process
+        if not ctx.is_main:
+            return wait_for_final(ctx)
+        unwrapped = unsharded_rm(cfg, state)
     adapter = None
     if hasattr(unwrapped, "merge_and_unload"):
         base = base_reference(cfg.model.name, cfg.model.tiny_seed, ctx.out / "final")
@@ -208,3 +215,13 @@ def save_rm_final(ctx, cfg: RMConfig, unwrapped, tokenizer, train_pairs: list[di
     if ctx.is_main:
         ctx.logger.log(cfg.train.max_steps, {M.RM_REWARD_MEAN: stats["mean"], M.RM_REWARD_STD: stats["std"]})
     return final
+
+
+def unsharded_rm(cfg: RMConfig, state: dict[str, torch.Tensor]):
+    """The stage's reward model, built again unsharded, with `state` (whole tensors) as its weights."""
+    # fork_rng: building draws LoRA's initial weights; reward_stats then samples with the random
+    # numbers an unsharded run's rank 0 has at this point.
+    with torch.random.fork_rng(devices=[]):
+        model, _ = reward_model_from_causal_lm(cfg.model)
+    model.load_state_dict(state)
+    return model

@@ -95,16 +95,37 @@ def full_weights(accelerator, model: torch.nn.Module):
         yield model
         return
     modules = [m for m in accelerator.unwrap_model(model).modules() if isinstance(m, FSDPModule)]
+    # The root settles its own setting at its first forward, which may come inside this block and on
+    # rank 0 alone (its evals): settle it now, on every process, so that it is the one restored.
+    modules[0]._get_fsdp_state()._lazy_init()
+    settings = [_reshard_setting(module) for module in modules]
     for module in modules:
         module.unshard()
-        module.set_reshard_after_forward(False)
+        module.set_reshard_after_forward(False, recurse=False)
     try:
         yield model
     finally:
         accelerator.wait_for_everyone()
-        for module in modules:
+        for module, setting in zip(modules, settings):
             module.reshard()
-            module.set_reshard_after_forward(True)
+            _restore_reshard_setting(module, setting)
+
+
+def _reshard_setting(module: FSDPModule) -> tuple:
+    """A module's reshard-after-forward setting (torch has no getter), restored as it was after the block.
+    It differs between units: accelerate keeps the final norm's unit gathered, and the root (the prepared
+    model) stays gathered after forward (torch's default for a root). The RM applies its `score` head, a
+    parameter of the root, to the hidden states after the forward (models/reward.py: rewards_at_last_token):
+    a root resharded after forward hands it a shard ("aten.mm.default got mixed torch.Tensor and DTensor")."""
+    state = module._get_fsdp_state()
+    return state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups]
+
+
+def _restore_reshard_setting(module: FSDPModule, setting: tuple) -> None:
+    state = module._get_fsdp_state()
+    state._auto_reshard_after_forward, infos = setting
+    for group, info in zip(state._fsdp_param_groups, infos):
+        group.post_forward_mesh_info = info
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -119,9 +140,17 @@ def like(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+@torch.no_grad()
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """module.state_dict() with whole tensors (every process calls it under FSDP)."""
-    return {name: full_tensor(value).detach() for name, value in module.state_dict().items()}
+    """module.state_dict() with whole tensors (every process calls it under FSDP). A tensor under two
+    names (tied input and output embeddings) is gathered once and stays one tensor, so save_pretrained
+    drops the tied name as it does for an unsharded model (final/ holds the same keys)."""
+    whole: dict[int, torch.Tensor] = {}
+    state = module.state_dict(keep_vars=True)
+    for value in state.values():
+        if id(value) not in whole:
+            whole[id(value)] = full_tensor(value).detach()
+    return {name: whole[id(value)] for name, value in state.items()}
 
 
 def full_optimizer_state(optimizer) -> dict:
