@@ -34,7 +34,7 @@ def generate(
 ) -> Completions:
     """Complete every prompt. Sampling is plain softmax(logits / T): no top-k/top-p warping, drawn by
     rollout.ppo.sample (the sampler of PPO's rollouts, with a LoRA adapter merged and only the last
-    position's logits: ~1.3x transformers' generate on SmolLM2 at batch 32, design §6.1) from torch's
+    position's logits: ~1.1x transformers' generate on SmolLM2 at batch 32, design §6.1) from torch's
     global generator; greedy decoding is transformers' generate.
 
     `progress` names a progress bar over the batches (long jobs such as preference sampling)."""
