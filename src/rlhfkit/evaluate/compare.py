@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhfkit.evaluate.rm import gold_order_agreement
 from rlhfkit.evaluate.text import bleu
 from rlhfkit.ops import masked_sum
 from rlhfkit.rewards import same_tokenizer
@@ -223,10 +224,8 @@ def rm_gold_agreement(gold: torch.Tensor, reward: torch.Tensor) -> dict[str, flo
     prompt as the unit (a ratio estimator: a prompt's pairs share its draws), and the pair count. The
     held-out pairs of the rm stage are a few dozen; N draws of P prompts give P * N(N-1)/2."""
     i, j = torch.triu_indices(gold.shape[1], gold.shape[1], offset=1)
-    gold_sign = (gold[:, i] - gold[:, j]).sign()  # (P, pairs)
-    reward_sign = (reward[:, i] - reward[:, j]).sign()
-    counted = gold_sign != 0
-    agree = torch.where(reward_sign == 0, 0.5, (reward_sign == gold_sign).double()) * counted
+    agree, counted = gold_order_agreement(reward[:, i] - reward[:, j], gold[:, i] - gold[:, j])  # (P, pairs)
+    agree = agree.double() * counted  # the rm stage's rule (evaluate/rm.py) on every pair of draws
     per_prompt, pairs = agree.sum(1), counted.sum(1).double()  # (P,) each
     total = pairs.sum()
     if total == 0:

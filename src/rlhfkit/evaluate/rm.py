@@ -92,17 +92,19 @@ def rm_metrics(
     if all(g[0] is not None and g[1] is not None for g in gold):
         gold_c = torch.tensor([g[0] for g in gold], dtype=torch.float32)
         gold_r = torch.tensor([g[1] for g in gold], dtype=torch.float32)
-        untied = gold_c != gold_r
-        if untied.any():
-            # Agreement with the noiseless judge: the RM's order vs the gold order, ties left out.
-            # An RM tie counts as half right, like a coin flip.
-            rm_sign = torch.sign(chosen - rejected)[untied]
-            gold_sign = torch.sign(gold_c - gold_r)[untied]
-            metrics[M.RM_GOLD_AGREEMENT] = (0.5 * (1 + rm_sign * gold_sign)).mean().item()
+        agree, untied = gold_order_agreement(chosen - rejected, gold_c - gold_r)
+        if untied.any():  # agreement with the noiseless judge, gold ties left out
+            metrics[M.RM_GOLD_AGREEMENT] = agree[untied].mean().item()
         rm_scores, gold_scores = torch.cat([chosen, rejected]), torch.cat([gold_c, gold_r])
         metrics[M.RM_GOLD_CORRELATION] = pearson(rm_scores, gold_scores)
         metrics[M.RM_GOLD_PAIR_CORRELATION] = pair_correlation(chosen - rejected, gold_c - gold_r)
     return metrics, table
+
+
+def gold_order_agreement(rm_diff: torch.Tensor, gold_diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair from score differences: 1 where the RM orders it as the gold judge does, 0 where it
+    reverses it, 0.5 for an RM tie (a coin flip); and which pairs count (gold does not tie them)."""
+    return 0.5 * (1 + rm_diff.sign() * gold_diff.sign()), gold_diff != 0
 
 
 def pair_correlation(rm_differences: torch.Tensor, gold_differences: torch.Tensor) -> float:
