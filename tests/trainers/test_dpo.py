@@ -122,6 +122,24 @@ def test_precomputed_reference_gives_the_adapter_off_losses(tmp_path, tiny_sft_d
     assert series(stored, M.DPO_EVAL_MARGIN) == pytest.approx(series(live, M.DPO_EVAL_MARGIN), abs=1e-5)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [["dpo.reference=frozen_copy"], ["model.lora=false", "dpo.reference=precomputed"]],
+    ids=["frozen-copy", "full-precomputed"],
+)
+def test_bf16_reference_runs_under_the_policys_autocast(tmp_path, tiny_sft_dir, overrides):
+    # train.mixed_precision=bf16 (docs/scaling.md section 2.4): the frozen reference copy (live, or the
+    # precomputed table) is scored under the policy's autocast, so at step 1, where policy = reference,
+    # the loss is log 2 and every implicit reward and KL 0, not bf16 rounding (chosen reward 0.0015 and
+    # k1 -0.0046 when the copy ran in float32).
+    result = train_dpo(
+        config(tmp_path, tiny_sft_dir, "train.max_steps=1", "train.mixed_precision=bf16", *overrides)
+    )
+    assert series(result, M.DPO_LOSS) == pytest.approx([math.log(2)], abs=1e-6)
+    for name in (M.DPO_CHOSEN_REWARD, M.DPO_REJECTED_REWARD, M.DPO_EVAL_MARGIN, M.DPO_KL_K1, M.DPO_KL_EXACT):
+        assert series(result, name)[0] == pytest.approx(0.0, abs=1e-6), name
+
+
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_sft_dir):
     args = [

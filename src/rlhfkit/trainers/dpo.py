@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.optim import accumulate_and_step, prepare_training
 from rlhfkit.trainers.ppo import held_out_gold
 from rlhfkit.trainers.rm import load_pair_data
-from rlhfkit.trainers.sharding import full_weights
+from rlhfkit.trainers.sharding import full_weights, like_sharded_policy
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 REFERENCE_TABLE = "reference_logps.safetensors"
@@ -109,13 +110,18 @@ def pairs_batch(pairs: TokenizedPairs, ids: list[int], pad_token_id: int) -> tup
 
 
 @contextlib.contextmanager
-def reference_model(policy, frozen):
-    """The SFT reference to call: the frozen copy, or (LoRA) the policy with its adapter disabled."""
-    if frozen is not None:
-        yield frozen
-        return
-    with policy.disable_adapter():
-        yield policy
+def reference_model(policy, frozen, autocast: Callable = contextlib.nullcontext):
+    """The SFT reference to call: the frozen copy, or (LoRA) the policy with its adapter disabled, inside
+    `autocast` (the accelerator's). The prepared policy's forward runs under it, so the reference must
+    too: a frozen copy in float32 against a bf16 policy puts bf16 rounding into the loss and the KL
+    (step 1's loss log 2 - 1.2e-4 on the tiny model, where policy = reference; docs/scaling.md
+    section 2.4)."""
+    with autocast():
+        if frozen is not None:
+            yield frozen
+            return
+        with policy.disable_adapter():
+            yield policy
 
 
 @torch.no_grad()
@@ -143,7 +149,7 @@ def reference_table(ctx: StageContext, s: DPOSetup) -> dict[str, torch.Tensor]:
         if len(table["train_chosen"]) == len(s.train) and len(table["eval_chosen"]) == len(s.held_out):
             return table
     table = {}
-    with reference_model(s.policy, s.frozen) as ref:
+    with reference_model(s.policy, s.frozen, s.autocast) as ref:
         for name, pairs in (("train", s.train), ("eval", s.held_out)):
             c, r = all_pair_logps(ref, pairs, s.tokenizer.pad_token_id, ctx.cfg.train.batch_size, False)
             table[f"{name}_chosen"], table[f"{name}_rejected"] = c, r
@@ -194,6 +200,8 @@ class DPOSetup:
     eval_pairs: list[dict]
     start: int
     global_batch: int
+    autocast: Callable
+    """The accelerator's autocast (train.mixed_precision), for the reference passes (`reference_model`)."""
 
 
 def setup_dpo(cfg: DPOConfig, ctx: StageContext) -> DPOSetup:
@@ -201,6 +209,7 @@ def setup_dpo(cfg: DPOConfig, ctx: StageContext) -> DPOSetup:
     frozen = None
     if cfg.dpo.reference == "frozen_copy" or not cfg.model.lora:
         frozen = load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)[0]
+        frozen = like_sharded_policy(ctx.accelerator, frozen)
     train, held_out, _, eval_pairs = load_pair_data(cfg, tokenizer, "dpo", eos=True)
     model, optimizer, scheduler, start, global_batch = prepare_training(ctx, policy, len(train))
     return DPOSetup(
@@ -215,6 +224,7 @@ def setup_dpo(cfg: DPOConfig, ctx: StageContext) -> DPOSetup:
         eval_pairs,
         start,
         global_batch,
+        ctx.accelerator.autocast,
     )
 
 
@@ -252,7 +262,7 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> 
                 rows = torch.tensor(list(ids))
                 ref_chosen, ref_rejected = table["train_chosen"][rows], table["train_rejected"][rows]
             elif not average:
-                with torch.no_grad(), reference_model(s.policy, s.frozen) as ref:
+                with torch.no_grad(), reference_model(s.policy, s.frozen, s.autocast) as ref:
                     ref_chosen, ref_rejected = pair_logps(ref, batch, prompt_lengths, False)
             # 3. the preference loss; stats weighted by the micro-batch's share of the global batch
             loss, stats = preference_loss(cfg, chosen, rejected, ref_chosen, ref_rejected)
@@ -328,7 +338,7 @@ class DPOEvals:
         elif self.table is not None:
             ref = (self.table["eval_chosen"], self.table["eval_rejected"])
         else:
-            with reference_model(s.policy, s.frozen) as model:
+            with reference_model(s.policy, s.frozen, s.autocast) as model:
                 ref = all_pair_logps(
                     model, s.held_out, s.tokenizer.pad_token_id, self.cfg.train.batch_size, False
                 )
@@ -344,7 +354,9 @@ class DPOEvals:
 
     def sampled_on_main(self, step: int) -> None:
         s = self.s
-        gold, stats = sampled_evals(s.policy, s.frozen, s.tokenizer, self.rows, self.prompts, self.cfg)
+        gold, stats = sampled_evals(
+            s.policy, s.frozen, s.tokenizer, self.rows, self.prompts, self.cfg, autocast=s.autocast
+        )
         if gold is not None:
             stats[M.GOLD_SCORE] = sum(gold) / len(gold)
             if step == 0 or self.first_gold is None:
@@ -374,14 +386,21 @@ def held_out_pair_metrics(cfg: DPOConfig, logps: tuple, ref: tuple, rows: list[d
 
 
 def sampled_evals(
-    policy, frozen, tokenizer, rows: list[dict], prompts: list[str], cfg: DPOConfig, batch_size: int = 64
+    policy,
+    frozen,
+    tokenizer,
+    rows: list[dict],
+    prompts: list[str],
+    cfg: DPOConfig,
+    batch_size: int = 64,
+    autocast: Callable = contextlib.nullcontext,
 ) -> tuple[list[float] | None, dict[str, float]]:
     """(gold scores or None, KL stats) of ONE sample per held-out prompt, drawn once: with built-in
     `rows`, trainers.ppo's held_out_gold (this stage's sampling settings as a PPO config), so DPO's
     and PPO's gold/score are the same measurement, and the KL scores those very draws; without rows,
-    the same fixed noise on `prompts` for the KL alone."""
+    the same fixed noise on `prompts` for the KL alone. `autocast`: the reference's (`reference_model`)."""
     p = cfg.dpo
-    kl = SampleKL(policy, frozen, cfg)
+    kl = SampleKL(policy, frozen, cfg, autocast)
     if rows:
         as_ppo = PPOConfig(
             data=DataConfig(source=p.eval_source, template=cfg.data.template),
@@ -408,8 +427,8 @@ class SampleKL:
     on_rollout): k1 per sequence with its standard error, and the exact KL on the first
     dpo.kl_exact_rows samples with k1's z against it."""
 
-    def __init__(self, policy, frozen, cfg: DPOConfig):
-        self.policy, self.frozen, self.p = policy, frozen, cfg.dpo
+    def __init__(self, policy, frozen, cfg: DPOConfig, autocast: Callable = contextlib.nullcontext):
+        self.policy, self.frozen, self.p, self.autocast = policy, frozen, cfg.dpo, autocast
         self.k1: list[torch.Tensor] = []
         self.exact: list[torch.Tensor] = []
 
@@ -420,7 +439,7 @@ class SampleKL:
         rows = max(0, min(p.kl_exact_rows - start, mask.shape[0]))
         # Full logits only of the rows the exact KL reads (score keeps no others).
         new = score(self.policy, rollout, p.temperature, logit_rows=rows)
-        with reference_model(self.policy, self.frozen) as ref_model:
+        with reference_model(self.policy, self.frozen, self.autocast) as ref_model:
             ref = score(ref_model, rollout, p.temperature, logit_rows=rows)
         self.k1.append(masked_sum(kl_k1(new["logprobs"], ref["logprobs"]), mask, dim=-1).double())  # (b,)
         if rows:

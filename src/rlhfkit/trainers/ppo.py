@@ -79,7 +79,13 @@ from rlhfkit.trainers.context import StageContext
 from rlhfkit.trainers.final import save_final
 from rlhfkit.trainers.guard import guarded_step
 from rlhfkit.trainers.optim import build_optimizer
-from rlhfkit.trainers.sharding import full_state_dict, full_weights, is_sharded, use_gradient_checkpointing
+from rlhfkit.trainers.sharding import (
+    full_state_dict,
+    full_weights,
+    is_sharded,
+    like_sharded_policy,
+    use_gradient_checkpointing,
+)
 from rlhfkit.trainers.stage import RunResult, finish, start_stage
 
 
@@ -331,10 +337,11 @@ def setup_ppo(cfg: PPOConfig, ctx: StageContext, resume: bool) -> PPOSetup:
         )
     policy, tokenizer = load_causal_lm(cfg.model)
     # Full fine-tuning needs a frozen copy as the reference; LoRA reuses the base (adapter disabled).
-    reference = (
+    reference = like_sharded_policy(
+        ctx.accelerator,
         None
         if cfg.model.lora
-        else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)[0]
+        else load_causal_lm(ModelConfig(**{**vars(cfg.model), "lora": False}), trainable=False)[0],
     )
     reward_fn, critic, critic_tokenizer, critic_norm = load_reward_and_critic(cfg, ctx, policy, tokenizer)
     net = PolicyWithValue(
@@ -395,7 +402,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
         s.sampler.load_weights(s.net.policy)  # the generation backend's seam (rollout/backend.py)
         rollout = s.sampler.sample(prompts, noise)
         # 2. score: old log-probs (+ values with a critic), reference log-probs, reward
-        old, ref = score_rollout(s, rollout, cfg)
+        old, ref = score_rollout(ctx, s, rollout, cfg)
         raw_scores, scores = reward_scores(s, prompts, rollout, p)
         # 3. per-token rewards: the score on the last token, minus kl_coef x k1 when the KL is in the reward
         mask, reward_kl = rollout.response_mask, (kl_coef if p.kl_in == "reward" else 0.0)
@@ -436,14 +443,18 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, overwrite: bool = False) -> 
     return finish(ctx, save_ppo_final(ctx, s))
 
 
-def score_rollout(s: PPOSetup, rollout: Rollout, cfg: PPOConfig) -> tuple[dict, dict]:
+def score_rollout(ctx: StageContext, s: PPOSetup, rollout: Rollout, cfg: PPOConfig) -> tuple[dict, dict]:
     """(old, ref): the rollout scored by the policy (and its critic) and by the reference, no grad.
     Besides log-probs (and values) they keep only what the diagnostics read: the policy's per-token
-    entropy and both passes' logits on the ppo.kl_exact_rows rows of the exact KL (design §6.9)."""
+    entropy and both passes' logits on the ppo.kl_exact_rows rows of the exact KL (design §6.9).
+
+    The reference runs under the accelerator's autocast, as the prepared policy's forward does
+    (train.mixed_precision=bf16): in float32 the KL would hold bf16 rounding (0.0019 nats on the tiny
+    model at iteration 1, where the policy is the reference; docs/scaling.md section 2.4)."""
     rows, temperature = cfg.ppo.kl_exact_rows, cfg.rollout.temperature
     with torch.no_grad():
         old = s.net(rollout, temperature, entropy=True, logit_rows=rows)
-        with reference_context(s.net, cfg.model.lora):
+        with reference_context(s.net, cfg.model.lora), ctx.accelerator.autocast():
             ref = score(s.reference or s.net.policy, rollout, temperature, logit_rows=rows)
     return old, ref
 

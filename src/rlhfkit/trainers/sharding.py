@@ -11,6 +11,7 @@ how the FSDP tests run here. FSDP1 and DeepSpeed cannot run on CPU: they are ref
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
 import torch
@@ -37,6 +38,12 @@ def make_accelerator(cfg) -> Accelerator:
         plugin = FullyShardedDataParallelPlugin()
         if cfg.train.mixed_precision != "no":
             plugin.set_mixed_precision(cfg.train.mixed_precision)
+            # accelerate also casts the root's outputs to bf16; PPO's root (PolicyWithValue) returns
+            # log-probs it computed in float32, which that rounds to bf16 (a ~0.03 step at -5 nats)
+            # while the reference's stay float32: iteration 1's KL read 0.0056 nats, not 0
+            # (docs/scaling.md section 2.4).
+            policy = plugin.mixed_precision_policy
+            plugin.mixed_precision_policy = dataclasses.replace(policy, output_dtype=None)
         # accelerate keeps FSDP for accelerator devices; its FSDP2 path runs on CPU given the state.
         accelerator.state.fsdp_plugin = plugin
         accelerator.state.distributed_type = DistributedType.FSDP
@@ -76,6 +83,20 @@ def use_gradient_checkpointing(model: torch.nn.Module, on: bool) -> None:
     of keeping them (non-reentrant: it works with frozen LoRA bases and under FSDP)."""
     if on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+@torch.no_grad()
+def like_sharded_policy(accelerator, frozen: torch.nn.Module | None) -> torch.nn.Module | None:
+    """A frozen reference copy (never sharded) that computes as the policy does. Under FSDP with
+    train.mixed_precision=bf16 the policy's forwards run on its weights gathered in bfloat16 (FSDP's
+    param_dtype), so the copy's parameters become bfloat16 too (its buffers stay, as FSDP leaves the
+    policy's); the float32 copy put 0.0033 nats of bf16 rounding into PPO's iteration-1 KL
+    (docs/scaling.md section 2.4). Without FSDP the policy computes from float32 weights under
+    autocast, and so does the copy."""
+    if frozen is not None and is_sharded(accelerator) and accelerator.mixed_precision == "bf16":
+        for param in frozen.parameters():
+            param.data = param.data.to(torch.bfloat16)
+    return frozen
 
 
 def _flag(name: str) -> bool:
