@@ -18,15 +18,9 @@ import torch
 from rlhfkit.data.collate import left_pad
 from rlhfkit.data.templates import encode_prompt
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.prefix import cache_name, position_ids
 from rlhfkit.models.shared import adapter_merged
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
-
-
-def _cache_name() -> str:
-    # transformers 5.2x renamed the KV cache argument and output field `past_key_values` -> `cache`.
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -83,11 +77,6 @@ class Rollout:
         ]
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding shifts real tokens right; positions count real tokens only (clamped at 0)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 @torch.no_grad()
 def sample(
     model,
@@ -116,7 +105,7 @@ def sample(
     noise = torch.rand(batch, max_new_tokens) if noise is None else noise
     attention = query_mask.clone()
     positions = position_ids(attention)
-    step_input, past, cache = query_ids, None, _cache_name()
+    step_input, past, cache = query_ids, None, cache_name()
     tokens, logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool)
     seen = None  # (B, V) tokens already in each row, for a repetition penalty
