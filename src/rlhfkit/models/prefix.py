@@ -143,6 +143,7 @@ def _usable(cache, batch: SharedPrompts) -> bool:
 def continuation_logits(model, batch: SharedPrompts) -> torch.Tensor:
     """(N, Tc, V) float logits; [:, t] is the distribution continuation token t was drawn from (t = 0:
     the prompt's last position). The LM head runs only at these positions (logits_to_keep)."""
+    _check(batch)
     width = batch.ids.shape[1]
     if not shares_cache(model):
         return _full_logits(model, batch)
@@ -163,6 +164,7 @@ def continuation_hidden(model, batch: SharedPrompts) -> torch.Tensor:
     """(N, Tc + 1, H) final hidden states (after the final norm, the input of a score or value head):
     [:, 0] at the prompt's last token, [:, t + 1] at continuation token t. An empty continuation's last
     state is [:, 0]; any row's is [:, mask.sum(-1)]."""
+    _check(batch)
     if not shares_cache(model):
         return _full_hidden(model, batch)
     out, cache = prompt_pass(model, batch, hidden=True, **_keep(model, 1))
@@ -173,6 +175,11 @@ def continuation_hidden(model, batch: SharedPrompts) -> torch.Tensor:
         return first
     rest = continuation_pass(model, batch, cache, hidden=True, **_keep(model, 1)).hidden_states[-1]
     return torch.cat([first, rest], dim=1)
+
+
+def _check(batch: SharedPrompts) -> None:
+    if batch.prompt_ids.shape[1] == 0 or not batch.prompt_mask[:, -1].all():
+        raise ValueError("every prompt needs a token: continuation token 0 is read off the prompt's last")
 
 
 def _keep(model, positions) -> dict:
