@@ -147,7 +147,7 @@ def continuation_logits(model, batch: SharedPrompts) -> torch.Tensor:
     width = batch.ids.shape[1]
     if not shares_cache(model):
         return _full_logits(model, batch)
-    out, cache = prompt_pass(model, batch, hidden=False, **_keep(model, 1))
+    out, cache = prompt_pass(model, batch, hidden=False, **keep_logits(model, 1))
     if not _usable(cache, batch):
         return _full_logits(model, batch)
     first = out.logits[:, -1:].index_select(0, batch.rows)  # (N, 1, V): predicts continuation token 0
@@ -155,7 +155,7 @@ def continuation_logits(model, batch: SharedPrompts) -> torch.Tensor:
         return first.float()[:, :width]
     # Positions 0..Tc-2 predict tokens 1..Tc-1; the last position predicts past the continuation. Slicing
     # also suits a model that ignores logits_to_keep and returns all Tc.
-    keep = _keep(model, torch.arange(width - 1, device=batch.ids.device))
+    keep = keep_logits(model, torch.arange(width - 1, device=batch.ids.device))
     rest = continuation_pass(model, batch, cache, hidden=False, **keep).logits[:, : width - 1]
     return torch.cat([first, rest], dim=1).float()
 
@@ -167,13 +167,13 @@ def continuation_hidden(model, batch: SharedPrompts) -> torch.Tensor:
     _check(batch)
     if not shares_cache(model):
         return _full_hidden(model, batch)
-    out, cache = prompt_pass(model, batch, hidden=True, **_keep(model, 1))
+    out, cache = prompt_pass(model, batch, hidden=True, **keep_logits(model, 1))
     if not _usable(cache, batch):
         return _full_hidden(model, batch)
     first = out.hidden_states[-1][:, -1:].index_select(0, batch.rows)  # (N, 1, H)
     if batch.ids.shape[1] == 0:
         return first
-    rest = continuation_pass(model, batch, cache, hidden=True, **_keep(model, 1)).hidden_states[-1]
+    rest = continuation_pass(model, batch, cache, hidden=True, **keep_logits(model, 1)).hidden_states[-1]
     return torch.cat([first, rest], dim=1)
 
 
@@ -182,9 +182,10 @@ def _check(batch: SharedPrompts) -> None:
         raise ValueError("every prompt needs a token: continuation token 0 is read off the prompt's last")
 
 
-def _keep(model, positions) -> dict:
-    """logits_to_keep=positions for a model whose forward takes it (transformers' causal LMs: the LM head
-    then runs only there); a sequence classifier's head is one scalar per position and takes none."""
+def keep_logits(model, positions) -> dict:
+    """logits_to_keep=positions (an int: the last n; a tensor: these) for a model whose forward takes it
+    (transformers' causal LMs: the LM head then runs only there), else nothing: a sequence classifier's
+    head is one scalar per position. A caller slices the logits either way."""
     inner = getattr(model, "module", model)  # DDP
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
     return {"logits_to_keep": positions} if "logits_to_keep" in signature(inner.forward).parameters else {}
