@@ -143,10 +143,11 @@ def _usable(cache, batch: SharedPrompts) -> bool:
 def continuation_logits(model, batch: SharedPrompts) -> torch.Tensor:
     """(N, Tc, V) float logits; [:, t] is the distribution continuation token t was drawn from (t = 0:
     the prompt's last position). The LM head runs only at these positions (logits_to_keep)."""
+    _check(batch)
     width = batch.ids.shape[1]
     if not shares_cache(model):
         return _full_logits(model, batch)
-    out, cache = prompt_pass(model, batch, hidden=False, **_keep(model, 1))
+    out, cache = prompt_pass(model, batch, hidden=False, **keep_logits(model, 1))
     if not _usable(cache, batch):
         return _full_logits(model, batch)
     first = out.logits[:, -1:].index_select(0, batch.rows)  # (N, 1, V): predicts continuation token 0
@@ -154,7 +155,7 @@ def continuation_logits(model, batch: SharedPrompts) -> torch.Tensor:
         return first.float()[:, :width]
     # Positions 0..Tc-2 predict tokens 1..Tc-1; the last position predicts past the continuation. Slicing
     # also suits a model that ignores logits_to_keep and returns all Tc.
-    keep = _keep(model, torch.arange(width - 1, device=batch.ids.device))
+    keep = keep_logits(model, torch.arange(width - 1, device=batch.ids.device))
     rest = continuation_pass(model, batch, cache, hidden=False, **keep).logits[:, : width - 1]
     return torch.cat([first, rest], dim=1).float()
 
@@ -163,21 +164,28 @@ def continuation_hidden(model, batch: SharedPrompts) -> torch.Tensor:
     """(N, Tc + 1, H) final hidden states (after the final norm, the input of a score or value head):
     [:, 0] at the prompt's last token, [:, t + 1] at continuation token t. An empty continuation's last
     state is [:, 0]; any row's is [:, mask.sum(-1)]."""
+    _check(batch)
     if not shares_cache(model):
         return _full_hidden(model, batch)
-    out, cache = prompt_pass(model, batch, hidden=True, **_keep(model, 1))
+    out, cache = prompt_pass(model, batch, hidden=True, **keep_logits(model, 1))
     if not _usable(cache, batch):
         return _full_hidden(model, batch)
     first = out.hidden_states[-1][:, -1:].index_select(0, batch.rows)  # (N, 1, H)
     if batch.ids.shape[1] == 0:
         return first
-    rest = continuation_pass(model, batch, cache, hidden=True, **_keep(model, 1)).hidden_states[-1]
+    rest = continuation_pass(model, batch, cache, hidden=True, **keep_logits(model, 1)).hidden_states[-1]
     return torch.cat([first, rest], dim=1)
 
 
-def _keep(model, positions) -> dict:
-    """logits_to_keep=positions for a model whose forward takes it (transformers' causal LMs: the LM head
-    then runs only there); a sequence classifier's head is one scalar per position and takes none."""
+def _check(batch: SharedPrompts) -> None:
+    if batch.prompt_ids.shape[1] == 0 or not batch.prompt_mask[:, -1].all():
+        raise ValueError("every prompt needs a token: continuation token 0 is read off the prompt's last")
+
+
+def keep_logits(model, positions) -> dict:
+    """logits_to_keep=positions (an int: the last n; a tensor: these) for a model whose forward takes it
+    (transformers' causal LMs: the LM head then runs only there), else nothing: a sequence classifier's
+    head is one scalar per position. A caller slices the logits either way."""
     inner = getattr(model, "module", model)  # DDP
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
     return {"logits_to_keep": positions} if "logits_to_keep" in signature(inner.forward).parameters else {}
