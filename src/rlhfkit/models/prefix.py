@@ -144,13 +144,18 @@ def continuation_logits(model, batch: SharedPrompts) -> torch.Tensor:
     """(N, Tc, V) float logits; [:, t] is the distribution continuation token t was drawn from (t = 0:
     the prompt's last position). The LM head runs only at these positions (logits_to_keep)."""
     _check(batch)
-    width = batch.ids.shape[1]
     if not shares_cache(model):
         return _full_logits(model, batch)
     out, cache = prompt_pass(model, batch, hidden=False, **keep_logits(model, 1))
     if not _usable(cache, batch):
         return _full_logits(model, batch)
-    first = out.logits[:, -1:].index_select(0, batch.rows)  # (N, 1, V): predicts continuation token 0
+    return _continued_logits(model, batch, out.logits[:, -1:], cache)
+
+
+def _continued_logits(model, batch: SharedPrompts, last: torch.Tensor, cache) -> torch.Tensor:
+    """continuation_logits from the prompts' pass: `last` (P, 1, V) its logits at each prompt's last token."""
+    width = batch.ids.shape[1]
+    first = last.index_select(0, batch.rows)  # (N, 1, V): predicts continuation token 0
     if width <= 1:
         return first.float()[:, :width]
     # Positions 0..Tc-2 predict tokens 1..Tc-1; the last position predicts past the continuation. Slicing
@@ -226,3 +231,65 @@ def _row_positions(batch: SharedPrompts) -> torch.Tensor:
 
 def _expand(positions: torch.Tensor, width: int) -> torch.Tensor:
     return positions[:, :, None].expand(-1, -1, width)
+
+
+# ----------------------------------------------------------------------------- the sampler's prefill
+
+
+def prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """((B, V) float logits of each row's first response token, KV cache with a copy per row) for B
+    left-padded prompt rows, each distinct prompt run once: best-of-n's draws, RLOO/GRPO's group and a
+    preference pair's two samples repeat their prompt, and the prompt pass is about half of sampling 16
+    tokens (design §3.5). Rows that are all distinct (or a model without a DynamicCache) run as one
+    plain batch."""
+    from transformers import DynamicCache
+
+    distinct, rows = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
+    if len(distinct) < len(prompt_ids):
+        ids, mask = distinct.split(prompt_ids.shape[1], dim=1)
+        out, cache = _last_logits(model, ids, mask)
+        if isinstance(cache, DynamicCache):
+            return out.logits[:, -1].float().index_select(0, rows), _gathered(cache, rows)
+    out, cache = _last_logits(model, prompt_ids, prompt_mask)
+    return out.logits[:, -1].float(), cache
+
+
+def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor):
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        use_cache=True,
+        logits_to_keep=1,  # only the last position's logits: the prefill skips (B, P-1, V) of LM head
+    )
+    return out, getattr(out, cache_name())
+
+
+# ----------------------------------------------------------------------------- prompts kept across calls
+
+
+class PromptCache:
+    """A model's prompt pass over a fixed set of prompts, kept, so continuations of them are scored in
+    many later calls without running a prompt again: the evaluation scores every policy's samples of the
+    same held-out prompts under the reference (design §3.5)."""
+
+    @torch.no_grad()
+    def __init__(self, model, prompts: list[list[int]], pad_token_id: int):
+        self.model, self.pad_token_id = model, pad_token_id
+        self.index = {tuple(p): i for i, p in enumerate(prompts)}
+        self.prompts = SharedPrompts.of(prompts, [], [], pad_token_id)
+        out, self.cache = prompt_pass(self.model, self.prompts, hidden=False, **keep_logits(model, 1))
+        self.usable = shares_cache(model) and _usable(self.cache, self.prompts)
+        self.last = out.logits[:, -1:]  # (P, 1, V): predicts each continuation's token 0
+
+    @torch.no_grad()
+    def logits(self, prompts: list[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """(N, Tc, V) float logits of continuations `ids` (N, Tc), right-padded with `mask`, of the given
+        prompts; None when a prompt is not among the cached ones (the caller runs the plain forward)."""
+        rows = [self.index.get(tuple(p)) for p in prompts]
+        if not self.usable or None in rows:
+            return None
+        batch = SharedPrompts(
+            self.prompts.prompt_ids, self.prompts.prompt_mask, torch.tensor(rows, dtype=torch.long), ids, mask
+        )
+        return _continued_logits(self.model, batch, self.last, self.cache)
