@@ -6,7 +6,7 @@ import torch
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.data.collate import right_pad
-from rlhfkit.models import load_causal_lm
+from rlhfkit.models import load_causal_lm, prefix
 from rlhfkit.models.reward import load_reward_model, rewards_at_last_token
 from rlhfkit.rewards import load_reward
 from rlhfkit.rewards.model import shared_prefix_lengths
@@ -95,6 +95,38 @@ def test_rows_of_one_prompt_score_as_whole_rows(tiny_sft_dir, tiny_rm_dir):
         whole = rewards_at_last_token(model, *right_pad(ids, tokenizer.pad_token_id))
     assert torch.allclose(reward(prompts, responses, ids), whole, atol=1e-5)
     assert whole.std() > 0
+
+
+def test_kept_prompts_score_every_later_call_without_running_a_prompt_again(
+    tiny_sft_dir, tiny_rm_dir, monkeypatch
+):
+    # The evaluation keeps the RM's pass over the held-out prompts (reward.keep_prompts) and scores every
+    # policy's samples from it: same scores as the whole rows, and no forward sees a prompt token again.
+    tokenizer = policy_tokenizer(tiny_sft_dir)
+    reward = load_reward(str(tiny_rm_dir), normalize=False, policy_tokenizer=tokenizer)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    responses = ["5 apples", "red", "", "cat cat"]
+    ids = [
+        tokenizer(p)["input_ids"] + (tokenizer(" " + r, add_special_tokens=False)["input_ids"] if r else [])
+        for p, r in zip(prompts, responses)
+    ]
+    model, _ = load_reward_model(str(tiny_rm_dir))
+    with torch.no_grad():
+        whole = rewards_at_last_token(model, *right_pad(ids, tokenizer.pad_token_id))
+    reward.keep_prompts([tokenizer(p)["input_ids"] for p in PROMPTS])
+    calls = []
+    for name in ("prompt_pass", "continuation_pass"):
+        original = getattr(prefix, name)
+        monkeypatch.setattr(
+            prefix, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k)
+        )
+    kept = reward(prompts, responses, ids)
+    assert torch.allclose(kept, whole, atol=1e-5) and whole.std() > 0
+    assert calls == ["continuation_pass"], "the kept prompt pass serves the call"
+    # A row whose prompt is not kept: the call falls back to the rows' own pass, same scores.
+    other = tokenizer("Human: Name a fruit.\n\nAssistant:")["input_ids"] + tokenizer(" pear")["input_ids"]
+    mixed = reward(prompts[:1] + ["x"], responses[:1] + ["pear"], ids[:1] + [other])
+    assert torch.allclose(mixed[0], whole[0], atol=1e-5)
 
 
 def word_tokenizer(texts: list[str], kind: str):

@@ -359,6 +359,8 @@ def compare_policies(
     ref = _loaded(policies[reference]) if reference is not None else None
     # The reference's prompt pass over the held-out prompts, once for every policy compared with it.
     ref_prompts = None if ref is None else PromptCache(ref[0], encoded(ref[1], prompts), ref[1].pad_token_id)
+    if ref is not None and hasattr(reward_fn, "keep_prompts"):
+        reward_fn.keep_prompts(encoded(ref[1], prompts))  # the RM's prompt pass, likewise once
     pool = None
     for name, entry in policies.items():
         model, tokenizer = ref if name == reference else _loaded(entry)

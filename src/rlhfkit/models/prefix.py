@@ -48,11 +48,8 @@ class SharedPrompts:
         cls, prompts: list[list[int]], rows: list[int], continuations: list[list[int]], pad_token_id: int
     ) -> SharedPrompts:
         prompt_ids, prompt_mask = left_pad(prompts, pad_token_id)
-        if any(continuations):
-            ids, mask = right_pad(continuations, pad_token_id)
-        else:  # right_pad needs one token to size the batch by
-            ids = mask = torch.zeros(len(continuations), 0, dtype=torch.long)
-        return cls(prompt_ids, prompt_mask, torch.tensor(rows, dtype=torch.long), ids, mask)
+        index = torch.tensor(rows, dtype=torch.long)
+        return cls(prompt_ids, prompt_mask, index, *_padded(continuations, pad_token_id))
 
     @classmethod
     def split(cls, sequences: list[list[int]], prompt_lengths: list[int], pad_token_id: int) -> SharedPrompts:
@@ -73,6 +70,13 @@ class SharedPrompts:
             )
         ]
         return right_pad(sequences, 0)  # padding is masked: its id never matters
+
+
+def _padded(continuations: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if any(continuations):
+        return right_pad(continuations, pad_token_id)
+    empty = torch.zeros(len(continuations), 0, dtype=torch.long)  # right_pad needs one token to size by
+    return empty, empty
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -175,7 +179,13 @@ def continuation_hidden(model, batch: SharedPrompts) -> torch.Tensor:
     out, cache = prompt_pass(model, batch, hidden=True, **keep_logits(model, 1))
     if not _usable(cache, batch):
         return _full_hidden(model, batch)
-    first = out.hidden_states[-1][:, -1:].index_select(0, batch.rows)  # (N, 1, H)
+    return _continued_hidden(model, batch, out.hidden_states[-1][:, -1:], cache)
+
+
+def _continued_hidden(model, batch: SharedPrompts, last: torch.Tensor, cache) -> torch.Tensor:
+    """continuation_hidden from the prompts' pass: `last` (P, 1, H) its final hidden state at each
+    prompt's last token."""
+    first = last.index_select(0, batch.rows)  # (N, 1, H)
     if batch.ids.shape[1] == 0:
         return first
     rest = continuation_pass(model, batch, cache, hidden=True, **keep_logits(model, 1)).hidden_states[-1]
@@ -271,25 +281,53 @@ def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor):
 class PromptCache:
     """A model's prompt pass over a fixed set of prompts, kept, so continuations of them are scored in
     many later calls without running a prompt again: the evaluation scores every policy's samples of the
-    same held-out prompts under the reference (design §3.5)."""
+    same held-out prompts under the reference (logits) and the reward model (`hidden`: final hidden
+    states for its score head) (design §3.5)."""
 
     @torch.no_grad()
-    def __init__(self, model, prompts: list[list[int]], pad_token_id: int):
-        self.model, self.pad_token_id = model, pad_token_id
+    def __init__(self, model, prompts: list[list[int]], pad_token_id: int, hidden: bool = False):
+        self.model, self.pad_token_id, self.is_hidden = model, pad_token_id, hidden
         self.index = {tuple(p): i for i, p in enumerate(prompts)}
+        self.lengths = sorted({len(p) for p in prompts}, reverse=True)
         self.prompts = SharedPrompts.of(prompts, [], [], pad_token_id)
-        out, self.cache = prompt_pass(self.model, self.prompts, hidden=False, **keep_logits(model, 1))
+        out, self.cache = prompt_pass(self.model, self.prompts, hidden=hidden, **keep_logits(model, 1))
         self.usable = shares_cache(model) and _usable(self.cache, self.prompts)
-        self.last = out.logits[:, -1:]  # (P, 1, V): predicts each continuation's token 0
+        # (P, 1, V) or (P, 1, H): each prompt's last position, which predicts continuation token 0.
+        self.last = out.hidden_states[-1][:, -1:] if hidden else out.logits[:, -1:]
+
+    def split(self, sequences: list[list[int]]) -> SharedPrompts | None:
+        """Whole rows (prompt ids + continuation ids) as continuations of the kept prompts (the longest
+        kept prompt each row starts with); None when a row starts with none of them."""
+        rows, continuations = [], []
+        for ids in sequences:
+            n = next((n for n in self.lengths if tuple(ids[:n]) in self.index), None)
+            if n is None or not self.usable:
+                return None
+            rows.append(self.index[tuple(ids[:n])])
+            continuations.append(ids[n:])
+        return self.continuations(rows, continuations)
+
+    def continuations(self, rows: list[int], continuations: list[list[int]]) -> SharedPrompts:
+        """Continuations of kept prompts `rows` (indices into them), padded, with the kept prompts."""
+        return SharedPrompts(
+            self.prompts.prompt_ids,
+            self.prompts.prompt_mask,
+            torch.tensor(rows, dtype=torch.long),
+            *_padded(continuations, self.pad_token_id),
+        )
 
     @torch.no_grad()
     def logits(self, prompts: list[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         """(N, Tc, V) float logits of continuations `ids` (N, Tc), right-padded with `mask`, of the given
-        prompts; None when a prompt is not among the cached ones (the caller runs the plain forward)."""
+        prompts; None when a prompt is not among the kept ones (the caller runs the plain forward)."""
         rows = [self.index.get(tuple(p)) for p in prompts]
-        if not self.usable or None in rows:
+        if self.is_hidden or not self.usable or None in rows:
             return None
-        batch = SharedPrompts(
-            self.prompts.prompt_ids, self.prompts.prompt_mask, torch.tensor(rows, dtype=torch.long), ids, mask
-        )
+        index, kept = torch.tensor(rows, dtype=torch.long), self.prompts
+        batch = SharedPrompts(kept.prompt_ids, kept.prompt_mask, index, ids, mask)
         return _continued_logits(self.model, batch, self.last, self.cache)
+
+    @torch.no_grad()
+    def hidden(self, batch: SharedPrompts) -> torch.Tensor:
+        """continuation_hidden of a batch from `split`/`continuations`, from the kept prompt pass."""
+        return _continued_hidden(self.model, batch, self.last, self.cache)

@@ -27,7 +27,7 @@ from rlhfkit.models.load import (
     resolve_model_path,
 )
 from rlhfkit.models.lora import add_lora
-from rlhfkit.models.prefix import SharedPrompts, continuation_hidden
+from rlhfkit.models.prefix import PromptCache, SharedPrompts, continuation_hidden
 
 
 def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
@@ -170,6 +170,17 @@ def shared_prompt_rewards(model, batch: SharedPrompts) -> torch.Tensor:
     hidden = continuation_hidden(model, batch)  # (N, Tc + 1, H)
     last = hidden[torch.arange(hidden.shape[0]), batch.mask.sum(-1)]  # (N, H)
     return head(last).squeeze(-1).float()
+
+
+def kept_prompt_rewards(kept: PromptCache, sequences: list[list[int]]) -> torch.Tensor | None:
+    """(N,) rewards_at_last_token of whole rows that continue prompts kept in `kept` (a PromptCache of
+    this RM's hidden states): no prompt runs again. None when a row starts with no kept prompt."""
+    batch = kept.split(sequences)
+    if batch is None:
+        return None
+    hidden = kept.hidden(batch)  # (N, Tc + 1, H)
+    last = hidden[torch.arange(hidden.shape[0]), batch.mask.sum(-1)]  # (N, H)
+    return score_head(kept.model)(last).squeeze(-1).float()
 
 
 def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,10 @@ from rlhfkit.data.collate import right_pad
 from rlhfkit.data.templates import render
 from rlhfkit.errors import ModelError, RlhfkitError
 from rlhfkit.models.load import adapter_base, load_tokenizer, resolve_model_path
-from rlhfkit.models.prefix import SharedPrompts
+from rlhfkit.models.prefix import PromptCache, SharedPrompts
 from rlhfkit.models.reward import (
     RM_ADAPTER,
+    kept_prompt_rewards,
     load_reward_model,
     rewards_at_last_token,
     score_head,
@@ -140,6 +141,10 @@ def model_reward(
         metadata=None,
     ) -> torch.Tensor:
         # `finished` and `metadata` are for function rewards; the RM reads the text (or ids) alone.
+        if kept and token_ids is not None:
+            scores = kept_prompt_rewards(kept[0], token_ids)
+            if scores is not None:
+                return (scores - mean) / std
         lengths = shared_prefix_lengths(prompts, token_ids) if shares_ids and token_ids is not None else []
         if lengths and min(lengths) > 0 and score_head(model) is not None:
             # The sampled ids of a decoder RM: rows of one prompt (a group's k samples, best-of-n's n
@@ -150,7 +155,17 @@ def model_reward(
             scores = rewards_at_last_token(model, **inputs(prompts, responses, token_ids))
         return (scores - mean) / std
 
+    kept = []
+
+    def keep_prompts(prompt_ids: list[list[int]]) -> None:
+        """Run these prompts (ids in the policy's tokenizer) once and keep their pass: rows that start
+        with one of them are scored from it in every later call (the evaluation's held-out prompts,
+        scored for every policy; design §3.5). A no-op for an RM that cannot read the sampled ids."""
+        if shares_ids and score_head(model) is not None:
+            kept[:] = [PromptCache(model, prompt_ids, tokenizer.pad_token_id, hidden=True)]
+
     reward.scores_token_ids = shares_ids
+    reward.keep_prompts = keep_prompts
     return reward
 
 
