@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from rlhfkit.data import IGNORE, load_rows, tokenize_sft
 from rlhfkit.data.batching import global_batch_at
@@ -20,7 +20,7 @@ from rlhfkit.data.sft import completion_tokens
 from rlhfkit.errors import ConfigError
 from rlhfkit.models import load_tokenizer
 from rlhfkit.ops import logprobs_from_logits, masked_nll
-from tests.data.tiny_models import tiny_opt
+from tests.data.tiny_models import tiny_llama, tiny_opt
 
 MAX_LENGTH = 96
 
@@ -87,28 +87,13 @@ def test_packed_batches_are_a_pure_function_of_data_and_seed(examples):
     assert straight != [global_batch_at(s, lengths, 2, 1, True) for s in range(12)]
 
 
-def tiny_llama(vocab: int, attn: str):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MAX_LENGTH,
-        attn_implementation=attn,
-    )
-    return LlamaForCausalLM(config)
-
-
 @pytest.fixture(scope="module", params=["gpt2-sdpa", "gpt2-eager", "llama-sdpa", "llama-eager"])
 def model(request, tiny_dir, tokenizer):
     arch, attn = request.param.split("-")
     if arch == "gpt2":
         built = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=attn)
     else:
-        built = tiny_llama(len(tokenizer), attn)
+        built = tiny_llama(len(tokenizer), attn, MAX_LENGTH)
     return built.eval()
 
 
@@ -173,7 +158,7 @@ def test_packed_loss_equals_unpacked_per_token(model, examples, tokenizer):
 
 def test_models_whose_mask_ignores_position_ids_are_refused(tiny_dir, tokenizer):
     check_packing_is_exact(AutoModelForCausalLM.from_pretrained(tiny_dir), "tiny")  # passes
-    check_packing_is_exact(tiny_llama(len(tokenizer), "sdpa").to(torch.bfloat16), "llama-bf16")
+    check_packing_is_exact(tiny_llama(len(tokenizer), "sdpa", MAX_LENGTH).to(torch.bfloat16), "llama-bf16")
     opt = tiny_opt(64, 64)
     with pytest.raises(
         ConfigError,

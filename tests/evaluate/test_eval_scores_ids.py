@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhfkit.config import ModelConfig, PPOConfig, load_config
-from rlhfkit.data import load_rows, render_prompt
+from rlhfkit.data import load_rows, render, render_prompt
 from rlhfkit.evaluate.compare import EvalSettings, add_scores, compare_policies, sample_policy
 from rlhfkit.models import load_causal_lm
 from rlhfkit.rewards import load_reward
@@ -21,16 +21,22 @@ from tests.rewards.test_verifiable import rows_seen
 def test_eval_reward_equals_the_training_time_score_of_the_same_samples(tiny_sft_dir, tiny_rm_dir):
     policy, tokenizer = load_causal_lm(ModelConfig(name=str(tiny_sft_dir), lora=False), trainable=False)
     reward_fn = load_reward(str(tiny_rm_dir), normalize=True, policy_tokenizer=tokenizer)
-    prompts = [render_prompt(f"Say something nice about {w}.") for w in ("cats", "rain", "tea", "maps")] * 4
+    # 16 draws per prompt: enough that some come out in ids the text path would not re-encode to (about
+    # one in ten here), whatever float rounding the fixture's SFT run had.
+    prompts = [render_prompt(f"Say something nice about {w}.") for w in ("cats", "rain", "tea", "maps")] * 16
     samples = sample_policy(policy, tokenizer, prompts, 12, 1.0, batch_size=64, noise_seed=3)
     add_scores(samples, gold=False, reward_fn=reward_fn)
     # What PPO's rollout scores: the same draws (same noise), their ids (Rollout.token_rows).
     rollout = sample_prompts(policy, tokenizer, prompts, 12, 1.0, noise=row_noise(3, range(len(prompts)), 12))
     trained = reward_fn(prompts, decode_responses(tokenizer, rollout), rollout.token_rows())
     assert torch.allclose(torch.tensor(samples.reward), trained, atol=1e-5)
-    # The text path re-tokenises " " + the stripped response: on these samples it reads other ids.
+    # The text path re-tokenises " " + the stripped response: on some samples it reads other ids.
     text = reward_fn(prompts, samples.responses, None)
-    assert not torch.allclose(text, trained, atol=1e-5)
+    other = [
+        ids != render(tokenizer, "human_assistant", p, r).ids
+        for p, r, ids in zip(prompts, samples.responses, samples.token_ids)
+    ]
+    assert any(other) and not torch.allclose(text[other], trained[other], atol=1e-5)
 
 
 def test_the_held_out_eval_gives_a_rewards_samples_their_rows_and_finished_flags(tiny_sft_dir):

@@ -54,7 +54,9 @@ def ece_of(p_chosen: torch.Tensor) -> tuple[float, list[dict]]:
     # Pair i: chosen is token 2i with reward logit(p), rejected is token 2i + 1 with reward 0.
     rewards[0::2] = torch.logit(p_chosen.double()).float()
     pairs = TokenizedPairs(
-        chosen_ids=[[2 * i] for i in range(n)], rejected_ids=[[2 * i + 1] for i in range(n)]
+        chosen_ids=[[2 * i] for i in range(n)],
+        rejected_ids=[[2 * i + 1] for i in range(n)],
+        prompt_lengths=[0] * n,  # LookupRM has no score head: it reads the whole rows
     )
     rows = [{} for _ in range(n)]
     metrics, table = rm_metrics(LookupRM(rewards), pairs, rows, pad_token_id=0, batch_size=4096)

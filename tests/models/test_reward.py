@@ -2,11 +2,20 @@
 not where transformers' pooling looks (the rightmost token that is not the pad id)."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from rlhfkit.models.reward import rewards_at_last_token
+from rlhfkit.config import ModelConfig
+from rlhfkit.data.preferences import collate_pairs, load_preference_pairs, tokenize_pairs
+from rlhfkit.models.prefix import SharedPrompts
+from rlhfkit.models.reward import (
+    reward_model_from_causal_lm,
+    rewards_at_last_token,
+    shared_prompt_rewards,
+)
+from rlhfkit.ops import bradley_terry_loss
 
 PAD, EOS = 3, 0  # a tokenizer whose pad differs from EOS (transformers then pools by the pad id)
 # The first row's last real token is the pad id, as a response can end with that token.
@@ -112,3 +121,53 @@ def test_lora_wrapped_rm_reads_its_trained_head_at_the_mask_end():
         ours = rewards_at_last_token(model, ids, mask)
     assert torch.allclose(ours, torch.tensor([read_alone(merged, row) for row in ROWS]), atol=1e-5)
     assert not torch.allclose(ours, rewards_at_last_token(tiny_rm("gpt2"), ids, mask), atol=1e-3)
+
+
+def fixture_pairs(tokenizer):
+    """The preference fixture tokenised as the rm and dpo stages tokenise it (prompts of ~10 tokens)."""
+    source = str(Path(__file__).parents[1] / "fixtures" / "prefs.jsonl")
+    return tokenize_pairs(load_preference_pairs(source).pairs, tokenizer, source, 128, "drop")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_shared_prompt_rewards_equal_the_plain_rows(kind):
+    # Rows that share a prompt (here: the first three), one ending in the pad id, one empty.
+    model = tiny_rm(kind)
+    prompt, rows = [5, 6, 7], [[8, 9, PAD], [10], [], [11, 12, 13, 14]]
+    whole = [prompt + r for r in rows[:3]] + [[15, 16] + rows[3]]
+    batch = SharedPrompts.split(whole, [3, 3, 3, 2], pad_token_id=PAD)
+    assert batch.prompt_ids.shape[0] == 2
+    with torch.no_grad():
+        ours = shared_prompt_rewards(model, batch)
+    assert torch.allclose(ours, torch.tensor([read_alone(model, row) for row in whole]), atol=1e-5)
+
+
+def test_rm_step_on_shared_prompts_equals_the_plain_batch(tiny_dir):
+    # The rm stage's loss, accuracy and gradients (LoRA and head) from one prompt pass per pair are
+    # today's from whole rows (collate_pairs + rewards_at_last_token), up to float rounding.
+    model, tokenizer = reward_model_from_causal_lm(ModelConfig(name="tiny", lora=True, lora_r=4))
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter and head: both start at zero
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "score" in name:
+                parameter.normal_(0, 0.1)
+    pairs = fixture_pairs(tokenizer)
+    ids = list(range(len(pairs)))
+
+    def step(rewards):
+        model.zero_grad()
+        loss, stats = bradley_terry_loss(rewards[: len(ids)], rewards[len(ids) :])
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), stats["accuracy"].item(), grads
+
+    plain = collate_pairs(pairs.chosen_ids, pairs.rejected_ids, tokenizer.pad_token_id)
+    loss, accuracy, grads = step(rewards_at_last_token(model, plain["input_ids"], plain["attention_mask"]))
+    batch = SharedPrompts.split(*pairs.pair_rows(ids), tokenizer.pad_token_id)
+    assert batch.prompt_ids.shape[0] == len(pairs)  # one prompt pass per pair
+    shared_loss, shared_accuracy, shared_grads = step(shared_prompt_rewards(model, batch))
+    assert abs(shared_loss - loss) < 1e-6 and shared_accuracy == accuracy
+    assert shared_grads.keys() == grads.keys() and any("lora_A" in n for n in grads)
+    for name, grad in grads.items():
+        assert (shared_grads[name] - grad).abs().max() <= 1e-5 * max(1.0, grad.abs().max().item()), name

@@ -107,6 +107,10 @@ def test_ppo_scores_exactly_the_ids_the_rm_was_trained_on(tmp_path, monkeypatch,
         return torch.zeros(input_ids.shape[0])
 
     monkeypatch.setattr(reward_module, "rewards_at_last_token", recording)
+    # Rows that share a prompt run it once (design §3.5): the rows it reads are the batch's whole rows.
+    monkeypatch.setattr(
+        reward_module, "shared_prompt_rewards", lambda model, batch: recording(model, *batch.full())
+    )
     reward = load_reward(
         str(reward_model_folder(tmp_path / "rm", tokenizer, template)),
         normalize=True,

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from rlhfkit.config import ModelConfig
-from rlhfkit.models import load_causal_lm
+from rlhfkit.data.collate import right_pad
+from rlhfkit.models import load_causal_lm, prefix
+from rlhfkit.models.reward import load_reward_model, rewards_at_last_token
 from rlhfkit.rewards import load_reward
+from rlhfkit.rewards.model import shared_prefix_lengths
 
 PROMPTS = [
     "Human: What is 2 plus 3?\n\nAssistant:",
@@ -70,6 +73,60 @@ def test_same_tokenizer_rm_on_real_rollouts_agrees_with_the_text_path(tiny_sft_d
     for b, same in enumerate(canonical):
         if same:
             assert from_ids[b].item() == pytest.approx(from_text[b].item(), abs=1e-5)
+
+
+def test_rows_of_one_prompt_score_as_whole_rows(tiny_sft_dir, tiny_rm_dir):
+    # A prompt's k samples (RLOO, GRPO) or n draws (best-of-n): what the rows share runs once, and each
+    # row scores as the whole row did (rewards_at_last_token on right-padded prompt + response ids).
+    tokenizer = policy_tokenizer(tiny_sft_dir)
+    reward = load_reward(str(tiny_rm_dir), normalize=False, policy_tokenizer=tokenizer)
+    prompts = [PROMPTS[0]] * 4 + [PROMPTS[1]] + [PROMPTS[2]] * 2
+    responses = ["5", "5 apples", "five", "", "red, blue", "cat cat cat", "cat"]
+    ids = [
+        tokenizer(p)["input_ids"] + (tokenizer(" " + r, add_special_tokens=False)["input_ids"] if r else [])
+        for p, r in zip(prompts, responses)
+    ]
+    prompt_lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    lengths = shared_prefix_lengths(prompts, ids)
+    assert lengths[:4] == [prompt_lengths[0]] * 4  # one response is empty: the prompt alone
+    assert lengths[4] == len(ids[4]) and lengths[5] > prompt_lengths[5]  # alone; "cat" begins both
+    model, _ = load_reward_model(str(tiny_rm_dir))
+    with torch.no_grad():
+        whole = rewards_at_last_token(model, *right_pad(ids, tokenizer.pad_token_id))
+    assert torch.allclose(reward(prompts, responses, ids), whole, atol=1e-5)
+    assert whole.std() > 0
+
+
+def test_kept_prompts_score_every_later_call_without_running_a_prompt_again(
+    tiny_sft_dir, tiny_rm_dir, monkeypatch
+):
+    # The evaluation keeps the RM's pass over the held-out prompts (reward.keep_prompts) and scores every
+    # policy's samples from it: same scores as the whole rows, and no forward sees a prompt token again.
+    tokenizer = policy_tokenizer(tiny_sft_dir)
+    reward = load_reward(str(tiny_rm_dir), normalize=False, policy_tokenizer=tokenizer)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    responses = ["5 apples", "red", "", "cat cat"]
+    ids = [
+        tokenizer(p)["input_ids"] + (tokenizer(" " + r, add_special_tokens=False)["input_ids"] if r else [])
+        for p, r in zip(prompts, responses)
+    ]
+    model, _ = load_reward_model(str(tiny_rm_dir))
+    with torch.no_grad():
+        whole = rewards_at_last_token(model, *right_pad(ids, tokenizer.pad_token_id))
+    reward.keep_prompts([tokenizer(p)["input_ids"] for p in PROMPTS])
+    calls = []
+    for name in ("prompt_pass", "continuation_pass"):
+        original = getattr(prefix, name)
+        monkeypatch.setattr(
+            prefix, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k)
+        )
+    kept = reward(prompts, responses, ids)
+    assert torch.allclose(kept, whole, atol=1e-5) and whole.std() > 0
+    assert calls == ["continuation_pass"], "the kept prompt pass serves the call"
+    # A row whose prompt is not kept: the call falls back to the rows' own pass, same scores.
+    other = tokenizer("Human: Name a fruit.\n\nAssistant:")["input_ids"] + tokenizer(" pear")["input_ids"]
+    mixed = reward(prompts[:1] + ["x"], responses[:1] + ["pear"], ids[:1] + [other])
+    assert torch.allclose(mixed[0], whole[0], atol=1e-5)
 
 
 def word_tokenizer(texts: list[str], kind: str):

@@ -12,13 +12,15 @@ import torch
 
 from rlhfkit.config import DPOConfig, ModelConfig, PPOConfig, load_config
 from rlhfkit.data import load_rows
+from rlhfkit.data.preferences import collate_pairs, load_preference_pairs, tokenize_pairs
 from rlhfkit.evaluate import compare
 from rlhfkit.evaluate.compare import sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.ops import dpo_loss, logprobs_from_logits, sequence_logps, simpo_loss
 from rlhfkit.rollout.ppo import sample_prompts
 from rlhfkit.run import metrics as M
-from rlhfkit.trainers.dpo import REFERENCE_TABLE, sampled_evals, train_dpo
+from rlhfkit.trainers.dpo import REFERENCE_TABLE, pair_logps, pairs_batch, sampled_evals, train_dpo
 from rlhfkit.trainers.ppo import held_out_gold
 from rlhfkit.trainers.rm import load_pair_data
 from tests.data.chat import tiny_chat_model, tiny_chat_tokenizer
@@ -245,3 +247,49 @@ def test_dpo_trains_on_conversational_pairs_and_learns_the_final_assistant_turn(
     loss = series(result, M.DPO_LOSS)
     assert len(loss) == 2 and loss[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
     assert all(math.isfinite(x) for x in loss) and series(result, M.DPO_KL_K1)
+
+
+def whole_row_logps(model, pairs, ids, pad_token_id, average):
+    """(chosen, rejected) log-probs as the stage computed them before shared prompts: one forward over
+    the whole right-padded rows, the LM head at every position, the responses cut at the prompt length."""
+    chosen, rejected = [pairs.chosen_ids[i] for i in ids], [pairs.rejected_ids[i] for i in ids]
+    batch = collate_pairs(chosen, rejected, pad_token_id)
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    logprobs = logprobs_from_logits(model(**batch).logits[:, :-1].float(), input_ids[:, 1:])
+    starts = torch.tensor([pairs.prompt_lengths[i] for i in ids]).repeat(2)
+    response = (torch.arange(input_ids.shape[1])[None, :] >= starts[:, None]) & attention_mask.bool()
+    logps = sequence_logps(logprobs, response[:, 1:], average=average)
+    return logps[: len(ids)], logps[len(ids) :]
+
+
+@pytest.mark.parametrize("average", [False, True], ids=["dpo", "simpo"])
+def test_pair_logps_on_shared_prompts_equal_the_whole_rows(tiny_dir, average):
+    # The policy's log-probs, the loss and the LoRA gradients of a step from one prompt pass per pair
+    # and response-only logits are the whole-row forward's, up to float rounding.
+    policy, tokenizer = load_causal_lm(ModelConfig(name="tiny", lora=True, lora_r=4))
+    policy.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy that has moved: LoRA B starts at zero
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    source = str(FIXTURES / "prefs.jsonl")
+    pairs = tokenize_pairs(load_preference_pairs(source).pairs, tokenizer, source, 128, "drop", eos=True)
+    ids, pad = list(range(len(pairs))), tokenizer.pad_token_id
+    with torch.no_grad(), policy.disable_adapter():
+        reference = pair_logps(policy, pairs_batch(pairs, ids, pad), False)
+
+    def step(logps):
+        policy.zero_grad()
+        loss, _ = dpo_loss(*logps, *reference, 0.1) if not average else simpo_loss(*logps, 2.0, 0.5)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        return logps, loss.item(), grads
+
+    theirs, loss, grads = step(whole_row_logps(policy, pairs, ids, pad, average))
+    ours, shared_loss, shared_grads = step(pair_logps(policy, pairs_batch(pairs, ids, pad), average))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-6)  # sums of ~15 log-probs of ~-7
+    assert abs(shared_loss - loss) < 1e-6 and shared_grads.keys() == grads.keys() and grads
+    for name, grad in grads.items():
+        assert (shared_grads[name] - grad).abs().max() <= 1e-5 * max(1.0, grad.abs().max().item()), name

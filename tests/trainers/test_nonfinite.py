@@ -64,7 +64,7 @@ def nan_on_steps(monkeypatch, module, name: str, bad_calls: set[int] | None):
 def test_sft_skips_nan_steps_counts_them_and_does_not_checkpoint_them(tmp_path, tiny_dir, monkeypatch):
     import rlhfkit.trainers.sft as sft
 
-    nan_on_steps(monkeypatch, sft, "masked_nll", {3, 4})  # one micro-batch per step: steps 3 and 4
+    nan_on_steps(monkeypatch, sft, "completion_nll", {3, 4})  # one micro-batch per step: steps 3 and 4
     cfg = load_config(
         SFTConfig,
         REPO / "configs/tiny/sft.yaml",

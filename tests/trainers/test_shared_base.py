@@ -90,9 +90,16 @@ def test_reward_as_an_adapter_on_the_policy_base_scores_as_the_merged_rm(run_fol
     got, expected = shared(PROMPTS, RESPONSES, token_ids), merged(PROMPTS, RESPONSES, token_ids)
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
     assert torch.allclose(shared(PROMPTS, RESPONSES), expected, atol=1e-5)  # the text path too
+    # Two responses per prompt: the adapter runs each prompt once (its KV cache handed on, design
+    # §3.5) and scores as it scores the whole rows.
+    mean, std = reward_normalisation(str(lora_rm_dir), True)
+    twice, answers = PROMPTS * 2, RESPONSES + RESPONSES[::-1]
+    rows = [render(tokenizer, "human_assistant", p, r).ids for p, r in zip(twice, answers)]
+    with torch.no_grad():
+        whole = (rewards_at_last_token(scorer, *right_pad(rows, tokenizer.pad_token_id)) - mean) / std
+    assert torch.allclose(shared(twice, answers, rows), whole, atol=1e-5)
     # The reward really ran its adapter: the policy's own (zero-initialised) adapter with the RM's head
     # scores something else.
-    mean, std = reward_normalisation(str(lora_rm_dir), True)
     input_ids, attention_mask = right_pad(token_ids, tokenizer.pad_token_id)
     own = AdapterHead(policy, "default", scorer.score, {}, trainable=False)
     with torch.no_grad():

@@ -226,6 +226,12 @@ class TokenizedPairs:
     def __len__(self) -> int:
         return len(self.chosen_ids)
 
+    def pair_rows(self, pairs: list[int]) -> tuple[list[list[int]], list[int]]:
+        """(rows, prompt lengths) of these pairs, the chosen then the rejected: the 2B rows a step scores,
+        each pair's two rows starting with the same prompt ids (models.prefix.SharedPrompts.split)."""
+        rows = [self.chosen_ids[i] for i in pairs] + [self.rejected_ids[i] for i in pairs]
+        return rows, [self.prompt_lengths[i] for i in pairs] * 2
+
 
 def tokenize_pairs(
     pairs: list[dict],

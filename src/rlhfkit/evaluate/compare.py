@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhfkit.data.templates import encode_prompt
 from rlhfkit.evaluate.rm import gold_order_agreement
 from rlhfkit.evaluate.text import bleu
-from rlhfkit.ops import masked_sum
+from rlhfkit.models.prefix import PromptCache
+from rlhfkit.ops import logprobs_from_logits, masked_sum
 from rlhfkit.rewards import same_tokenizer
 from rlhfkit.rollout.ppo import Rollout, decode_responses, row_noise, sample_prompts, score
 from rlhfkit.tasks import gold_score
@@ -116,11 +118,23 @@ def sample_policy(
         if reference is not None:
             # The policy's log-probs from its sampling forward: one forward fewer per sample (design §6.1).
             logprobs = rollout.sampled_logprobs
-            ref_logprobs = score(reference, rollout, temperature)["logprobs"]
+            ref_logprobs = reference_logprobs(reference, rollout, temperature)
             out.kl += masked_sum(logprobs - ref_logprobs, rollout.response_mask, dim=-1).tolist()
         if progress is not None:
             progress.update(len(chunk))
     return out
+
+
+def reference_logprobs(reference, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """(B, R) log-probs of the sampled responses under the reference: a model, or a PromptCache of it
+    over the held-out prompts (their prompt pass run once for every policy, design §3.5)."""
+    if isinstance(reference, PromptCache):
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.query_ids, rollout.query_mask)]
+        logits = reference.logits(prompts, rollout.response_ids, rollout.response_mask)
+        if logits is not None:
+            return logprobs_from_logits(logits, rollout.response_ids, temperature=temperature)
+        reference = reference.model  # a prompt it does not hold (another tokenizer): the plain pass
+    return score(reference, rollout, temperature)["logprobs"]
 
 
 def add_scores(
@@ -343,10 +357,16 @@ def compare_policies(
     pool_draws = best_of_n_draws(settings, reference, reward_fn)
     result = EvalResult(samples_per_prompt=settings.samples_per_prompt)
     ref = _loaded(policies[reference]) if reference is not None else None
+    # The reference's prompt pass over the held-out prompts, once for every policy compared with it.
+    ref_prompts = None if ref is None else PromptCache(ref[0], encoded(ref[1], prompts), ref[1].pad_token_id)
+    if ref is not None and hasattr(reward_fn, "keep_prompts"):
+        reward_fn.keep_prompts(encoded(ref[1], prompts))  # the RM's prompt pass, likewise once
     pool = None
     for name, entry in policies.items():
         model, tokenizer = ref if name == reference else _loaded(entry)
-        compare_to = ref[0] if ref is not None and name != reference and _same_vocab(model, ref[0]) else None
+        compare_to = (
+            ref_prompts if ref is not None and name != reference and _same_vocab(model, ref[0]) else None
+        )
         samples = sample_policy(
             model,
             tokenizer,
@@ -447,6 +467,10 @@ def eval_sample_count(
     n_prompts: int, names: list[str], settings: EvalSettings, reference, reward_fn, draws_of=None
 ) -> int:
     return n_prompts * sum(policy_draws(names, settings, reference, reward_fn, draws_of).values())
+
+
+def encoded(tokenizer, prompts: list[str]) -> list[list[int]]:
+    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def _loaded(entry) -> tuple:

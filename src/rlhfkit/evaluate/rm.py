@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from rlhfkit.data.preferences import TokenizedPairs, collate_pairs
-from rlhfkit.models.reward import rewards_at_last_token
+from rlhfkit.data.preferences import TokenizedPairs
+from rlhfkit.models.prefix import SharedPrompts
+from rlhfkit.models.reward import shared_prompt_rewards
 from rlhfkit.ops import bradley_terry_loss
 from rlhfkit.run import metrics as M
 
@@ -16,15 +17,11 @@ from rlhfkit.run import metrics as M
 def score_pairs(
     model, pairs: TokenizedPairs, pad_token_id: int, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen rewards (N,), rejected rewards (N,)), one forward pass per batch for both."""
+    """(chosen rewards (N,), rejected rewards (N,)), one batch for both, each pair's prompt run once."""
     chosen, rejected = [], []
     for start in range(0, len(pairs.chosen_ids), batch_size):
-        batch = collate_pairs(
-            pairs.chosen_ids[start : start + batch_size],
-            pairs.rejected_ids[start : start + batch_size],
-            pad_token_id,
-        )
-        rewards = rewards_at_last_token(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
+        ids = list(range(start, min(start + batch_size, len(pairs.chosen_ids))))
+        rewards = shared_prompt_rewards(model, SharedPrompts.split(*pairs.pair_rows(ids), pad_token_id))
         half = rewards.shape[0] // 2
         chosen.append(rewards[:half])
         rejected.append(rewards[half:])

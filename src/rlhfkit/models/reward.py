@@ -27,6 +27,7 @@ from rlhfkit.models.load import (
     resolve_model_path,
 )
 from rlhfkit.models.lora import add_lora
+from rlhfkit.models.prefix import PromptCache, SharedPrompts, continuation_hidden
 
 
 def reward_model_from_causal_lm(cfg: ModelConfig, trainable: bool = True):
@@ -156,6 +157,30 @@ def rewards_at_last_token(
     # trained on (tests/models/test_reward.py checks it against the model's own logits).
     hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0]), last_attended(attention_mask)]  # (B, H)
     return head(hidden).squeeze(-1).float()
+
+
+def shared_prompt_rewards(model, batch: SharedPrompts) -> torch.Tensor:
+    """(N,) rewards_at_last_token of each row prompt + continuation, with each distinct prompt computed
+    once (models/prefix.py, design §3.5): a pair's chosen and rejected, a prompt's k samples. The head
+    reads the hidden state at the row's last token (the prompt's last for an empty continuation). An
+    encoder RM pools its own first token and reads the whole rows."""
+    head = score_head(model)
+    if head is None:
+        return rewards_at_last_token(model, *batch.full())
+    hidden = continuation_hidden(model, batch)  # (N, Tc + 1, H)
+    last = hidden[torch.arange(hidden.shape[0]), batch.mask.sum(-1)]  # (N, H)
+    return head(last).squeeze(-1).float()
+
+
+def kept_prompt_rewards(kept: PromptCache, sequences: list[list[int]]) -> torch.Tensor | None:
+    """(N,) rewards_at_last_token of whole rows that continue prompts kept in `kept` (a PromptCache of
+    this RM's hidden states): no prompt runs again. None when a row starts with no kept prompt."""
+    batch = kept.split(sequences)
+    if batch is None:
+        return None
+    hidden = kept.hidden(batch)  # (N, Tc + 1, H)
+    last = hidden[torch.arange(hidden.shape[0]), batch.mask.sum(-1)]  # (N, H)
+    return score_head(kept.model)(last).squeeze(-1).float()
 
 
 def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:

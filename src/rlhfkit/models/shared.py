@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rlhfkit.errors import ModelError
+from rlhfkit.models.prefix import cache_name
 from rlhfkit.models.reward import SavedAdapter
 
 REWARD_ADAPTER = "reward"
@@ -184,16 +185,25 @@ class AdapterHead(torch.nn.Module):
     def peft_model(self):
         return self._peft[0]
 
-    def forward(self, input_ids, attention_mask, position_ids=None, **_):
-        from transformers.modeling_outputs import BaseModelOutput
+    def forward(self, input_ids, attention_mask, position_ids=None, use_cache=False, **extra):
+        """The trunk's final hidden states; with use_cache, also its KV cache (given back and taken as
+        the trunk's, so models/prefix.py can run a shared prompt once)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPast
 
+        name = cache_name()
         mode = contextlib.nullcontext() if self.trainable else eval_mode(self.peft_model)
         with mode, adapter_on(self.peft_model, self.adapter):
             out = trunk(self.peft_model)(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                **{name: extra.get(name)},
             )
         hidden = out.last_hidden_state
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=(hidden,))
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden, hidden_states=(hidden,), **{name: getattr(out, name)}
+        )
 
     def saved(self, base: tuple[str, dict]) -> SavedAdapter:
         """This adapter and head as a peft SEQ_CLS adapter folder (the rm stage's final/adapter/ format),

@@ -16,7 +16,15 @@ from rlhfkit.data.collate import right_pad
 from rlhfkit.data.templates import render
 from rlhfkit.errors import ModelError, RlhfkitError
 from rlhfkit.models.load import adapter_base, load_tokenizer, resolve_model_path
-from rlhfkit.models.reward import RM_ADAPTER, load_reward_model, rewards_at_last_token
+from rlhfkit.models.prefix import PromptCache, SharedPrompts
+from rlhfkit.models.reward import (
+    RM_ADAPTER,
+    kept_prompt_rewards,
+    load_reward_model,
+    rewards_at_last_token,
+    score_head,
+    shared_prompt_rewards,
+)
 from rlhfkit.models.shared import AdapterHead, has_score_head
 
 REWARD_STATS = "reward_stats.json"
@@ -133,8 +141,45 @@ def model_reward(
         metadata=None,
     ) -> torch.Tensor:
         # `finished` and `metadata` are for function rewards; the RM reads the text (or ids) alone.
-        scores = rewards_at_last_token(model, **inputs(prompts, responses, token_ids))
+        if kept and token_ids is not None:
+            scores = kept_prompt_rewards(kept[0], token_ids)
+            if scores is not None:
+                return (scores - mean) / std
+        lengths = shared_prefix_lengths(prompts, token_ids) if shares_ids and token_ids is not None else []
+        if lengths and min(lengths) > 0 and score_head(model) is not None:
+            # The sampled ids of a decoder RM: rows of one prompt (a group's k samples, best-of-n's n
+            # draws) run what they share once (design §3.5).
+            batch = SharedPrompts.split(token_ids, lengths, tokenizer.pad_token_id)
+            scores = shared_prompt_rewards(model, batch)
+        else:
+            scores = rewards_at_last_token(model, **inputs(prompts, responses, token_ids))
         return (scores - mean) / std
 
+    kept = []
+
+    def keep_prompts(prompt_ids: list[list[int]]) -> None:
+        """Run these prompts (ids in the policy's tokenizer) once and keep their pass: rows that start
+        with one of them are scored from it in every later call (the evaluation's held-out prompts,
+        scored for every policy; design §3.5). A no-op for an RM that cannot read the sampled ids."""
+        if shares_ids and score_head(model) is not None:
+            kept[:] = [PromptCache(model, prompt_ids, tokenizer.pad_token_id, hidden=True)]
+
     reward.scores_token_ids = shares_ids
+    reward.keep_prompts = keep_prompts
     return reward
+
+
+def shared_prefix_lengths(prompts: list[str], token_ids: list[list[int]]) -> list[int]:
+    """Per row, the length of the ids it shares with every row of the same prompt: their longest common
+    prefix, at least the prompt's ids (rows of one prompt start with its encoding), more where the
+    responses begin alike, the whole row for a prompt's only row. The boundary is not needed: any shared
+    prefix computed once gives each row the same reward."""
+    groups: dict[str, list[int]] = {}
+    for prompt, ids in zip(prompts, token_ids):
+        if prompt not in groups:
+            groups[prompt] = list(ids)
+        else:
+            common = groups[prompt]
+            n = next((i for i, (a, b) in enumerate(zip(common, ids)) if a != b), min(len(common), len(ids)))
+            del common[n:]
+    return [len(groups[prompt]) for prompt in prompts]

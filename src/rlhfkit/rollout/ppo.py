@@ -18,15 +18,9 @@ import torch
 from rlhfkit.data.collate import left_pad
 from rlhfkit.data.templates import encode_prompt
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.prefix import cache_name, position_ids, prefill
 from rlhfkit.models.shared import adapter_merged
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
-
-
-def _cache_name() -> str:
-    # transformers 5.2x renamed the KV cache argument and output field `past_key_values` -> `cache`.
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -83,11 +77,6 @@ class Rollout:
         ]
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding shifts real tokens right; positions count real tokens only (clamped at 0)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 @torch.no_grad()
 def sample(
     model,
@@ -115,22 +104,24 @@ def sample(
     batch = query_ids.shape[0]
     noise = torch.rand(batch, max_new_tokens) if noise is None else noise
     attention = query_mask.clone()
-    positions = position_ids(attention)
-    step_input, past, cache = query_ids, None, _cache_name()
+    cache = cache_name()
     tokens, logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool)
     seen = None  # (B, V) tokens already in each row, for a repetition penalty
     for step in range(max_new_tokens):
-        out = model(
-            input_ids=step_input,
-            attention_mask=attention,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,  # only the last position's logits: the prefill skips (B, P-1, V) of LM head
-            **{cache: past},
-        )
-        past = getattr(out, cache)
-        logits = out.logits[:, -1].float()  # (B, V)
+        if step == 0:  # the prompts: each distinct one runs once (rows repeat it: best-of-n, groups, pairs)
+            logits, past = prefill(model, query_ids, query_mask)  # (B, V)
+        else:
+            out = model(
+                input_ids=tokens[-1][:, None],
+                attention_mask=attention,
+                position_ids=position_ids(attention)[:, -1:],
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache: past},
+            )
+            past = getattr(out, cache)
+            logits = out.logits[:, -1].float()  # (B, V)
         log_pi = torch.log_softmax(logits / temperature, dim=-1)  # the model's own, before any warping
         if repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor (design §6.7)
             if seen is None:
@@ -150,8 +141,6 @@ def sample(
             seen[torch.arange(batch), token] |= ~done
         attention = torch.cat([attention, (~done).long()[:, None]], dim=1)
         done = done | (token == eos_token_id)
-        positions = position_ids(attention)[:, -1:]
-        step_input = token[:, None]
         if done.all():
             break
     response_ids = torch.stack(tokens, dim=1)  # (B, R)

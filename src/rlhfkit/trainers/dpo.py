@@ -1,7 +1,7 @@
 """Direct preference optimisation on (prompt, chosen, rejected) pairs, from an SFT policy: DPO
 (Rafailov et al. 2023), conservative DPO, IPO and the reference-free SimPO (ops/preference.py).
 
-One step reads top to bottom: policy log-probs of chosen and rejected in one forward -> the SFT
+One step reads top to bottom: policy log-probs of chosen and rejected (their prompt run once) -> the SFT
 reference's (adapter off, a frozen copy, or a table computed once) -> the preference loss. Like the
 rm stage it batches pairs with a global batch that is a pure function of (seed, step), so resume and
 N processes need no data state. The sampled evals measure DPO as PPO is measured: held-out gold on
@@ -23,12 +23,13 @@ from rlhfkit.atomic import atomic_write_text
 from rlhfkit.config import DataConfig, DPOConfig, ModelConfig, PPOConfig, RolloutSection, TrainConfig
 from rlhfkit.data import load_rows
 from rlhfkit.data.batching import global_batch_at, micro_batch
-from rlhfkit.data.preferences import TokenizedPairs, collate_pairs, pair_prompts
+from rlhfkit.data.preferences import TokenizedPairs, pair_prompts
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.compare import paired_gain, sample_policy
 from rlhfkit.evaluate.completions import prompts_and_references
 from rlhfkit.models import load_causal_lm
+from rlhfkit.models.prefix import SharedPrompts, continuation_logits
 from rlhfkit.ops import (
     dpo_loss,
     k1_exact_z,
@@ -87,26 +88,20 @@ def check_dpo_config(cfg: DPOConfig) -> None:
 # ----------------------------------------------------------------------------- log-probs of pairs
 
 
-def pair_logps(
-    model, batch: dict, prompt_lengths: torch.Tensor, average: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model, batch: SharedPrompts, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) response log-probs (B,) each, summed over response tokens (DPO) or averaged
-    (SimPO), from one forward over collate_pairs' 2B rows; `prompt_lengths` (B,) is shared by both."""
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (2B, T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()  # (2B, T-1, V)
-    logprobs = logprobs_from_logits(logits, input_ids[:, 1:])  # (2B, T-1): position t predicts token t+1
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    starts = prompt_lengths.repeat(2).to(input_ids.device)  # (2B,)
-    response = (positions[None, :] >= starts[:, None]) & attention_mask.bool()  # (2B, T) response tokens
-    logps = sequence_logps(logprobs, response[:, 1:], average=average)  # (2B,)
-    return logps[: len(prompt_lengths)], logps[len(prompt_lengths) :]
+    (SimPO), from pairs_batch's 2B rows: each pair's prompt runs once for both responses, and the LM
+    head only at the positions that predict response tokens (models/prefix.py, design §3.5)."""
+    logits = continuation_logits(model, batch)  # (2B, R, V): [:, t] predicts response token t
+    logprobs = logprobs_from_logits(logits, batch.ids)  # (2B, R)
+    logps = sequence_logps(logprobs, batch.mask, average=average)  # (2B,)
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
 
 
-def pairs_batch(pairs: TokenizedPairs, ids: list[int], pad_token_id: int) -> tuple[dict, torch.Tensor]:
-    batch = collate_pairs(
-        [pairs.chosen_ids[i] for i in ids], [pairs.rejected_ids[i] for i in ids], pad_token_id
-    )
-    return batch, torch.tensor([pairs.prompt_lengths[i] for i in ids])
+def pairs_batch(pairs: TokenizedPairs, ids: list[int], pad_token_id: int) -> SharedPrompts:
+    """The pairs' chosen then rejected responses, each naming its pair's prompt."""
+    return SharedPrompts.split(*pairs.pair_rows(ids), pad_token_id)
 
 
 @contextlib.contextmanager
@@ -131,10 +126,8 @@ def all_pair_logps(
     """(chosen (N,), rejected (N,)) log-probs of every pair under `model`."""
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        batch, lengths = pairs_batch(
-            pairs, list(range(start, min(start + batch_size, len(pairs)))), pad_token_id
-        )
-        c, r = pair_logps(model, batch, lengths, average)
+        batch = pairs_batch(pairs, list(range(start, min(start + batch_size, len(pairs)))), pad_token_id)
+        c, r = pair_logps(model, batch, average)
         chosen.append(c)
         rejected.append(r)
     return torch.cat(chosen), torch.cat(rejected)
@@ -253,9 +246,9 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> 
 
         def micro_loss(micro_step: int, indices=indices, totals=totals):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
-            batch, prompt_lengths = pairs_batch(s.train, ids, pad)
-            # 1. the policy's log-probs of chosen and rejected, one forward for both
-            chosen, rejected = pair_logps(s.model, batch, prompt_lengths, average)
+            batch = pairs_batch(s.train, ids, pad)
+            # 1. the policy's log-probs of chosen and rejected, their shared prompt run once
+            chosen, rejected = pair_logps(s.model, batch, average)
             # 2. the SFT reference's, as constants
             ref_chosen = ref_rejected = None
             if table is not None:
@@ -263,7 +256,7 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> 
                 ref_chosen, ref_rejected = table["train_chosen"][rows], table["train_rejected"][rows]
             elif not average:
                 with torch.no_grad(), reference_model(s.policy, s.frozen, s.autocast) as ref:
-                    ref_chosen, ref_rejected = pair_logps(ref, batch, prompt_lengths, False)
+                    ref_chosen, ref_rejected = pair_logps(ref, batch, False)
             # 3. the preference loss; stats weighted by the micro-batch's share of the global batch
             loss, stats = preference_loss(cfg, chosen, rejected, ref_chosen, ref_rejected)
             share = len(ids) / len(indices)

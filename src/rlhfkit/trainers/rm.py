@@ -1,4 +1,5 @@
-"""Reward model: Bradley-Terry on (prompt, chosen, rejected), chosen and rejected in one forward."""
+"""Reward model: Bradley-Terry on (prompt, chosen, rejected), chosen and rejected in one batch that
+runs their shared prompt once (models/prefix.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from rlhfkit.data.batching import global_batch_at, micro_batch
 from rlhfkit.data.collate import right_pad
 from rlhfkit.data.preferences import (
     TokenizedPairs,
-    collate_pairs,
     load_preference_pairs,
     pair_prompts,
     tokenize_pairs,
@@ -23,7 +23,14 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate.rm import rm_metrics
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.load import base_reference
-from rlhfkit.models.reward import RM_ADAPTER, SavedAdapter, reward_model_from_causal_lm, rewards_at_last_token
+from rlhfkit.models.prefix import SharedPrompts
+from rlhfkit.models.reward import (
+    RM_ADAPTER,
+    SavedAdapter,
+    reward_model_from_causal_lm,
+    rewards_at_last_token,
+    shared_prompt_rewards,
+)
 from rlhfkit.ops import bradley_terry_loss
 from rlhfkit.rewards import REWARD_STATS
 from rlhfkit.rollout import generate
@@ -155,12 +162,9 @@ def train_rm(cfg: RMConfig, resume: bool = False, overwrite: bool = False) -> Ru
 
         def micro_loss(micro_step: int, indices=indices):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
-            batch = collate_pairs(
-                [train.chosen_ids[i] for i in ids],
-                [train.rejected_ids[i] for i in ids],
-                tokenizer.pad_token_id,
-            )
-            rewards = rewards_at_last_token(model, batch["input_ids"], batch["attention_mask"])  # (2b,)
+            # chosen then rejected; each pair's prompt runs once for both (design §3.5)
+            batch = SharedPrompts.split(*train.pair_rows(ids), tokenizer.pad_token_id)
+            rewards = shared_prompt_rewards(model, batch)  # (2b,)
             loss, _ = bradley_terry_loss(
                 rewards[: len(ids)], rewards[len(ids) :], cfg.rm.margin, cfg.rm.center_coef
             )

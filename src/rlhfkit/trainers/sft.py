@@ -15,9 +15,8 @@ from rlhfkit.data.packing import PackedSFT, check_packing_is_exact, pack_sft
 from rlhfkit.data.sft import TokenizedSFT, completion_tokens
 from rlhfkit.data.sources import is_builtin
 from rlhfkit.evaluate.completions import completion_metrics, prompts_and_references
-from rlhfkit.evaluate.loss import held_out_loss
+from rlhfkit.evaluate.loss import completion_nll, held_out_loss
 from rlhfkit.models import load_causal_lm
-from rlhfkit.ops import masked_nll
 from rlhfkit.run import metrics as M
 from rlhfkit.run.progress import progress_bar
 from rlhfkit.trainers.checkpoints import save_training_state
@@ -145,12 +144,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> 
         def micro_loss(micro_step: int, indices=indices, global_tokens=global_tokens):
             ids = micro_batch(indices, micro_step, rank, world, t.batch_size)
             # Padded examples carry an attention mask; packed rows carry position ids instead
-            # (data/packing.py). A training forward never reads a KV cache, and with one transformers
-            # would not see the packing.
-            batch = train.collate(ids, tokenizer.pad_token_id)
-            labels = batch.pop("labels")
-            logits = model(**batch, use_cache=False).logits
-            loss, stats = masked_nll(logits, labels)
+            # (data/packing.py). Logits only from the first completion token's position on.
+            loss, stats = completion_nll(model, train.collate(ids, tokenizer.pad_token_id))
             return loss, stats["tokens"] / global_tokens
 
         step_loss, grad_norm = accumulate_and_step(
