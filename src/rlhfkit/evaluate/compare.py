@@ -358,9 +358,12 @@ def compare_policies(
     result = EvalResult(samples_per_prompt=settings.samples_per_prompt)
     ref = _loaded(policies[reference]) if reference is not None else None
     # The reference's prompt pass over the held-out prompts, once for every policy compared with it.
-    ref_prompts = None if ref is None else PromptCache(ref[0], encoded(ref[1], prompts), ref[1].pad_token_id)
-    if ref is not None and hasattr(reward_fn, "keep_prompts"):
-        reward_fn.keep_prompts(encoded(ref[1], prompts))  # the RM's prompt pass, likewise once
+    ref_prompts = None
+    if ref is not None:
+        ids = [encode_prompt(ref[1], p) for p in prompts]
+        ref_prompts = PromptCache(ref[0], ids, ref[1].pad_token_id)
+        if hasattr(reward_fn, "keep_prompts"):
+            reward_fn.keep_prompts(ids)  # the RM's prompt pass, likewise once
     pool = None
     for name, entry in policies.items():
         model, tokenizer = ref if name == reference else _loaded(entry)
@@ -467,10 +470,6 @@ def eval_sample_count(
     n_prompts: int, names: list[str], settings: EvalSettings, reference, reward_fn, draws_of=None
 ) -> int:
     return n_prompts * sum(policy_draws(names, settings, reference, reward_fn, draws_of).values())
-
-
-def encoded(tokenizer, prompts: list[str]) -> list[list[int]]:
-    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def _loaded(entry) -> tuple:

@@ -167,9 +167,7 @@ def shared_prompt_rewards(model, batch: SharedPrompts) -> torch.Tensor:
     head = score_head(model)
     if head is None:
         return rewards_at_last_token(model, *batch.full())
-    hidden = continuation_hidden(model, batch)  # (N, Tc + 1, H)
-    last = hidden[torch.arange(hidden.shape[0]), batch.mask.sum(-1)]  # (N, H)
-    return head(last).squeeze(-1).float()
+    return _head_at_last(head, continuation_hidden(model, batch), batch)
 
 
 def kept_prompt_rewards(kept: PromptCache, sequences: list[list[int]]) -> torch.Tensor | None:
@@ -178,9 +176,14 @@ def kept_prompt_rewards(kept: PromptCache, sequences: list[list[int]]) -> torch.
     batch = kept.split(sequences)
     if batch is None:
         return None
-    hidden = kept.hidden(batch)  # (N, Tc + 1, H)
+    return _head_at_last(score_head(kept.model), kept.hidden(batch), batch)
+
+
+def _head_at_last(head, hidden: torch.Tensor, batch: SharedPrompts) -> torch.Tensor:
+    """(N,) the score head at each row's last token: `hidden` (N, Tc + 1, H) holds the prompt's last
+    position at 0, so a row's last token sits at its continuation length."""
     last = hidden[torch.arange(hidden.shape[0]), batch.mask.sum(-1)]  # (N, H)
-    return score_head(kept.model)(last).squeeze(-1).float()
+    return head(last).squeeze(-1).float()
 
 
 def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:
